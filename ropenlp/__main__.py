@@ -1,0 +1,3 @@
+from ropenlp.cli import app
+
+app(prog_name="ropenlp")

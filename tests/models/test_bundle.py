@@ -1,0 +1,98 @@
+"""Bundle manifest: write -> load round trip, and every corruption named."""
+
+import json
+
+import pytest
+
+from models.bundle import (
+    FORMAT_VERSION,
+    BundleError,
+    GraphSpec,
+    Manifest,
+    NerTask,
+    SimilarityTask,
+    check_graph_io,
+    load_manifest,
+    write_manifest,
+)
+
+
+def graph(file, precision="fp32", outputs=("scores",)):
+    return GraphSpec(file=file, precision=precision, opset=17, inputs=["input_ids", "attention_mask"],
+                     outputs=list(outputs))
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    for name, data in {"tokenizer.json": b"{}", "ner.fp32.onnx": b"graph-a", "ner.int8.onnx": b"graph-b",
+                       "sim.fp32.onnx": b"graph-c"}.items():
+        (tmp_path / name).write_bytes(data)
+    manifest = Manifest(
+        format_version=FORMAT_VERSION, name="t",
+        ner=NerTask(graphs={"fp32": graph("ner.fp32.onnx"), "int8": graph("ner.int8.onnx", "int8")},
+                    max_length=16, stride=8, labels=["LOC"], head="egp"),
+        similarity=SimilarityTask(graphs={"fp32": graph("sim.fp32.onnx", outputs=("sentence_embedding",))},
+                                  max_length=16, pooling="cls", dim=8, whitening=True),
+    )
+    write_manifest(tmp_path, manifest)
+    return tmp_path
+
+
+def test_round_trip_and_variant_choice(bundle):
+    m = load_manifest(bundle)
+    assert set(m.files) == {"tokenizer.json", "ner.fp32.onnx", "ner.int8.onnx", "sim.fp32.onnx"}
+    assert m.ner.pick("cpu").precision == "int8"
+    assert m.ner.pick("cuda").precision == "fp32"  # no fp16 variant: fp32 is next best on GPU
+    assert m.ner.pick("cpu", "fp32").file == "ner.fp32.onnx"
+    with pytest.raises(BundleError, match="no fp16 graph"):
+        m.ner.pick("cuda", "fp16")
+
+
+def test_missing_file(bundle):
+    (bundle / "ner.int8.onnx").unlink()
+    with pytest.raises(BundleError, match="ner.int8.onnx .*missing"):
+        load_manifest(bundle)
+
+
+def test_missing_manifest_and_dir(bundle, tmp_path):
+    with pytest.raises(BundleError, match="does not exist"):
+        load_manifest(tmp_path / "nope")
+    (bundle / "bundle.json").unlink()
+    with pytest.raises(BundleError, match="bundle.json is missing"):
+        load_manifest(bundle)
+
+
+def test_bad_json(bundle):
+    (bundle / "bundle.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_manifest(bundle)
+
+
+def test_wrong_version(bundle):
+    raw = json.loads((bundle / "bundle.json").read_text())
+    raw["format_version"] = 99
+    (bundle / "bundle.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="format_version 99 is not supported"):
+        load_manifest(bundle)
+
+
+def test_schema_error_names_the_field(bundle):
+    raw = json.loads((bundle / "bundle.json").read_text())
+    raw["ner"]["stride"] = 100
+    (bundle / "bundle.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="ner: .*stride 100 exceeds"):
+        load_manifest(bundle)
+
+
+def test_hash_mismatch(bundle):
+    (bundle / "sim.fp32.onnx").write_bytes(b"graph-X")
+    with pytest.raises(BundleError, match="sim.fp32.onnx: SHA-256 mismatch"):
+        load_manifest(bundle)
+    load_manifest(bundle, verify_hashes=False)  # opt-out for trusted, read-only mounts
+
+
+def test_graph_io_names(bundle):
+    g = load_manifest(bundle).ner.graphs["fp32"]
+    check_graph_io(g, inputs=["attention_mask", "input_ids"], outputs=["scores"])
+    with pytest.raises(BundleError, match="graph inputs .*token_type_ids"):
+        check_graph_io(g, inputs=["input_ids", "attention_mask", "token_type_ids"], outputs=["scores"])

@@ -1,0 +1,194 @@
+"""Span decoding (models/spans.py): nested spans, masking, thresholds, batching, window merging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.spans import Entity, decode_batch, decode_spans, merge_entities, spans_from_indices
+from models.text import Tokenizer, char_span_to_token_span
+
+LABELS = ["LOC", "ORG"]
+LOC, ORG = 0, 1
+NEG = float(np.finfo(np.float32).min)
+
+
+def char_offsets(n: int, pad: int = 0) -> np.ndarray:
+    """[CLS] + one token per character + [SEP], plus `pad` padding positions (not in offsets)."""
+    return np.array([[-1, -1]] + [[k, k + 1] for k in range(n)] + [[-1, -1]], dtype=np.int64)
+
+
+def masked_scores(
+    offsets: np.ndarray, C: int, L: int, *, fill: float, masked: float = NEG, dtype: type = np.float32
+) -> np.ndarray:
+    """(C, L, L): `fill` on valid spans (i <= j, real tokens), `masked` elsewhere, as a graph would give."""
+    real = np.zeros(L, dtype=bool)
+    real[: len(offsets)] = offsets[:, 0] >= 0
+    valid = np.triu(np.ones((L, L), dtype=bool)) & real[:, None] & real[None, :]
+    return np.where(valid[None], fill, masked).astype(dtype) * np.ones((C, 1, 1), dtype=dtype)
+
+
+def brute_force(
+    scores: np.ndarray, offsets: np.ndarray, labels: list[str], text: str, threshold: float
+) -> list[Entity]:
+    """The definition, as plain loops over every (type, i, j)."""
+    out = []
+    C, L, _ = scores.shape
+    for c in range(C):
+        for i in range(min(L, len(offsets))):
+            for j in range(i, min(L, len(offsets))):
+                if offsets[i, 0] >= 0 and offsets[j, 0] >= 0 and scores[c, i, j] > threshold:
+                    s, e = int(offsets[i, 0]), int(offsets[j, 1])
+                    out.append(Entity(s, e, labels[c], text[s:e], float(scores[c, i, j])))
+    return sorted(out, key=lambda e: (e.start, e.end, e.label))
+
+
+TEXT = "我在北京大学读书"  # tokens 1..8 are the characters, 北京 = tokens 3..4, 北京大学 = tokens 3..6
+
+
+def test_nested_entities() -> None:
+    off = char_offsets(len(TEXT))
+    scores = masked_scores(off, 2, len(off), fill=-5.0)
+    scores[ORG, 3, 6] = 5.0
+    scores[LOC, 3, 4] = 3.0
+    assert decode_spans(scores, offsets=off, labels=LABELS, text=TEXT) == [
+        Entity(start=2, end=4, label="LOC", text="北京", score=3.0),
+        Entity(start=2, end=6, label="ORG", text="北京大学", score=5.0),
+    ]
+
+
+def test_same_span_two_types_sorted_by_label() -> None:
+    off = char_offsets(len(TEXT))
+    scores = masked_scores(off, 2, len(off), fill=-5.0)
+    scores[ORG, 3, 4] = 1.0
+    scores[LOC, 3, 4] = 2.0
+    got = decode_spans(scores, offsets=off, labels=["ZZZ", "AAA"], text=TEXT)
+    assert [(e.label, e.score) for e in got] == [("AAA", 1.0), ("ZZZ", 2.0)]
+
+
+@pytest.mark.parametrize(("dtype", "masked"), [(np.float32, NEG), (np.float16, -1e4), (np.float32, -np.inf)])
+def test_masked_positions_never_decode(dtype, masked: float) -> None:
+    off = char_offsets(len(TEXT))
+    L = len(off) + 3  # three padding positions
+    scores = masked_scores(off, 2, L, fill=-5.0, masked=masked, dtype=dtype)
+    got = decode_spans(scores, offsets=off, labels=LABELS, text=TEXT, threshold=-1e3)
+    assert len(got) == 2 * (8 * 9 // 2)  # every real span i <= j of the 8 characters, both types
+    assert all(e.score == -5.0 and 0 <= e.start < e.end <= len(TEXT) for e in got)
+
+
+def test_unmasked_garbage_never_decodes() -> None:
+    # A graph without masks: high scores on j < i, on [CLS]/[SEP] and on padding must not decode.
+    off = char_offsets(len(TEXT))
+    L = len(off) + 2
+    scores = masked_scores(off, 2, L, fill=-5.0, masked=100.0)
+    scores[LOC, 3, 4] = 1.0
+    assert decode_spans(scores, offsets=off, labels=LABELS, text=TEXT) == [Entity(2, 4, "LOC", "北京", 1.0)]
+
+
+def test_threshold_respected() -> None:
+    off = char_offsets(len(TEXT))
+    scores = masked_scores(off, 2, len(off), fill=-5.0)
+    scores[LOC, 3, 4] = 0.5
+    scores[ORG, 3, 6] = 1.5
+    scores[ORG, 7, 8] = 1.0
+    got = decode_spans(scores, offsets=off, labels=LABELS, text=TEXT)
+    assert [e.text for e in got] == ["北京", "北京大学", "读书"]
+    got = decode_spans(scores, offsets=off, labels=LABELS, text=TEXT, threshold=1.0)  # strictly greater
+    assert got == [Entity(2, 6, "ORG", "北京大学", 1.5)]
+
+
+def test_matches_brute_force_on_random_scores() -> None:
+    rng = np.random.default_rng(0)
+    text = "hello world 我爱 北京！ab"
+    off = np.array([[-1, -1], [0, 5], [6, 11], [12, 13], [13, 14], [15, 16], [16, 17], [17, 18], [18, 20], [-1, -1]])
+    labels = ["PER", "LOC", "ORG"]
+    L = len(off) + 2
+    for threshold in (-1.0, 0.0, 0.7):
+        scores = rng.normal(size=(3, L, L)).astype(np.float32)
+        got = decode_spans(scores, offsets=off, labels=labels, text=text, threshold=threshold)
+        assert got == brute_force(scores, off, labels, text, threshold)
+        assert len(got) > 0
+
+
+def test_decode_batch_equals_single() -> None:
+    rng = np.random.default_rng(1)
+    texts = ["我在北京大学读书", "上海", ""]
+    offs = [char_offsets(len(t)) for t in texts]
+    L = max(len(o) for o in offs) + 1
+    scores = rng.normal(size=(3, 2, L, L)).astype(np.float32)
+    batch = decode_batch(scores, offsets_list=offs, labels=LABELS, texts=texts, threshold=0.5)
+    single = [
+        decode_spans(scores[b, :, : len(o), : len(o)], offsets=o, labels=LABELS, text=t, threshold=0.5)
+        for b, (o, t) in enumerate(zip(offs, texts))
+    ]
+    assert batch == single
+    assert [len(x) for x in batch][2] == 0 and len(batch[0]) > 0 and len(batch[1]) > 0
+
+
+def test_spans_from_indices_equals_decode_batch() -> None:
+    rng = np.random.default_rng(2)
+    texts = ["我在北京大学读书", "上海"]
+    offs = [char_offsets(len(t)) for t in texts]
+    L = max(len(o) for o in offs)
+    scores = rng.normal(size=(2, 2, L, L)).astype(np.float32)
+    rows = np.argwhere(scores > 0.3)  # what an unmasked graph would hand over: (N, 4)
+    got = spans_from_indices(rows, scores[tuple(rows.T)], offsets_list=offs, labels=LABELS, texts=texts)
+    assert got == decode_batch(scores, offsets_list=offs, labels=LABELS, texts=texts, threshold=0.3)
+    with pytest.raises(ValueError, match="outside"):
+        spans_from_indices([[5, 0, 1, 1]], [1.0], offsets_list=offs, labels=LABELS, texts=texts)
+
+
+def test_shape_errors() -> None:
+    off = char_offsets(3)
+    with pytest.raises(ValueError, match="labels"):
+        decode_spans(np.zeros((3, 5, 5)), offsets=off, labels=LABELS, text="北京人")
+    with pytest.raises(ValueError, match="offsets"):
+        decode_spans(np.zeros((2, 4, 4)), offsets=off, labels=LABELS, text="北京人")
+
+
+def test_merge_entities() -> None:
+    a = [Entity(2, 4, "LOC", "北京", 0.5), Entity(0, 1, "PER", "我", 2.0)]
+    b = [Entity(2, 4, "LOC", "北京", 1.5), Entity(2, 4, "ORG", "北京", 0.1)]
+    c = [Entity(2, 4, "LOC", "北京", 1.0)]
+    assert merge_entities([a, b, c]) == [
+        Entity(0, 1, "PER", "我", 2.0),
+        Entity(2, 4, "LOC", "北京", 1.5),
+        Entity(2, 4, "ORG", "北京", 0.1),
+    ]
+    assert merge_entities([]) == []
+
+
+def test_to_dict() -> None:
+    got = Entity(2, 4, "LOC", "北京", 1.5).to_dict()
+    assert got == {"start": 2, "end": 4, "label": "LOC", "text": "北京", "score": 1.5}
+
+
+def test_windows_decode_like_whole_text(tmp_path: Path) -> None:
+    """Spans decoded from overlapping windows and merged equal spans decoded from the whole text."""
+    vocab = tmp_path / "vocab.txt"
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *"我在北京大学读书上海人", "hello", "world", "##s"]
+    vocab.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    tok = Tokenizer.from_vocab(vocab)
+    unit = "我在北京大学读书，hello worlds 上海人。"
+    text = unit * 3
+    per_unit = [(2, 4, "LOC"), (2, 6, "ORG"), (9, 21, "ORG"), (22, 24, "LOC")]  # 北京 北京大学 hello… 上海
+    gold = {(k * len(unit) + s, k * len(unit) + e, label) for k in range(3) for s, e, label in per_unit}
+
+    def fake_model(offsets: np.ndarray) -> np.ndarray:
+        """(C, L, L) scores: +1 on the token spans of gold entities, -1 on other spans, masked elsewhere."""
+        scores = masked_scores(offsets, 2, len(offsets), fill=-1.0)
+        for s, e, label in gold:
+            span = char_span_to_token_span(offsets, s, e)
+            if span is not None:
+                scores[LABELS.index(label), span[0], span[1]] = 1.0
+        return scores
+
+    whole = tok.encode(text)
+    expected = decode_spans(fake_model(whole.offsets), offsets=whole.offsets, labels=LABELS, text=text)
+    assert {(e.start, e.end, e.label) for e in expected} == gold
+    windows = tok.encode_windows(text, max_length=12, stride=4)  # entities are at most 4 tokens: all fit in some window
+    assert len(windows) > 3
+    decoded = [decode_spans(fake_model(w.offsets), offsets=w.offsets, labels=LABELS, text=text) for w in windows]
+    assert merge_entities(decoded) == expected
