@@ -1,0 +1,12 @@
+"""Serving: ONNX Runtime behind an HTTP app (Litestar) and a batch CLI. Never imports torch.
+
+Three layers, one direction::
+
+    http.py      parse, call, render; the error table; metrics; API key   (Litestar)
+      -> batching.py  bounded queue, token-budget batches, one worker thread (server only)
+      -> core.py      validate, tokenize (windows), batch, decode, merge    (HTTP-free; the CLI calls it)
+      -> runtime.py   ONNX Runtime sessions behind the ``Runtime`` protocol
+
+``settings.py`` (``ROPENLP_*`` variables / ``ropenlp serve`` flags), ``errors.py`` (one class per
+failure), ``metrics.py`` (Prometheus, one registry per app), ``cli.py`` (``ropenlp serve``).
+"""

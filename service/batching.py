@@ -1,0 +1,273 @@
+"""Dynamic batching for the server: the sequences of concurrent requests share batches.
+
+Flow of one request (:meth:`Batcher.execute`)::
+
+    admit (or Overloaded at once) -> prepare in a thread (validate + tokenize, core)
+    -> submit its rows to the queue -> the gatherer groups rows of several requests into one batch
+    -> ONE worker thread runs Engine.run_batch -> rows go back into each request's own order
+    -> finish (merge windows / dot products, core)
+
+* Admission is bounded: at most ``max_queue`` requests are admitted (queued or running); one more
+  gets :class:`Overloaded` immediately (HTTP 429 + Retry-After) instead of an unbounded queue.
+* The gatherer waits at most ``max_wait_ms`` after the oldest waiting row arrived, or less when the
+  waiting rows already fill the token budget. A batch always holds the oldest row (no starvation)
+  plus neighbours in length order, so padding stays small; its padded cost (longest x count) stays
+  within ``batch_tokens`` (a row longer than the budget runs alone).
+* Inference runs on one worker thread, never on the event loop; one batch at a time.
+* A request whose client went away is cancelled: its future is cancelled, and its rows still in the
+  queue are dropped before they reach the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from service.core import Job, Seq, padded_cost
+from service.errors import InferenceError, NotReady, Overloaded
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+class BatchObserver(Protocol):
+    """Where the batcher reports what it does (``service.metrics.Metrics`` implements it)."""
+
+    def observe_batch(
+        self, task: str, *, requests: int, sequences: int, tokens: int, seconds: float
+    ) -> None: ...
+
+    def set_queue(self, *, requests: int, sequences: int) -> None: ...
+
+    def observe_dropped(self, sequences: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Timings:
+    tokenize_s: float
+    queue_s: float
+    inference_s: float
+
+
+@dataclass(eq=False)
+class _Ticket:
+    """One submitted request: its future and the slots its rows' outputs go into."""
+
+    task: str
+    future: asyncio.Future
+    results: list[Any]
+    remaining: int
+    submitted: float
+    inference_s: float = 0.0
+
+
+@dataclass(eq=False)
+class _Item:
+    ticket: _Ticket
+    index: int  # position of this row in its request
+    seq: Seq
+    arrived: float
+
+
+def select_batch(lengths: Sequence[int], oldest: int, budget: int) -> list[int]:
+    """Indices (into ``lengths``) of one batch: the ``oldest`` row plus neighbours in length order.
+
+    Shorter neighbours are taken first (they do not raise the padded length), then longer ones,
+    while ``longest x count <= budget``. Returned sorted by length.
+    """
+    by_len = sorted(range(len(lengths)), key=lambda k: (lengths[k], k))
+    k = by_len.index(oldest)
+    lo, hi, longest = k, k + 1, lengths[oldest]
+    while True:
+        n = hi - lo
+        if lo > 0 and longest * (n + 1) <= budget:
+            lo -= 1
+        elif hi < len(by_len) and lengths[by_len[hi]] * (n + 1) <= budget:
+            longest = lengths[by_len[hi]]
+            hi += 1
+        else:
+            return by_len[lo:hi]
+
+
+class Batcher:
+    """Bounded queue + gatherer + one inference worker thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[str, list[Seq]], list[Any]],
+        *,
+        batch_tokens: int,
+        max_wait_ms: float,
+        max_queue: int,
+        retry_after_s: float = 1.0,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self._budget, self._max_wait = batch_tokens, max_wait_ms / 1e3
+        self._max_queue, self._retry_after = max_queue, retry_after_s
+        self._observer = observer
+        self._pending: dict[str, list[_Item]] = {}
+        self._admitted = 0
+        self._running: set[_Ticket] = set()
+        self._wake: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ropenlp-inference")
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._loop_task = asyncio.create_task(self._gather_loop(), name="ropenlp-batcher")
+
+    async def stop(self) -> None:
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        tickets = self._running | {it.ticket for items in self._pending.values() for it in items}
+        for t in tickets:
+            if not t.future.done():
+                t.future.set_exception(NotReady("the server is shutting down"))
+        self._pending.clear()
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+
+    async def run_in_worker(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run ``fn`` on the inference thread (warm-up: so it never overlaps a batch)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of ``max_queue`` request slots, or raise :class:`Overloaded` at once."""
+        if self._admitted >= self._max_queue:
+            raise Overloaded(
+                f"{self._admitted} requests in progress (limit {self._max_queue}); retry later",
+                retry_after=self._retry_after,
+                limit=self._max_queue,
+            )
+        self._admitted += 1
+        self._report_queue()
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+            self._report_queue()
+
+    async def execute(self, prepare: Callable[[], Job[R]]) -> tuple[R, Timings]:
+        """Admit, prepare (in a thread), batch, finish: the whole life of one request."""
+        with self.admit():
+            job = await asyncio.to_thread(prepare)
+            outputs, queue_s, inference_s = await self.submit(job.task, job.seqs)
+            result = job.finish(outputs)
+        return result, Timings(job.tokenize_s, queue_s, inference_s)
+
+    async def submit(self, task: str, seqs: Sequence[Seq]) -> tuple[list[Any], float, float]:
+        """Queue one request's rows; return ``(outputs in row order, queue seconds, inference seconds)``."""
+        if self._loop_task is None:
+            raise NotReady("the batcher is not running", retry_after=self._retry_after)
+        now = time.perf_counter()
+        ticket = _Ticket(task, asyncio.get_running_loop().create_future(), [None] * len(seqs), len(seqs), now)
+        if not seqs:
+            return [], 0.0, 0.0
+        self._pending.setdefault(task, []).extend(_Item(ticket, k, s, now) for k, s in enumerate(seqs))
+        self._report_queue()
+        self._wake.set()
+        await ticket.future  # cancelled with the caller: the gatherer then skips its rows
+        total = time.perf_counter() - ticket.submitted
+        return ticket.results, total - ticket.inference_s, ticket.inference_s
+
+    # -- the gatherer -----------------------------------------------------------------------------
+
+    def _drop_done(self) -> None:
+        """Forget rows of requests already answered, failed or cancelled."""
+        dropped = 0
+        for task, items in self._pending.items():
+            keep = [it for it in items if not it.ticket.future.done()]
+            dropped += len(items) - len(keep)
+            self._pending[task] = keep
+        if dropped:
+            if self._observer is not None:
+                self._observer.observe_dropped(dropped)
+            self._report_queue()
+
+    async def _next_batch(self) -> tuple[str, list[_Item]]:
+        while True:
+            self._drop_done()
+            heads = [items[0] for items in self._pending.values() if items]
+            if not heads:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            oldest = min(heads, key=lambda it: it.arrived)
+            task = oldest.ticket.task
+            items = self._pending[task]
+            wait = oldest.arrived + self._max_wait - time.perf_counter()
+            if wait > 0 and padded_cost([len(it.seq) for it in items]) < self._budget:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                continue
+            chosen = set(
+                select_batch([len(it.seq) for it in items], 0, self._budget)
+            )  # items[0] is the oldest
+            batch = [items[k] for k in sorted(chosen, key=lambda k: len(items[k].seq))]
+            self._pending[task] = [it for k, it in enumerate(items) if k not in chosen]
+            self._report_queue()
+            return task, batch
+
+    async def _gather_loop(self) -> None:
+        while True:
+            task, batch = await self._next_batch()
+            tickets = list(dict.fromkeys(it.ticket for it in batch))  # the requests in this batch
+            self._running.update(tickets)
+            try:
+                await self._run(task, batch, tickets)
+            except Exception as e:  # the model (or a bug) failed this batch: fail its requests, keep serving
+                log.error("%s batch of %d rows failed: %s", task, len(batch), e, exc_info=e)
+                for t in tickets:
+                    if not t.future.done():
+                        t.future.set_exception(InferenceError())
+            finally:
+                self._running.difference_update(tickets)
+
+    async def _run(self, task: str, batch: list[_Item], tickets: list[_Ticket]) -> None:
+        """One batch on the worker thread; each row's output into its request's slot."""
+        t0 = time.perf_counter()
+        outputs = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._run_batch, task, [it.seq for it in batch]
+        )
+        seconds = time.perf_counter() - t0
+        for t in tickets:
+            t.inference_s += seconds
+        for it, out in zip(batch, outputs, strict=True):
+            t = it.ticket
+            if t.future.done():  # cancelled meanwhile, or failed in another batch
+                continue
+            t.results[it.index] = out
+            t.remaining -= 1
+            if t.remaining == 0:
+                t.future.set_result(None)
+        if self._observer is not None:
+            tokens = padded_cost([len(it.seq) for it in batch])
+            self._observer.observe_batch(
+                task, requests=len(tickets), sequences=len(batch), tokens=tokens, seconds=seconds
+            )
+
+    def _report_queue(self) -> None:
+        if self._observer is not None:
+            self._observer.set_queue(
+                requests=self._admitted, sequences=sum(len(items) for items in self._pending.values())
+            )
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted

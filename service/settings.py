@@ -1,0 +1,135 @@
+"""Service settings: one frozen pydantic model, filled from ``ROPENLP_*`` environment variables and
+from the flags of ``ropenlp serve`` (flags win). Read inside ``create_app`` / the CLI, never at import.
+
+Every field ``name`` is read from the variable ``ROPENLP_<NAME>`` (``ROPENLP_BATCH_TOKENS=4096``);
+an empty variable counts as unset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "ROPENLP_"
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "bundles" / "default"
+
+
+class SettingsError(ValueError):
+    """Invalid settings: the message names the variable / flag and the problem."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # the model
+    bundle: Path | None = Field(
+        None, description="bundle directory; default: the bundle shipped in service/bundles/default"
+    )
+    provider: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto: CUDA when a session really gets it, else CPU"
+    )
+    allow_cpu_fallback: bool = Field(
+        False, description="with provider=cuda: run on CPU instead of failing at start-up"
+    )
+    precision: Literal["fp32", "fp16", "int8"] | None = Field(
+        None, description="graph variant; default: the provider's preferred one"
+    )
+    intra_op_threads: int = Field(
+        1, ge=0, description="ONNX Runtime threads inside an operator (0 = one per core)"
+    )
+    inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators (0 = default)")
+    ner_max_length: int | None = Field(
+        None, ge=3, description="tokens per NER window (<= the bundle's); default: the bundle's"
+    )
+    ner_stride: int | None = Field(
+        None, ge=1, description="tokens between NER window starts; default: the bundle's"
+    )
+
+    # batching and limits
+    batch_tokens: int = Field(
+        8192, ge=16, description="token budget of one batch, charged as longest x count"
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="longest time the first request of a batch waits for company"
+    )
+    max_queue: int = Field(
+        256, ge=1, description="requests admitted at once (queued or running); more get 429"
+    )
+    max_items: int = Field(64, ge=1, description="texts / pairs / candidates per request")
+    max_chars: int = Field(10_000, ge=1, description="characters per text")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="request body size")
+    threshold_min: float = Field(-10.0, description="lowest NER threshold a request may ask for")
+    threshold_max: float = Field(10.0, description="highest NER threshold a request may ask for")
+    max_entities: int = Field(
+        20_000, ge=1, description="entities in one NER answer; more is an error (raise the threshold)"
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429 / 503")
+
+    # HTTP server
+    host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0: all)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    api_key: SecretStr | None = Field(
+        None, description="when set, inference routes need 'Authorization: Bearer <key>'"
+    )
+    log_format: Literal["json", "text"] = Field("json", description="log lines as JSON objects or plain text")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.threshold_min > self.threshold_max:
+            raise ValueError(f"threshold_min {self.threshold_min} > threshold_max {self.threshold_max}")
+        if (
+            self.ner_max_length is not None
+            and self.ner_stride is not None
+            and self.ner_stride > self.ner_max_length - 2
+        ):
+            raise ValueError(
+                f"ner_stride {self.ner_stride} exceeds ner_max_length - 2 = {self.ner_max_length - 2}"
+            )
+        return self
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.bundle if self.bundle is not None else DEFAULT_BUNDLE
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        return ENV_PREFIX + field.upper()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Defaults <- ``ROPENLP_*`` variables <- ``overrides`` (CLI flags; None = not given)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = environ.get(cls.env_name(name))
+            if raw is not None and raw.strip() != "":
+                values[name] = raw.strip()
+        known = {cls.env_name(n) for n in cls.model_fields}
+        for var in sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known):
+            log.warning("ignoring unknown environment variable %s", var)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        from_env = set(values) - set(given)
+        values.update(given)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            problems = []
+            for err in e.errors():
+                name = str(err["loc"][0]) if err["loc"] else ""
+                where = cls.env_name(name) if name in from_env else (name or "settings")
+                problems.append(f"{where}: {err['msg']}")
+            raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+    def public(self) -> dict[str, object]:
+        """The settings as JSON-able values, the API key masked (for /info and the start-up log)."""
+        d = self.model_dump(mode="json")
+        d["api_key"] = "***" if self.api_key is not None else None
+        return d

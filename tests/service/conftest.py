@@ -1,0 +1,125 @@
+"""Fixtures for the service: a tiny real bundle (built once per session), real uvicorn servers.
+
+* ``tiny_bundle``: random 2-layer, 32-dim NerModel (LOC / ORG / PER) and SimilarityModel saved with
+  ``models.tasks`` and exported with ``export.onnx.export_bundle`` (fp32).
+* ``serve(app)``: uvicorn on 127.0.0.1 (a port picked by the OS) in a thread, shut down cleanly.
+* ``FakeRuntime`` (tests/service/fakes.py) stands in for ONNX Runtime where a test needs known
+  entities, a slow model, a blocked worker or a failing one.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+VOCAB_CHARS = list("我爱北京天安门上海的人中国张三李四工作在是了有和大学银行公司一二三四五六七八九十月日年")
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    *VOCAB_CHARS,
+    *"abcdefghijklmnopqrstuvwxyz0123456789,.!?，。！？",
+]
+LABELS = ("LOC", "ORG", "PER")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    torch = pytest.importorskip("torch", reason="building the test bundle needs the train extra")
+    from export.onnx import export_bundle
+    from models.roformer import RoFormerConfig, RoFormerEncoder
+    from models.tasks import NerConfig, NerModel, SimilarityConfig, SimilarityModel
+
+    root = tmp_path_factory.mktemp("bundle")
+    (root / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB), encoding="utf-8")
+    torch.manual_seed(0)
+    cfg = RoFormerConfig(
+        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )  # fmt: skip
+    ner = NerModel(
+        RoFormerEncoder(cfg), NerConfig(labels=LABELS, head="gp", head_size=16, max_length=64, stride=32)
+    )
+    ner.eval().save(root / "ner", tokenizer_from=root / "vocab.txt")
+    sim = SimilarityModel(RoFormerEncoder(cfg), SimilarityConfig(pooling="mean", max_length=32))
+    sim.eval().save(root / "sim", tokenizer_from=root / "vocab.txt")
+    export_bundle(root / "tiny", ner=root / "ner", similarity=root / "sim", precisions=("fp32",), name="tiny")
+    return root / "tiny"
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_bundle):
+    """The engine, loaded directly (the reference for 'same as one by one' comparisons)."""
+    from service.core import Engine
+
+    return Engine.load(tiny_bundle, provider="cpu")
+
+
+@contextmanager
+def serve(app) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on 127.0.0.1 in a thread; yield its base URL (no trailing slash)."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+        assert not thread.is_alive(), "uvicorn did not shut down"
+
+
+def wait_ready(base: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{base}/ready")
+        if r.status_code == 200:
+            return
+        assert "failed" not in r.json()["error"], r.json()
+        time.sleep(0.02)
+    raise AssertionError(f"{base} not ready after {timeout}s")
+
+
+@contextmanager
+def running(settings=None, engine=None, *, ready: bool = True) -> Iterator[str]:
+    from service.http import create_app
+
+    with serve(create_app(settings, engine=engine)) as base:
+        if ready:
+            wait_ready(base)
+        yield base
+
+
+def settings(**kw):
+    from service.settings import Settings
+
+    return Settings.from_env(environ={}, **kw)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_bundle) -> Iterator[str]:
+    """The tiny bundle behind the default settings (the engine loaded by the app's lifespan)."""
+    with running(settings(bundle=tiny_bundle, max_wait_ms=5)) as base:
+        yield base

@@ -1,0 +1,154 @@
+"""Dynamic batching over HTTP: it changes no result, keeps order, refuses overload, drops the
+work of clients that left, and windows long texts without losing or doubling an entity."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+
+import httpx
+import numpy as np
+
+from service.core import Engine, Limits
+from tests.service.conftest import running, settings
+from tests.service.fakes import fake_engine
+from tests.service.test_http import assert_error, post, scrape
+
+TEXTS = [
+    "我爱北京天安门", "张三在上海工作", "中国银行", "李四是北京大学的人", "上海", "我", "一二三四五六七八九十",
+    "北京天安门" * 30, "中国的人在上海工作了" * 12, "abc 北京 de", "二月三日", "张三和李四",
+]  # fmt: skip
+
+
+def safe_threshold(engine: Engine, texts: list[str], lo: float = 0.2, hi: float = 0.4) -> float:
+    """A threshold in [lo, hi] far from every span score of these texts, so float noise of a
+    differently padded batch cannot flip an entity."""
+    everything = Engine(engine.runtime, engine.tokenizer, engine.manifest, limits=Limits(max_entities=10**8),
+                        ner_max_length=engine.ner_max_length, ner_stride=engine.ner_stride)  # fmt: skip
+    spans = everything.ner(texts, threshold=lo).entities
+    scores = sorted({e.score for ents in spans for e in ents if e.score <= hi})
+    edges = [lo, *scores, hi]
+    gap, k = max((b - a, k) for k, (a, b) in enumerate(itertools.pairwise(edges)))
+    assert gap > 1e-4
+    return (edges[k] + edges[k + 1]) / 2
+
+
+def request_sets(n: int) -> list[list[str]]:
+    rng = np.random.default_rng(0)
+    return [
+        [TEXTS[k] for k in rng.choice(len(TEXTS), size=rng.integers(1, 4), replace=False)] for _ in range(n)
+    ]
+
+
+async def _burst(base: str, path: str, bodies: list[dict], timeout: float = 60) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=base, timeout=timeout) as client:
+        return await asyncio.gather(*(client.post(path, json=b) for b in bodies))
+
+
+def key(entities: list[dict]) -> list[tuple]:
+    return [(e["start"], e["end"], e["label"], e["text"]) for e in entities]
+
+
+def test_concurrent_requests_equal_one_by_one(tiny_bundle, engine) -> None:
+    threshold = safe_threshold(engine, TEXTS)
+    sets = request_sets(50)
+    with running(settings(bundle=tiny_bundle, max_wait_ms=20, batch_tokens=1024)) as base:
+        single = {
+            t: post(base, "/ner", {"texts": [t], "threshold": threshold}).json()["results"][0]["entities"]
+            for t in TEXTS
+        }
+        before = scrape(base)
+        responses = asyncio.run(_burst(base, "/ner", [{"texts": s, "threshold": threshold} for s in sets]))
+        after = scrape(base)
+        for texts, r in zip(sets, responses):
+            assert r.status_code == 200, r.text
+            results = r.json()["results"]
+            assert len(results) == len(texts)
+            for text, item in zip(texts, results):  # output order = input order
+                assert key(item["entities"]) == key(single[text])
+                assert np.allclose(
+                    [e["score"] for e in item["entities"]], [e["score"] for e in single[text]], atol=1e-4
+                )
+        # and batching really happened: fewer batches than requests, some shared by several requests
+        ner = (("task", "ner"),)
+        n_batches = after["ropenlp_batch_requests_count"][ner] - before["ropenlp_batch_requests_count"][ner]
+        n_requests = after["ropenlp_batch_requests_sum"][ner] - before["ropenlp_batch_requests_sum"][ner]
+        assert n_batches < 50 and n_requests >= 50
+
+        # the same for embeddings
+        emb_single = {t: post(base, "/embed", {"texts": [t]}).json()["vectors"][0] for t in TEXTS}
+        responses = asyncio.run(_burst(base, "/embed", [{"texts": s} for s in sets]))
+        for texts, r in zip(sets, responses):
+            assert np.allclose(r.json()["vectors"], [emb_single[t] for t in texts], atol=1e-5)
+
+
+def test_long_text_windows_over_http(tiny_bundle, engine) -> None:
+    """Small windows from the settings: an entity crossing a window boundary is found once, at the
+    right offsets (fake model with known entities), and the real model's windows merge as core does."""
+    fake, _ = fake_engine(tiny_bundle, ner_max_length=10, ner_stride=4)
+    text = "我爱的人在是了天安门有和大北京的人是了我爱北京大学的人"
+    with running(settings(), fake) as base:
+        entities = post(base, "/ner", {"texts": ["张三", text]}).json()["results"][1]["entities"]
+    assert key(entities) == [(7, 10, "LOC", "天安门"), (13, 15, "LOC", "北京"), (21, 23, "LOC", "北京"),
+                             (21, 25, "ORG", "北京大学")]  # fmt: skip
+    assert entities[1]["score"] == np.float32(10.06)  # the better of its two windows
+
+    long = "中国的人在上海工作了" * 12
+    windowed = Engine(engine.runtime, engine.tokenizer, engine.manifest, ner_max_length=12, ner_stride=5)
+    threshold = safe_threshold(windowed, [long])
+    with running(settings(bundle=tiny_bundle, ner_max_length=12, ner_stride=5)) as base:
+        got = post(base, "/ner", {"texts": [long], "threshold": threshold}).json()["results"][0]["entities"]
+        assert httpx.get(base + "/info").json()["tasks"]["ner"]["max_length"] == 12
+    want = windowed.ner([long], threshold=threshold).entities[0]
+    assert key(got) == [(e.start, e.end, e.label, e.text) for e in want]
+    assert len({(e["start"], e["end"], e["label"]) for e in got}) == len(got)  # each reported once
+
+
+def test_overload_is_refused_at_once_then_recovers(tiny_bundle) -> None:
+    engine, _ = fake_engine(tiny_bundle, delay=0.3)
+    with running(settings(max_queue=2, max_wait_ms=0), engine) as base:
+        t0 = time.perf_counter()
+        responses = asyncio.run(_burst(base, "/ner", [{"texts": ["北京", "张三"]}] * 20))
+        statuses = [r.status_code for r in responses]
+        assert statuses.count(200) >= 2 and statuses.count(429) >= 10, statuses
+        assert set(statuses) <= {200, 429}
+        for r in responses:
+            if r.status_code == 429:
+                assert_error(r, 429, "overloaded", limit=2)
+                assert int(r.headers["retry-after"]) >= 1
+        assert time.perf_counter() - t0 < 0.3 * 20  # refused, not queued
+        r = post(base, "/ner", {"texts": ["北京"]})
+        assert r.status_code == 200 and key(r.json()["results"][0]["entities"]) == [(0, 2, "LOC", "北京")]
+
+
+def test_cancelled_request_is_dropped_before_inference(tiny_bundle) -> None:
+    engine, runtime = fake_engine(tiny_bundle)
+    with running(settings(max_wait_ms=0), engine) as base:
+        runtime.gate = threading.Event()  # from now on the worker blocks until released
+        runtime.entered.clear()
+        first: list[httpx.Response] = []
+        a = threading.Thread(target=lambda: first.append(post(base, "/ner", {"texts": ["北京"]})))
+        a.start()
+        assert runtime.entered.wait(10)  # A is in the model
+        try:
+            httpx.post(base + "/ner", json={"texts": ["张三和李四在上海"]}, timeout=0.5)
+            raise AssertionError("B should have timed out")
+        except httpx.TimeoutException:
+            pass
+        deadline = time.monotonic() + 10
+        while scrape(base)["ropenlp_queue_requests"][()] != 1:  # B's cancellation reached the server
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        runtime.gate.set()
+        runtime.gate = None
+        a.join(10)
+        assert first and first[0].status_code == 200
+        b_ids = tuple(engine.tokenizer.encode("张三和李四在上海").ids.tolist())
+        assert all(ids != b_ids for _, ids in runtime.rows), "B's row reached the model"
+        deadline = time.monotonic() + 10
+        while scrape(base).get("ropenlp_dropped_sequences_total", {}).get((), 0) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert post(base, "/ner", {"texts": ["北京"]}).status_code == 200

@@ -1,0 +1,89 @@
+"""``ropenlp serve`` as a user runs it, settings from the environment, and the no-torch rule."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.settings import Settings, SettingsError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_service_never_imports_torch() -> None:
+    code = (
+        "import service, service.http, service.core, service.runtime, service.cli, service.batching; "
+        "import sys; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_settings_from_env_and_flags() -> None:
+    env = {
+        "ROPENLP_BATCH_TOKENS": "4096",
+        "ROPENLP_API_KEY": "k",
+        "ROPENLP_PROVIDER": "cpu",
+        "ROPENLP_PORT": " ",
+    }
+    s = Settings.from_env(env, port=9000, max_wait_ms=None)
+    assert (s.batch_tokens, s.provider, s.port, s.max_wait_ms) == (4096, "cpu", 9000, 2.0)
+    assert s.api_key.get_secret_value() == "k" and s.public()["api_key"] == "***"
+    assert Settings.from_env(env, batch_tokens=100).batch_tokens == 100  # a flag wins
+    with pytest.raises(SettingsError, match="ROPENLP_MAX_QUEUE"):
+        Settings.from_env({"ROPENLP_MAX_QUEUE": "lots"})
+    with pytest.raises(SettingsError, match="provider"):
+        Settings.from_env({}, provider="tpu")
+    with pytest.raises(SettingsError, match="ner_stride"):
+        Settings.from_env({}, ner_max_length=10, ner_stride=9)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROPENLP_")}
+    return env | {"PYTHONPATH": str(REPO)}
+
+
+def test_serve_without_bundle_says_what_to_do() -> None:
+    p = subprocess.run([sys.executable, "-m", "ropenlp", "serve"], cwd=REPO, env=_env(), capture_output=True,
+                       text=True, timeout=60, check=False)  # fmt: skip
+    assert p.returncode == 2
+    assert "--bundle" in p.stderr and "ROPENLP_BUNDLE" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_serve_starts_answers_and_stops(tiny_bundle) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "ropenlp", "serve", "--bundle", str(tiny_bundle), "--port", str(port),
+           "--log-format", "json"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "not ready after 30 s"
+            time.sleep(0.05)
+        started = time.perf_counter() - t0
+        r = httpx.post(f"http://127.0.0.1:{port}/ner", json={"texts": ["北京"]})
+        assert r.status_code == 200 and "x-total-time" in r.headers
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert '"logger": "ropenlp.access"' in err and '"route": "/ner"' in err  # JSON access log
+    print(f"\nropenlp serve: ready {started * 1e3:.0f} ms after launch (tiny bundle)")
