@@ -1,0 +1,151 @@
+"""The ONNX side of the export (torch-free): offline optimisation, dynamic int8, fp16, graph facts.
+
+Read top to bottom: graph facts (IO names, opset, IR cap) -> optimize (fp32) -> quantize_int8 (CPU)
+-> convert_fp16 (GPU).
+
+* ``optimize``: ONNX Runtime's transformer optimiser with ``model_type='bert'`` and ``opt_level=1``
+  (basic, provider-independent rewrites; the result serves CPU and CUDA). For RoFormer it fuses
+  LayerNorm (+ residual: SkipLayerNormalization) and BiasGelu; attention stays unfused because the
+  rotation breaks the pattern.
+* ``quantize_int8``: ``quantize_dynamic`` with QInt8 weights on the optimised graph. Only MatMuls
+  with a constant weight are quantized (``MatMulConstBOnly``), so attention and span products
+  between activations stay fp32; the embedding Gather is left in fp32 as well. ``DefaultTensorType``
+  is needed on the optimiser's output, whose fused ops have no type information for the quantizer.
+* ``convert_fp16``: the encoder in fp16, the task head (everything after the last LayerNorm) in
+  fp32, graph inputs and outputs as they were (``keep_io_types``): outputs stay float32 and the span
+  mask stays ``finfo(fp32).min``. Inside the encoder the converter clips constants to +-65504, so
+  the attention mask's ``-inf`` becomes -65504: finite, and a masked key still gets weight 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import onnx
+
+log = logging.getLogger(__name__)
+
+MAX_IR_VERSION = 10  # ONNX Runtime reads at most 13; onnx 1.23 writes 14 for graphs it builds
+
+
+# --------------------------------------------------------------------------------------------
+# Graph facts
+# --------------------------------------------------------------------------------------------
+
+
+def graph_io(model: onnx.ModelProto | str | Path) -> tuple[list[str], list[str]]:
+    """(input names, output names) of a graph; initializers listed as inputs are not inputs."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output]
+
+
+def opset_of(model: onnx.ModelProto | str | Path) -> int:
+    """The default-domain (ai.onnx) opset a graph imports."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise ValueError("graph imports no ai.onnx opset")
+
+
+def save(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Save as one file with the IR version capped at ``MAX_IR_VERSION`` (see FACTS: ORT <= 13)."""
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    onnx.save_model(model, str(path))
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Variants
+# --------------------------------------------------------------------------------------------
+
+
+def optimize(src: str | Path, dst: str | Path, *, num_heads: int = 0, hidden_size: int = 0) -> Path:
+    """fp32 graph -> ORT transformer optimiser (bert, level 1) -> ``dst``."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with _quiet():
+        opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                             opt_level=1, use_gpu=False)
+        fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    log.info("optimised %s: %d nodes, fused %s", Path(dst).name, len(opt.model.graph.node), fused or "nothing")
+    return save(opt.model, dst)
+
+
+def quantize_int8(src: str | Path, dst: str | Path, *, per_channel: bool = True) -> Path:
+    """Dynamic int8 (QInt8 weights, activations quantized at run time) of an fp32 graph -> ``dst``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(
+            str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+            op_types_to_quantize=["MatMul"],
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
+        )
+    return save(onnx.load(str(dst)), dst)
+
+
+def convert_fp16(src: str | Path, dst: str | Path) -> Path:
+    """fp16 encoder, fp32 task head and float32 graph inputs/outputs -> ``dst``.
+
+    The head -- every node between the encoder's last LayerNorm and the graph outputs: GlobalPointer
+    projections, span products and span mask; pooling, whitening and L2 normalisation -- stays in
+    fp32 (it is a small share of the work): span scores keep fp32 resolution around the threshold,
+    the mask stays ``finfo(fp32).min``, and sums of squares or of many tokens cannot overflow fp16.
+    """
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = onnx.load(str(src))
+    head = head_nodes(model)
+    log.info("fp16 %s: %d of %d nodes kept in fp32 (task head)", Path(dst).name, len(head), len(model.graph.node))
+    wrapped = OnnxModel(model)
+    with _quiet():
+        wrapped.convert_float_to_float16(keep_io_types=True, use_symbolic_shape_infer=True, node_block_list=head)
+    return save(wrapped.model, dst)
+
+
+LAYER_NORMS = {"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+               "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization"}
+
+
+def head_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that feed the graph outputs without passing through a LayerNorm (the task head).
+
+    Unnamed nodes are given names first (the fp16 converter blocks nodes by name).
+    """
+    graph = model.graph
+    names = {n.name for n in graph.node}
+    for k, node in enumerate(graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_ropenlp_{k}"
+            while node.name in names:
+                node.name += "_"
+            names.add(node.name)
+    producer = {out: node for node in graph.node for out in node.output}
+    stack, head = [o.name for o in graph.output], {}
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.op_type in LAYER_NORMS or node.name in head:
+            continue
+        head[node.name] = node
+        stack.extend(i for i in node.input if i)
+    return list(head)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the ONNX Runtime tools for a block: their INFO and WARNING logs (module-level loggers named after
+    their files: ``fusion_base``, ``onnx_model``, ...) and what they print to stdout."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
