@@ -1,4 +1,4 @@
-"""``ropenlp serve``: a thin shim over :func:`run_server`.
+"""``ropenlp serve`` and ``ropenlp score``: thin shims over :func:`run_server` and :func:`service.score.score`.
 
 The flags are generated from :class:`service.settings.Settings` (one ``--flag`` per field, e.g.
 ``--batch-tokens`` for ``batch_tokens`` / ``ROPENLP_BATCH_TOKENS``), so flags, environment variables
@@ -7,11 +7,13 @@ and settings cannot drift apart. A flag given wins over its variable; a flag not
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 import types
 import typing
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -24,6 +26,15 @@ class NoBundle(RuntimeError):
     pass
 
 
+def require_bundle(settings: Settings) -> None:
+    """A clear error before anything loads when no bundle is given and none is installed."""
+    if settings.bundle is None and not (DEFAULT_BUNDLE / "bundle.json").is_file():
+        raise NoBundle(
+            f"no bundle given and the default bundle is not installed ({DEFAULT_BUNDLE} has no bundle.json): "
+            "pass --bundle DIR or set ROPENLP_BUNDLE=DIR (a directory written by `ropenlp export`)"
+        )
+
+
 def run_server(settings: Settings) -> None:
     """Load the engine (clear errors before anything listens), then serve it with uvicorn, 1 worker."""
     import uvicorn
@@ -33,11 +44,7 @@ def run_server(settings: Settings) -> None:
     from service.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
-    if settings.bundle is None and not (DEFAULT_BUNDLE / "bundle.json").is_file():
-        raise NoBundle(
-            f"no bundle given and the default bundle is not installed ({DEFAULT_BUNDLE} has no bundle.json): "
-            "pass --bundle DIR or set ROPENLP_BUNDLE=DIR (a directory written by `ropenlp export`)"
-        )
+    require_bundle(settings)
     public = settings.public()
     log.info("settings: %s", " ".join(f"{k}={v}" for k, v in public.items()), extra={"settings": public})
     engine = Engine.from_settings(settings)
@@ -63,9 +70,11 @@ def _flag_type(annotation: object) -> type:
     return str
 
 
-def _serve_command() -> typing.Callable[..., None]:
+def _settings_params(names: typing.Iterable[str], panel: str | None = None) -> list[inspect.Parameter]:
+    """One keyword-only ``--flag`` per settings field (default None: not given, the variable or default stands)."""
     params = []
-    for name, field in Settings.model_fields.items():
+    for name in names:
+        field = Settings.model_fields[name]
         kind = _flag_type(field.annotation)
         flag = "--" + name.replace("_", "-")
         decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
@@ -79,35 +88,212 @@ def _serve_command() -> typing.Callable[..., None]:
             f" (one of {', '.join(map(str, choices))})" if choices else ""
         )
         help_ += f"; env {Settings.env_name(name)}, default: {default}"
-        option = typer.Option(None, *decls, help=help_, show_default=False)
+        option = typer.Option(None, *decls, help=help_, show_default=False, rich_help_panel=panel)
         params.append(
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None)
         )
+    return params
 
+
+def _startup_error(e: Exception) -> None:
+    """Settings / bundle / provider problems at start-up: a message and exit 2, not a traceback."""
+    from models.bundle import BundleError
+    from service.runtime import ProviderUnavailable
+
+    if isinstance(e, (SettingsError, NoBundle, BundleError, ProviderUnavailable, ValueError)):
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    raise e
+
+
+def _serve_command() -> typing.Callable[..., None]:
     def serve(**flags: object) -> None:
         """Serve a bundle over HTTP: /ner, /similarity, /embed, /health, /ready, /info, /metrics, /schema."""
         try:
             run_server(Settings.from_env(**flags))
-        except (SettingsError, NoBundle) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-        except Exception as e:  # bundle / provider problems at start-up: a message, not a traceback
-            from models.bundle import BundleError
-            from service.runtime import ProviderUnavailable
+        except Exception as e:  # noqa: BLE001 (re-raised unless a start-up problem)
+            _startup_error(e)
 
-            if isinstance(e, (BundleError, ProviderUnavailable, ValueError)):
-                typer.echo(f"error: {e}", err=True)
-                raise typer.Exit(2) from None
-            raise
-
-    serve.__signature__ = inspect.Signature(params)  # typer reads the flags from here
+    serve.__signature__ = inspect.Signature(_settings_params(Settings.model_fields))  # typer reads the flags
     return serve
+
+
+# -- ropenlp score ------------------------------------------------------------------------------
+
+# The settings that matter to batch scoring (the model, threads, batching, limits); same names,
+# variables and defaults as for `serve`.
+SCORE_SETTINGS = (
+    "bundle", "provider", "allow_cpu_fallback", "precision", "intra_op_threads", "inter_op_threads",
+    "ner_max_length", "ner_stride", "batch_tokens", "max_chars", "max_entities", "threshold_min", "threshold_max",
+)  # fmt: skip
+
+SCORE_EPILOG = """Exit codes:
+0 done (error lines, if any, are counted in the summary);
+1 stopped: more error lines than --max-errors;
+2 usage, settings or bundle error, or --resume refused;
+3 input / output error;
+4 unexpected failure (a bug);
+130 interrupted (Ctrl-C, SIGTERM).
+After 1, 3, 4, 130 or kill -9: rerun with the same arguments and --resume."""
+
+
+class ScoreTask(str, enum.Enum):
+    ner = "ner"
+    similarity = "similarity"
+    embed = "embed"
+
+
+class InputFormat(str, enum.Enum):
+    jsonl = "jsonl"
+    csv = "csv"
+    tsv = "tsv"
+    text = "text"
+
+
+class ProgressMode(str, enum.Enum):
+    auto = "auto"
+    bar = "bar"
+    log = "log"
+    none = "none"
+
+
+def _score(
+    task: Annotated[
+        ScoreTask, typer.Argument(help="ner: entities; similarity: score of pairs (a, b); embed: vectors.")
+    ],
+    *,
+    input: Annotated[
+        str, typer.Option("--input", "-i", help="JSONL, CSV, TSV or plain text file; - for stdin.")
+    ],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="JSONL, one line per input record; - for stdout.")
+    ],
+    format: Annotated[
+        InputFormat | None,
+        typer.Option(
+            "--format", "-f", help="Default: from the extension (.jsonl .ndjson .csv .tsv .tab .txt)."
+        ),
+    ] = None,
+    text_field: Annotated[
+        str | None,
+        typer.Option(
+            help="ner / embed: JSON key, CSV/TSV column name, or 0-based index without a header. "
+            "Default: text (0)."
+        ),
+    ] = None,
+    a_field: Annotated[
+        str | None, typer.Option(help="similarity: first text of a pair. Default: a (0).")
+    ] = None,
+    b_field: Annotated[
+        str | None, typer.Option(help="similarity: second text of a pair. Default: b (1).")
+    ] = None,
+    id_field: Annotated[
+        str | None, typer.Option(help='Copied to each output line as "id" (always there: "line").')
+    ] = None,
+    header: Annotated[
+        bool | None, typer.Option("--header/--no-header", help="csv / tsv: the first line names the columns.")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="ner: span score threshold. Default: the bundle's.")
+    ] = None,
+    window: Annotated[
+        int, typer.Option(min=1, help="Records read at a time, length-sorted into batches (bounds memory).")
+    ] = 4096,
+    max_errors: Annotated[
+        int | None, typer.Option(min=0, help="Stop (exit 1) once more error lines than this are written.")
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Go on after an interrupted run (same arguments, unchanged input)."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output and its state.")
+    ] = False,
+    npy: Annotated[
+        str | None,
+        typer.Option(
+            help="embed: also write the vectors to this float32 .npy (row k = output line k; NaN row = "
+            "error line)."
+        ),
+    ] = None,
+    vectors: Annotated[
+        bool | None,
+        typer.Option(
+            "--vectors/--no-vectors", help="embed: vectors in the JSONL lines (default: unless --npy)."
+        ),
+    ] = None,
+    fsync_interval: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Seconds between checkpoints (fsync + state); 0: every window; always at exit."
+        ),
+    ] = 5.0,
+    progress: Annotated[
+        ProgressMode,
+        typer.Option(
+            help="auto: a bar when stderr is a terminal, else a log line every --log-interval seconds."
+        ),
+    ] = ProgressMode.auto,
+    log_interval: Annotated[float, typer.Option(min=0.1, help="Seconds between progress log lines.")] = 30.0,
+    **flags: object,
+) -> None:
+    """Score a JSONL / CSV / TSV / text file, streaming: one output line per input record, in input
+    order; bad records get error lines; resumable after a crash (--resume)."""
+    import signal
+
+    from service.score import ScoreError, ScoreOptions, Stopped, make_progress, score
+
+    options = ScoreOptions(
+        task=task.value, input=input, output=output, format=format.value if format else None,
+        text_field=text_field, a_field=a_field, b_field=b_field, id_field=id_field, header=header,
+        threshold=threshold, window=window, max_errors=max_errors, resume=resume, overwrite=overwrite,
+        npy=npy, vectors=vectors, fsync_interval=fsync_interval,
+    )  # fmt: skip
+    try:
+        settings = Settings.from_env(**flags)
+        require_bundle(settings)
+        from service.core import Engine
+
+        engine = Engine.from_settings(settings)
+    except Exception as e:  # noqa: BLE001 (re-raised unless a start-up problem)
+        _startup_error(e)
+
+    def terminate(signum, frame):  # SIGTERM as Ctrl-C: checkpoint, then exit 130
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        summary = score(engine, options, progress=make_progress(progress.value, interval=log_interval))
+    except Stopped as e:
+        typer.echo(e.summary.line(), err=True)
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except ScoreError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except Exception:  # a bug: the trace for the report, and an exit code of its own (1 means --max-errors)
+        log.exception("score failed unexpectedly; what was written is checkpointed (--resume goes on)")
+        raise typer.Exit(4) from None
+    typer.echo(summary.line(), err=True)
+
+
+def _score_command() -> typing.Callable[..., None]:
+    """``_score``'s own parameters (annotations resolved: typer reads a replaced signature as it is)
+    followed by the settings flags."""
+    hints = typing.get_type_hints(_score, include_extras=True)
+    own = [
+        p.replace(annotation=hints[name])
+        for name, p in inspect.signature(_score).parameters.items()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    settings = _settings_params(SCORE_SETTINGS, panel="Model and batching (as for serve)")
+    _score.__signature__ = inspect.Signature([*own, *settings])
+    return _score
 
 
 def register(app: typer.Typer) -> None:
     app.command("serve", help="Serve a model bundle over HTTP (Litestar + uvicorn, 1 worker).")(
         _serve_command()
     )
-    # `ropenlp score` (batch scoring of JSONL/CSV/TSV, a later issue) registers here as well. It
-    # builds `service.core.Engine.from_settings(Settings.from_env(bundle=...))` and calls
-    # `Engine.ner / embed / similarity_pairs / rank` directly: core, never HTTP.
+    # `ropenlp score` calls core directly (service.score -> Engine), never HTTP.
+    app.command("score", epilog=SCORE_EPILOG)(_score_command())

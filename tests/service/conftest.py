@@ -32,14 +32,19 @@ VOCAB = [
 LABELS = ("LOC", "ORG", "PER")
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory) -> Path:
-    torch = pytest.importorskip("torch", reason="building the test bundle needs the train extra")
+def build_tiny_bundle(root: Path) -> Path:
+    """Write the tiny random bundle (fp32, both tasks) under ``root``; return its directory ``root/tiny``.
+
+    A plain function so that scripts (``bench/cli.py`` runs on it) can build the same bundle:
+    ``python -c "from tests.service.conftest import build_tiny_bundle as b; b(Path('/tmp/tiny'))"``.
+    """
+    import torch
+
     from export.onnx import export_bundle
     from models.roformer import RoFormerConfig, RoFormerEncoder
     from models.tasks import NerConfig, NerModel, SimilarityConfig, SimilarityModel
 
-    root = tmp_path_factory.mktemp("bundle")
+    root.mkdir(parents=True, exist_ok=True)
     (root / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB), encoding="utf-8")
     torch.manual_seed(0)
     cfg = RoFormerConfig(
@@ -54,6 +59,12 @@ def tiny_bundle(tmp_path_factory) -> Path:
     sim.eval().save(root / "sim", tokenizer_from=root / "vocab.txt")
     export_bundle(root / "tiny", ner=root / "ner", similarity=root / "sim", precisions=("fp32",), name="tiny")
     return root / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    pytest.importorskip("torch", reason="building the test bundle needs the train extra")
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture(scope="session")
