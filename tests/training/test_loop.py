@@ -1,0 +1,141 @@
+"""The generic loop's parts: schedule, weight-decay groups, resumable batches."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from training.config import TrainingConfig
+from training.loop import (
+    Checkpoints,
+    EpochBatches,
+    build_scheduler,
+    lr_factor,
+    param_groups,
+    setup_torch,
+)
+
+
+def test_lr_schedules():
+    def f(step, schedule, **kw):
+        return lr_factor(step, total=110, warmup=10, schedule=schedule, **kw)
+
+    assert [f(s, "linear") for s in (1, 5, 10)] == [0.1, 0.5, 1.0]
+    assert f(60, "linear") == pytest.approx(0.5) and f(110, "linear") == 0.0
+    assert f(60, "cosine") == pytest.approx(0.5) and f(110, "cosine") == pytest.approx(0.0)
+    assert f(110, "linear", min_ratio=0.1) == pytest.approx(0.1)
+    assert f(100, "constant") == 1.0
+
+
+def test_scheduler_lr_per_step():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sched = build_scheduler(opt, TrainingConfig(lr=1.0, warmup_steps=2, max_steps=4), total_steps=4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.5, 1.0, 0.5, 0.0])  # step 1 already learns (no wasted lr=0 step)
+
+
+def test_no_weight_decay_on_bias_and_layernorm():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4), nn.LayerNorm(4))
+    decay, no_decay = param_groups(model, 0.01)
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[1].weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(model[1].bias), id(model[2].weight), id(model[2].bias)}
+    assert no_decay["weight_decay"] == 0.0
+
+
+def _collate(examples, generator):
+    ids = torch.tensor([e[0] for e in examples])
+    return {"input_ids": ids, "noise": torch.rand(len(examples), generator=generator)}
+
+
+@pytest.mark.parametrize("budget", [0, 40])
+def test_epoch_batches_cover_each_example_once(budget):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 12, 101)
+    examples = [[i] * int(n) for i, n in enumerate(lengths)]
+    b = EpochBatches(examples, collate=_collate, batch_size=8, batch_tokens=budget, bucket=2 if budget else 0,
+                     seed=3)
+    for epoch in range(2):
+        seen = []
+        for idx in b.plan(epoch):
+            seen += list(idx)
+            if budget:
+                assert lengths[idx].max() * len(idx) <= budget
+        assert sorted(seen) == list(range(101))  # nothing dropped, nothing twice
+    assert b.plan(0)[0].tolist() != b.plan(1)[0].tolist()  # reshuffled per epoch
+    assert b.steps_per_epoch == (math.ceil(101 / 8) if not budget else len(b.plan(0)))
+
+
+def test_epoch_batches_resume_exactly():
+    examples = [[i] for i in range(10)]
+    a = EpochBatches(examples, collate=_collate, batch_size=3, seed=1)
+    for _ in range(5):  # into the second epoch
+        next(a)
+    state = a.state_dict()
+    want = [next(a) for _ in range(6)]
+    b = EpochBatches(examples, collate=_collate, batch_size=3, seed=1)
+    b.load_state_dict(state)
+    got = [next(b) for _ in range(6)]
+    for w, g in zip(want, got):
+        assert torch.equal(w["input_ids"], g["input_ids"]) and torch.equal(w["noise"], g["noise"])
+    assert b.epoch == pytest.approx(2 + 3 / 4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where there is no GPU")
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        setup_torch(TrainingConfig(device="cuda"))
+
+
+class _Regression(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+
+    def forward(self, input_ids, targets):
+        loss = ((self.linear(input_ids).squeeze(-1) - targets) ** 2).mean()
+        return None, loss
+
+
+def _regression_batches(seed=0):
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(64, 3, generator=g)
+    ys = xs @ torch.tensor([1.0, -2.0, 0.5])
+
+    def collate(idx, generator):
+        return {"input_ids": xs[idx], "targets": ys[idx]}
+
+    return EpochBatches(list(range(64)), lengths=[1] * 64, collate=collate, batch_size=8, seed=seed)
+
+
+def test_fit_logs_checkpoints_and_stops_early(tmp_path):
+    import json
+
+    from training.loop import fit
+
+    cfg = TrainingConfig(lr=0.05, max_steps=50, eval_every=2, checkpoint_every=4, keep_checkpoints=2,
+                         patience=2, progress="off")
+    scores = iter([3.0, 2.0, 2.5, 2.6, 1.0])  # best at the 2nd eval, then two without improvement
+    saved = []
+
+    def run():
+        torch.manual_seed(0)
+        return fit(_Regression(), _regression_batches(), cfg, out_dir=tmp_path, total_steps=50,
+                   save_model=lambda d: saved.append(d.name), evaluate=lambda: {"loss": next(scores)},
+                   resume_from=Checkpoints(tmp_path / "checkpoints").latest())
+
+    result = run()
+    assert result.stopped_early and result.step == 8 and result.best == 2.0
+    assert [p.name for p in Checkpoints(tmp_path / "checkpoints").all()] == ["step-00000004", "step-00000008"]
+    assert saved.count("best") == 2 and saved[-1] == "model"
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval" not in r] == list(range(1, 9))
+    assert json.loads((tmp_path / "metrics.json").read_text())["stopped_early"] is True
+    again = run()  # resuming a run that stopped early trains no further
+    assert again.step == 8 and again.stopped_early

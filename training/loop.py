@@ -1,0 +1,567 @@
+"""A small, generic training loop and what consumes it.
+
+Read top to bottom: seeds and RNG state -> optimizer and schedule -> resumable batches ->
+``train_steps`` (the loop itself: fetch -> forward -> backward -> clip -> step -> schedule, yielding
+a :class:`StepInfo` per step) -> its consumers (JSONL log, progress, checkpoints, early stopping) ->
+``fit``, which wires them together for any model whose ``forward(**batch)`` returns ``(output, loss)``.
+
+Resuming is exact: a checkpoint holds the model, optimizer, scheduler, every RNG state and the data
+position, so ``N`` steps straight and ``k`` steps + resume + ``N - k`` steps give identical weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.config import RESOLVED_FILE, ConfigError, TrainingConfig, config_diff, to_dict, write_resolved
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_STATE = "trainer.pt"
+LOG_FILE = "log.jsonl"
+METRICS_FILE = "metrics.json"
+# Keys that may change when a run is resumed: they do not change the weights.
+RESUMABLE_CHANGES = ("training.device", "training.threads", "training.progress", "training.log_every",
+                     "training.eval_every", "training.checkpoint_every", "training.keep_checkpoints",
+                     "output.dir")
+
+# --------------------------------------------------------------------------------------------
+# Seeds, devices, RNG state
+# --------------------------------------------------------------------------------------------
+
+
+def setup_torch(cfg: TrainingConfig) -> torch.device:
+    """Seed every RNG, set the CPU thread count, check the device exists."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"training.device = {cfg.device!r} but CUDA is not available (this torch build: "
+                         f"{torch.__version__}); use training.device = \"cpu\"")
+    if cfg.precision == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
+        log.warning("training.precision = \"bf16\" on a CPU without AVX512-BF16/AMX: expect it to be slower "
+                    "than fp32")
+    set_seed(cfg.seed)
+    return device
+
+
+def _cpu_has_bf16() -> bool:
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((check and check()) or (amx and amx()))
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+
+
+def rng_states() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# --------------------------------------------------------------------------------------------
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (linear weights, embeddings); none on biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+def lr_factor(step: int, *, total: int, warmup: int, schedule: str, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (1-based): linear warmup to 1 over
+    ``warmup`` steps, then ``constant``, ``linear`` or ``cosine`` decay to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step <= warmup:
+        return step / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    if schedule == "linear":
+        return 1.0 - (1.0 - min_ratio) * progress
+    if schedule == "cosine":
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int):
+    warmup = cfg.warmup_for(total_steps)
+
+    def factor(done: int) -> float:  # LambdaLR counts finished steps; the next one is done + 1
+        return lr_factor(done + 1, total=total_steps, warmup=warmup, schedule=cfg.schedule,
+                         min_ratio=cfg.min_lr_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------------------------
+# Resumable batches
+# --------------------------------------------------------------------------------------------
+
+
+class Batches(Protocol):
+    """An endless iterator of batches (dicts of tensors) whose position can be saved and restored."""
+
+    def __next__(self) -> dict[str, torch.Tensor]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+    @property
+    def epoch(self) -> float: ...
+
+
+class EpochBatches:
+    """Endless batches over a fixed list of examples, epoch after epoch.
+
+    Each epoch is a permutation drawn from ``(seed, epoch)``, cut into batches of ``batch_size``
+    examples or, with ``batch_tokens``, of at most that many padded tokens (longest x count); with
+    ``bucket > 0`` examples are sorted by length within pools of ``bucket`` batches first (less
+    padding) and the batches shuffled again. No example is ever dropped: the last batch may be short.
+    ``collate(examples, generator)`` builds the tensors; ``generator`` (a seeded ``torch.Generator``)
+    is for random choices such as dynamic masking, and its state is part of :meth:`state_dict`.
+    """
+
+    def __init__(self, examples: Sequence[Any], *, collate: Callable[[list, torch.Generator], dict],
+                 lengths: Sequence[int] | None = None, batch_size: int = 32, batch_tokens: int = 0,
+                 bucket: int = 0, seed: int = 0, shuffle: bool = True):
+        if not len(examples):
+            raise ValueError("no examples to make batches from")
+        self.examples, self.collate = examples, collate
+        self.lengths = np.asarray(lengths if lengths is not None else [len(e) for e in examples])
+        self.batch_size, self.batch_tokens, self.bucket = batch_size, batch_tokens, bucket
+        self.seed, self.shuffle = seed, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+        self._epoch, self._index = 0, 0
+        self._plan = self.plan(0)
+
+    def plan(self, epoch: int) -> list[np.ndarray]:
+        """The batches (arrays of example indices) of one epoch."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.examples)) if self.shuffle else np.arange(len(self.examples))
+        if self.bucket > 0:
+            pool = self.bucket * (self.batch_size if not self.batch_tokens else
+                                  max(1, self.batch_tokens // max(int(self.lengths.mean()), 1)))
+            order = np.concatenate([chunk[np.argsort(self.lengths[chunk], kind="stable")]
+                                    for chunk in np.array_split(order, max(1, -(-len(order) // pool)))])
+        batches, start = [], 0
+        while start < len(order):
+            end = start + 1
+            if self.batch_tokens:
+                longest = self.lengths[order[start]]
+                while end < len(order):
+                    longer = max(longest, self.lengths[order[end]])
+                    if longer * (end - start + 1) > self.batch_tokens:  # padded cost of one more
+                        break
+                    longest, end = longer, end + 1
+            else:
+                end = min(start + self.batch_size, len(order))
+            batches.append(order[start:end])
+            start = end
+        if self.bucket > 0 and self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.plan(0))
+
+    @property
+    def epoch(self) -> float:
+        return self._epoch + self._index / max(len(self._plan), 1)
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        if self._index >= len(self._plan):
+            self._epoch, self._index = self._epoch + 1, 0
+            self._plan = self.plan(self._epoch)
+        idx = self._plan[self._index]
+        self._index += 1
+        return self.collate([self.examples[i] for i in idx], self.generator)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "index": self._index, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._epoch, self._index = state["epoch"], state["index"]
+        self.generator.set_state(state["generator"])
+        self._plan = self.plan(self._epoch)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    step: int
+    loss: float
+    lr: float  # the lr this step used
+    grad_norm: float  # before clipping (nan when clipping is off)
+    tokens: int  # real (unpadded) tokens in the batch
+    seconds: float  # wall time of the step, fetch included
+    epoch: float  # epochs done after this step
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, batches: Batches, *,
+                max_steps: int, start_step: int = 0, clip: float = 1.0, device: torch.device | str = "cpu",
+                precision: str = "fp32") -> Iterator[StepInfo]:
+    """Run optimizer steps ``start_step + 1 .. max_steps``, yielding a :class:`StepInfo` after each."""
+    device = torch.device(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for step in range(start_step + 1, max_steps + 1):
+        t0 = time.perf_counter()
+        batch = next(batches)  # fetch
+        tokens = _real_tokens(batch)
+        batch = to_device(batch, device)
+        model.train()
+        with autocast:
+            _, loss = model(**batch)  # forward
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # backward
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else torch.tensor(float("nan"))
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()  # step
+        scheduler.step()  # schedule
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at step {step} (lower training.lr?)")
+        seconds = time.perf_counter() - t0
+        yield StepInfo(step, loss_value, lr, float(grad_norm), tokens, seconds, batches.epoch)
+
+
+# --------------------------------------------------------------------------------------------
+# Consumers: JSONL log, progress, checkpoints, early stopping
+# --------------------------------------------------------------------------------------------
+
+
+class JsonlLog:
+    """One JSON object per line: step records and eval records, appended as they come."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps after ``step`` (written by a run that was then interrupted)."""
+        if not self.path.is_file():
+            return
+        keep = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:  # a line cut short by the interruption
+                pass
+        self.path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class Progress:
+    """A tqdm bar with loss, lr and tokens/s when stderr is a terminal (``mode="auto"``); otherwise
+    a log line every ``log_every`` steps with the same numbers and the ETA."""
+
+    def __init__(self, *, total: int, start: int, mode: str = "auto", log_every: int = 50):
+        self.total, self.start, self.log_every = total, start, max(1, log_every)
+        self.window: deque[StepInfo] = deque(maxlen=self.log_every)
+        self.t0 = time.perf_counter()
+        enabled = mode == "on" or (mode == "auto" and sys.stderr.isatty())
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def smoothed(self) -> tuple[float, float]:
+        """Mean loss and tokens/s over the last ``log_every`` steps."""
+        loss = sum(i.loss for i in self.window) / len(self.window)
+        tps = sum(i.tokens for i in self.window) / max(sum(i.seconds for i in self.window), 1e-9)
+        return loss, tps
+
+    def update(self, info: StepInfo) -> None:
+        self.window.append(info)
+        loss, tps = self.smoothed()
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{info.lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
+            self.bar.update(1)
+        elif info.step % self.log_every == 0 or info.step == self.total:
+            elapsed = time.perf_counter() - self.t0
+            eta = elapsed / (info.step - self.start) * (self.total - info.step)
+            log.info("step %d/%d  loss %.4f  lr %.2e  %s tok/s  epoch %.2f  elapsed %s  eta %s", info.step,
+                     self.total, loss, info.lr, f"{tps:,.0f}", info.epoch, _hms(elapsed), _hms(eta))
+
+    def write(self, message: str) -> None:
+        """Log a message without breaking the bar."""
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            log.info("%s", message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Checkpoints:
+    """``DIR/step-00000500/`` folders: the model as its trainer saves it plus ``trainer.pt`` (optimizer,
+    scheduler, RNG, data position, loop state). Written to a temporary folder and renamed, so a
+    crash never leaves a half-written "latest"; only the last ``keep`` are kept."""
+
+    def __init__(self, directory: str | Path, keep: int = 2):
+        self.dir, self.keep = Path(directory), keep
+
+    def all(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(p for p in self.dir.glob("step-*") if p.is_dir() and (p / TRAINER_STATE).is_file())
+
+    def latest(self) -> Path | None:
+        found = self.all()
+        return found[-1] if found else None
+
+    def save(self, step: int, state: dict, save_model: Callable[[Path], None] | None = None) -> Path:
+        final = self.dir / f"step-{step:08d}"
+        tmp = self.dir / f".tmp-step-{step:08d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if save_model is not None:
+            save_model(tmp)
+        torch.save(state, tmp / TRAINER_STATE)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in self.all()[: -self.keep]:
+            shutil.rmtree(old)
+        return final
+
+    @staticmethod
+    def load(path: str | Path) -> dict:
+        return torch.load(Path(path) / TRAINER_STATE, map_location="cpu", weights_only=True)
+
+
+class EarlyStopping:
+    """Counts evaluations without improvement of one metric; ``stop`` after ``patience`` of them."""
+
+    def __init__(self, patience: int = 0, *, higher_is_better: bool = False):
+        self.patience, self.higher = patience, higher_is_better
+        self.best: float | None = None
+        self.bad = 0
+
+    def update(self, value: float) -> bool:
+        """Record an evaluation; True when it is the best so far."""
+        better = self.best is None or (value > self.best if self.higher else value < self.best)
+        if better:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        return better
+
+    @property
+    def stop(self) -> bool:
+        return self.patience > 0 and self.bad >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad = state["best"], state["bad"]
+
+
+# --------------------------------------------------------------------------------------------
+# fit: the loop and its consumers, for any trainer
+# --------------------------------------------------------------------------------------------
+
+
+def resume_point(out_dir: str | Path, *, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None: start fresh); call it before any slow preparation.
+
+    Without ``resume`` an output folder that already holds checkpoints is an error: nothing is
+    ever overwritten.
+    """
+    out = Path(out_dir)
+    latest = Checkpoints(out / CHECKPOINTS_DIR).latest()
+    if latest is not None and not resume:
+        raise FileExistsError(f"{out} already holds checkpoints (latest {latest.name}): pass --resume to "
+                              f"continue that run, or set output.dir to another folder")
+    if resume and latest is None:
+        log.info("--resume: no checkpoint in %s yet, starting from step 0", out)
+    return latest
+
+
+def write_run_config(out_dir: str | Path, cfg: Any, *, resuming: bool) -> Path:
+    """Write ``config.resolved.toml``; when resuming, it must first equal the saved one except for
+    :data:`RESUMABLE_CHANGES` (a changed lr or batch size would make the resumed run another run)."""
+    out = Path(out_dir)
+    if resuming and (out / RESOLVED_FILE).is_file():
+        import tomllib
+
+        saved = tomllib.loads((out / RESOLVED_FILE).read_text(encoding="utf-8"))
+        changed = config_diff(saved, to_dict(cfg), ignore=RESUMABLE_CHANGES)
+        if changed:
+            raise ConfigError(f"cannot resume {out}: the config differs from the saved {RESOLVED_FILE} in "
+                              f"{', '.join(changed)} (only {', '.join(RESUMABLE_CHANGES)} may change)")
+    return write_resolved(cfg, out)
+
+
+def _json_safe(record: dict) -> dict:
+    """Floats rounded for the log; NaN/inf (not JSON) as null."""
+    def safe(v):
+        return (round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v
+
+    return {k: safe(v) for k, v in record.items()}
+
+
+@dataclass(frozen=True)
+class FitResult:
+    step: int
+    stopped_early: bool
+    best: float | None  # best value of the early-stopping metric
+    last_eval: dict
+    tokens_per_s: float  # over this process's steps
+
+
+def fit(model: nn.Module, batches: Batches, cfg: TrainingConfig, *, out_dir: str | Path, total_steps: int,
+        save_model: Callable[[Path], None], evaluate: Callable[[], dict] | None = None, metric: str = "loss",
+        higher_is_better: bool = False, resume_from: Path | None = None,
+        optimizer: torch.optim.Optimizer | None = None, device: torch.device | str = "cpu") -> FitResult:
+    """Train ``model`` (already on ``device``) for ``total_steps`` steps, consuming :func:`train_steps`.
+
+    Writes under ``out_dir``: ``log.jsonl`` (every step and eval), ``checkpoints/step-N/`` every
+    ``cfg.checkpoint_every`` steps and at the end, ``best/`` whenever ``evaluate()[metric]``
+    improves, ``model/`` at the end (both through ``save_model(folder)``), ``metrics.json``.
+    """
+    out = Path(out_dir)
+    optimizer = optimizer or build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    checkpoints = Checkpoints(out / CHECKPOINTS_DIR, cfg.keep_checkpoints)
+    stopper = EarlyStopping(cfg.patience, higher_is_better=higher_is_better)
+    steplog = JsonlLog(out / LOG_FILE)
+    start, last_eval, stopped = 0, {}, False
+    if resume_from is not None:
+        state = Checkpoints.load(resume_from)  # on the CPU: RNG states must stay there; the
+        # model and optimizer copy their tensors onto their parameters' device when loading
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        batches.load_state_dict(state["data"])
+        stopper.load_state_dict(state["early_stopping"])
+        set_rng_states(state["rng"])
+        start, last_eval, stopped = state["step"], state["last_eval"], state["stopped"]
+        log.info("resumed from %s (step %d, epoch %.2f)%s", resume_from, start, batches.epoch,
+                 ": the run had stopped early, nothing to do" if stopped else "")
+
+    steplog.truncate_after(start)  # steps logged after the checkpoint (or by a failed fresh start) go
+
+    def trainer_state(step: int) -> dict:
+        return {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "data": batches.state_dict(), "rng": rng_states(),
+                "early_stopping": stopper.state_dict(), "last_eval": last_eval, "stopped": stopped}
+
+    def run_eval(step: int) -> None:
+        nonlocal last_eval
+        if evaluate is None:
+            return
+        t0 = time.perf_counter()
+        last_eval = evaluate()
+        improved = stopper.update(last_eval[metric])
+        steplog.write({"step": step, "eval": last_eval, "seconds": round(time.perf_counter() - t0, 3)})
+        shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in last_eval.items())
+        verdict = "(best)" if improved else f"(no improvement for {stopper.bad})"
+        progress.write(f"eval at step {step}: {shown}  {verdict}")
+        if improved:
+            save_model(out / "best")
+
+    progress = Progress(total=total_steps, start=start, mode=cfg.progress, log_every=cfg.log_every)
+    step, tokens, seconds = start, 0, 0.0
+    end = start if stopped else total_steps
+    try:
+        for info in train_steps(model, optimizer, scheduler, batches, max_steps=end, start_step=start,
+                                clip=cfg.clip, device=device, precision=cfg.precision):
+            step = info.step
+            tokens, seconds = tokens + info.tokens, seconds + info.seconds
+            steplog.write(_json_safe(dataclasses.asdict(info) | {"tokens_per_s": info.tokens_per_s}))
+            progress.update(info)
+            last = step == total_steps
+            if last or (cfg.eval_every and step % cfg.eval_every == 0):
+                run_eval(step)
+                stopped = stopper.stop and not last
+            if last or stopped or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                checkpoints.save(step, trainer_state(step), save_model)
+            if stopped:
+                progress.write(f"early stop at step {step}: {metric} did not improve in {stopper.bad} evals")
+                break
+    finally:
+        progress.close()
+    if step == start and evaluate is not None and not last_eval:  # nothing left to train: still report
+        run_eval(step)
+    save_model(out / "model")
+    result = FitResult(step, stopped, stopper.best, last_eval, tokens / seconds if seconds else float("nan"))
+    metrics = _json_safe(dataclasses.asdict(result) | {"last_eval": _json_safe(result.last_eval)})
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return result

@@ -1,0 +1,482 @@
+"""Masked-LM pre-training of a RoFormer encoder (from scratch, or continuing a checkpoint).
+
+Read top to bottom: config sections -> the MLM head (Hugging Face ``RoFormerForMaskedLM`` layout,
+decoder tied to the word embeddings) -> dynamic masking -> packing lines into sequences ->
+evaluation -> ``train_mlm``, the function behind ``ropenlp train mlm``.
+
+A saved model is a Hugging Face ``RoFormerForMaskedLM`` directory: ``config.json``,
+``model.safetensors`` (``roformer.*`` encoder keys + ``cls.predictions.*``) and ``vocab.txt``; it
+loads in ``transformers.RoFormerForMaskedLM`` / ``RoFormerModel`` and ``RoFormerEncoder.from_pretrained``.
+The vocabulary projection is computed only at masked positions (15 % of the tokens): on a small
+model with a 5k-character vocabulary that is most of the head's cost saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.roformer import ACTIVATIONS, RoFormerConfig, RoFormerEncoder, read_checkpoint
+from models.text import Tokenizer, pad_batch
+from training.config import OutputConfig, TrainingConfig, load_config, to_dict
+from training.data import ReadReport, TextRecord, TextSource, is_heldout, read_texts
+from training.loop import (
+    LOG_FILE,
+    METRICS_FILE,
+    EpochBatches,
+    FitResult,
+    fit,
+    resume_point,
+    setup_torch,
+    to_device,
+    write_run_config,
+)
+from training.vocab import count_pieces, select_vocab, unk_rate, write_vocab
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # target of unmasked positions
+VOCAB_FILE = "vocab.txt"
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MlmDataConfig:
+    """``[data]``: texts to pre-train on. Relative paths are taken under ``root``, itself relative to
+    the current directory (run from the repository root)."""
+
+    root: str = "."
+    sources: tuple[TextSource, ...] = ()
+    heldout_fraction: float = 0.005  # of distinct texts (by content hash), for eval loss/accuracy
+    max_length: int = 128  # tokens per sequence, [CLS] and [SEP]s included
+    pack: Literal["fill", "lines", "none"] = "fill"  # how lines share sequences: see pack_sequences
+    on_error: Literal["raise", "skip"] = "raise"  # unreadable records: stop, or skip them and report
+
+    def __post_init__(self):
+        if self.max_length < 8:
+            raise ValueError(f"data.max_length must be >= 8, got {self.max_length}")
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError(f"data.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    """``[vocab]``: ``path`` of an existing vocab.txt, else (no ``model.init``) one is built from the
+    training texts (held-out texts excluded) with these settings and saved with the model."""
+
+    path: str = ""
+    min_count: int = 5
+    max_size: int = 8000
+    lowercase: bool = True
+
+
+@dataclass(frozen=True)
+class MlmModelConfig:
+    """``[model]``: continue from ``init`` (a Hugging Face RoFormer folder) or build ``[model.encoder]``.
+
+    ``encoder.vocab_size = 0`` means the vocabulary's size. With ``init``, encoder fields set to
+    other than their defaults (e.g. dropout) replace the checkpoint's.
+    """
+
+    init: str = ""
+    encoder: RoFormerConfig = field(default_factory=lambda: RoFormerConfig(vocab_size=0))
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    """``[mlm]``: BERT dynamic masking: ``mask_prob`` of the non-special tokens are predicted; of
+    those, ``replace_mask`` become [MASK], ``replace_random`` a random token, the rest stay."""
+
+    mask_prob: float = 0.15
+    replace_mask: float = 0.8
+    replace_random: float = 0.1
+
+    def __post_init__(self):
+        if not 0 < self.mask_prob < 1:
+            raise ValueError(f"mlm.mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.replace_mask < 0 or self.replace_random < 0 or self.replace_mask + self.replace_random > 1:
+            raise ValueError("mlm.replace_mask and mlm.replace_random must be >= 0 and sum to <= 1")
+
+
+@dataclass(frozen=True)
+class MlmConfig:
+    data: MlmDataConfig = field(default_factory=MlmDataConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    model: MlmModelConfig = field(default_factory=MlmModelConfig)
+    mlm: MaskingConfig = field(default_factory=MaskingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output: OutputConfig = field(default_factory=lambda: OutputConfig(dir="runs/mlm"))
+
+
+def load_mlm_config(path: str | Path | None, overrides=()) -> MlmConfig:
+    return load_config(MlmConfig, path, overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Model: encoder + MLM head with the Hugging Face layout
+# --------------------------------------------------------------------------------------------
+
+# Our head parameter -> its name in a RoFormerForMaskedLM checkpoint.
+HEAD_NAMES = {
+    "head.dense.weight": "cls.predictions.transform.dense.weight",
+    "head.dense.bias": "cls.predictions.transform.dense.bias",
+    "head.norm.weight": "cls.predictions.transform.LayerNorm.weight",
+    "head.norm.bias": "cls.predictions.transform.LayerNorm.bias",
+    "head.bias": "cls.predictions.bias",
+}
+TIED_NAMES = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")  # tied, never stored apart
+
+
+class MlmHead(nn.Module):
+    """dense -> activation -> LayerNorm -> x @ word_embeddings.T + bias (the decoder is tied)."""
+
+    def __init__(self, cfg: RoFormerConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.emb_dim)
+        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        nn.init.normal_(self.dense.weight, std=cfg.initializer_range)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.act(self.dense(hidden)))  # (..., E)
+        return F.linear(x, word_embeddings, self.bias)  # (..., V)
+
+
+class RoFormerForMlm(nn.Module):
+    def __init__(self, encoder: RoFormerEncoder):
+        super().__init__()
+        self.encoder = encoder
+        self.head = MlmHead(encoder.cfg)
+
+    @property
+    def cfg(self) -> RoFormerConfig:
+        return self.encoder.cfg
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, targets=None):
+        """``targets`` (B, T) with -100 at unmasked positions: returns (logits at the masked positions
+        (N, V), mean cross-entropy). Without targets: (logits (B, T, V), None)."""
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        emb = self.encoder.tok_emb.weight  # (V, E)
+        if targets is None:
+            return self.head(hidden, emb), None
+        selected = targets != IGNORE  # (B, T)
+        logits = self.head(hidden[selected], emb)  # (N, V): only where a token is predicted
+        if logits.shape[0] == 0:  # nothing masked in this batch: a zero loss that still has a graph
+            return logits, hidden.sum() * 0.0
+        return logits, F.cross_entropy(logits.float(), targets[selected])
+
+    # Hugging Face format ---------------------------------------------------------------------
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        state = {"roformer." + k: v for k, v in self.encoder.hf_state_dict().items()}
+        head = self.state_dict()
+        return state | {hf: head[ours].detach().contiguous() for ours, hf in HEAD_NAMES.items()}
+
+    def save_pretrained(self, path: str | Path, *, tokenizer_file: str | Path | None = None) -> None:
+        """A ``RoFormerForMaskedLM`` directory (config.json, model.safetensors, + the tokenizer file)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        hf_cfg = self.cfg.to_hf_dict() | {"architectures": ["RoFormerForMaskedLM"],
+                                          "tie_word_embeddings": True}
+        (path / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n", encoding="utf-8")
+        save_file(self.hf_state_dict(), str(path / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer_file is not None:
+            src = Path(tokenizer_file)
+            if src.resolve() != (path / src.name).resolve():
+                shutil.copyfile(src, path / src.name)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides) -> RoFormerForMlm:
+        """Any HF RoFormer folder; its ``cls.predictions`` head is loaded when present, else a new one."""
+        cfg, state = read_checkpoint(path)
+        if overrides:
+            cfg = dataclasses.replace(cfg, **overrides)
+        model = cls(RoFormerEncoder(cfg))
+        model.encoder.load_hf_state_dict(state, source=str(path))
+        head_keys = {hf.removeprefix("roformer.") for hf in HEAD_NAMES.values()}
+        present = head_keys & state.keys()
+        if present == head_keys:
+            model.head.load_state_dict({ours.removeprefix("head."): state[hf]
+                                        for ours, hf in HEAD_NAMES.items()})
+        elif present:
+            raise ValueError(f"{path}: incomplete MLM head, missing {sorted(head_keys - present)}")
+        else:
+            log.info("%s has no MLM head: starting a new one", path)
+        unknown = [k for k in state if k.startswith("cls.") and k not in head_keys and k not in TIED_NAMES]
+        if unknown:
+            raise ValueError(f"{path}: unexpected head keys {unknown}")
+        return model
+
+
+def build_model(cfg: MlmModelConfig, vocab_size: int) -> RoFormerForMlm:
+    default = MlmModelConfig().encoder
+    if cfg.init:
+        overrides = {f.name: getattr(cfg.encoder, f.name) for f in dataclasses.fields(cfg.encoder)
+                     if f.name != "vocab_size" and getattr(cfg.encoder, f.name) != getattr(default, f.name)}
+        model = RoFormerForMlm.from_pretrained(cfg.init, **overrides)
+    else:
+        enc = cfg.encoder
+        if enc.vocab_size == 0:
+            enc = dataclasses.replace(enc, vocab_size=vocab_size)
+        model = RoFormerForMlm(RoFormerEncoder(enc))
+    if model.cfg.vocab_size < vocab_size:
+        raise ValueError(f"the model has {model.cfg.vocab_size} token embeddings but the vocabulary has "
+                         f"{vocab_size} tokens")
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Dynamic masking
+# --------------------------------------------------------------------------------------------
+
+
+def mask_tokens(input_ids: torch.Tensor, *, special_ids: Sequence[int], mask_id: int, vocab_size: int,
+                generator: torch.Generator | None = None, cfg: MaskingConfig = MaskingConfig()
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: ``(inputs, targets)``; targets hold the original id where a token is to be
+    predicted and -100 elsewhere. Special tokens (padding, [CLS], [SEP], [UNK], [MASK]) are never
+    chosen, and random replacements are never special tokens."""
+    special = torch.tensor(sorted(set(special_ids)), dtype=input_ids.dtype)
+    candidates = ~torch.isin(input_ids, special)  # (B, T)
+    chosen = (torch.rand(input_ids.shape, generator=generator) < cfg.mask_prob) & candidates
+    targets = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
+    r = torch.rand(input_ids.shape, generator=generator)
+    to_mask = chosen & (r < cfg.replace_mask)
+    to_random = chosen & (r >= cfg.replace_mask) & (r < cfg.replace_mask + cfg.replace_random)
+    ordinary = torch.tensor(sorted(set(range(vocab_size)) - set(special_ids)), dtype=input_ids.dtype)
+    random_ids = ordinary[torch.randint(len(ordinary), input_ids.shape, generator=generator)]
+    inputs = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
+    inputs = torch.where(to_random, random_ids, inputs)
+    return inputs, targets
+
+
+class MlmCollator:
+    """Pads a list of id arrays and masks them: ``{input_ids, attention_mask, targets}``."""
+
+    def __init__(self, tokenizer: Tokenizer, cfg: MaskingConfig):
+        if tokenizer.mask_id is None:
+            raise ValueError("the vocabulary has no [MASK] token: MLM needs one")
+        self.pad_id, self.mask_id, self.cfg = tokenizer.pad_id, tokenizer.mask_id, cfg
+        self.special_ids = sorted({tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id,
+                                   tokenizer.mask_id})
+        self.vocab_size = tokenizer.vocab_size
+
+    def __call__(self, seqs: list[np.ndarray], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        ids, mask = pad_batch(seqs, pad_id=self.pad_id)
+        ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)  # (B, T)
+        inputs, targets = mask_tokens(ids, special_ids=self.special_ids, mask_id=self.mask_id,
+                                      vocab_size=self.vocab_size, generator=generator, cfg=self.cfg)
+        return {"input_ids": inputs, "attention_mask": mask, "targets": targets}
+
+
+# --------------------------------------------------------------------------------------------
+# Sequences: tokenize, then pack consecutive lines of a file
+# --------------------------------------------------------------------------------------------
+
+
+def tokenize_records(tokenizer: Tokenizer, records: Sequence[TextRecord], *, chunk: int = 8192
+                     ) -> list[tuple[str, np.ndarray]]:
+    """``(path, token ids)`` per record, no specials."""
+    out = []
+    for i in range(0, len(records), chunk):
+        part = records[i: i + chunk]
+        encs = tokenizer.encode_batch([r.text for r in part], add_special_tokens=False)
+        out.extend((r.path, e.ids.astype(np.int32)) for r, e in zip(part, encs))
+    return out
+
+
+def pack_sequences(lines: Iterable[tuple[str, np.ndarray]], *, max_length: int, cls_id: int, sep_id: int,
+                   pack: str = "fill") -> list[np.ndarray]:
+    """``[CLS] line [SEP] line [SEP] ...`` sequences of at most ``max_length`` tokens.
+
+    Lines of one file are packed in order, never across files. ``pack``:
+
+    * ``"fill"``: every sequence is filled to ``max_length``, a line that does not fit continues in
+      the next sequence (no padding, so the most real tokens per second);
+    * ``"lines"``: a line that does not fit in the room left starts a new sequence (a line is cut
+      only when longer than a whole sequence);
+    * ``"none"``: one line (or piece of a long line) per sequence.
+
+    Every token of every line lands in exactly one sequence.
+    """
+    if pack not in ("fill", "lines", "none"):
+        raise ValueError(f"pack must be 'fill', 'lines' or 'none', got {pack!r}")
+    body = max_length - 1  # room after [CLS]
+    seqs: list[np.ndarray] = []
+    cur: list[int] = []
+
+    def flush():
+        if cur:
+            seqs.append(np.asarray([cls_id] + cur, dtype=np.int32))
+            cur.clear()
+
+    for _, group in groupby(lines, key=lambda x: x[0]):  # consecutive lines of one file
+        for _, ids in group:
+            piece = ids.tolist() + [sep_id]
+            if pack == "none":
+                flush()
+            while piece:
+                room = body - len(cur)
+                if len(piece) <= room:
+                    cur.extend(piece)
+                    piece = []
+                elif pack == "lines" and cur and len(piece) <= body:
+                    flush()  # the line fits in a sequence of its own: do not cut it
+                else:
+                    cur.extend(piece[:room])
+                    piece = piece[room:]
+                    flush()
+        flush()
+    return seqs
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def eval_batches(seqs: Sequence[np.ndarray], collate: MlmCollator, *, batch_size: int,
+                 seed: int) -> list[dict]:
+    """Held-out batches masked once with a fixed seed: every evaluation sees the same masks."""
+    g = torch.Generator().manual_seed(seed)
+    return [collate(list(seqs[i: i + batch_size]), g) for i in range(0, len(seqs), batch_size)]
+
+
+@torch.no_grad()
+def evaluate_mlm(model: RoFormerForMlm, batches: Sequence[dict], device: torch.device | str = "cpu") -> dict:
+    """Masked-token cross-entropy, accuracy and perplexity over fixed held-out batches."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for batch in batches:
+        batch = to_device(batch, device)
+        logits, _ = model(**batch)  # (N, V)
+        targets = batch["targets"][batch["targets"] != IGNORE]  # (N,)
+        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+        correct += int((logits.argmax(-1) == targets).sum())
+        n += len(targets)
+    model.train(was_training)
+    loss = loss_sum / max(n, 1)
+    return {"loss": loss, "accuracy": correct / max(n, 1), "perplexity": math.exp(min(loss, 50.0)),
+            "masked_tokens": n}
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+
+
+def _checkpoint_tokenizer(folder: Path) -> Path:
+    for name in ("tokenizer.json", VOCAB_FILE):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder}: no tokenizer.json or vocab.txt (set vocab.path)")
+
+
+def _tokenizer_for(cfg: MlmConfig, out: Path, train_texts: Sequence[str],
+                   resuming: bool) -> tuple[Tokenizer, Path]:
+    """The vocabulary: the run's own (when resuming), ``vocab.path``, the init checkpoint's, or built."""
+    if resuming and (out / VOCAB_FILE).is_file():
+        src = out / VOCAB_FILE
+    elif cfg.vocab.path:
+        src = Path(cfg.vocab.path)
+    elif cfg.model.init:
+        src = _checkpoint_tokenizer(Path(cfg.model.init))
+    else:
+        counts = count_pieces(train_texts, lowercase=cfg.vocab.lowercase)
+        src = write_vocab(select_vocab(counts, min_count=cfg.vocab.min_count, max_size=cfg.vocab.max_size),
+                          out / VOCAB_FILE)
+        log.info("built %s: %d tokens from %d distinct pieces", src,
+                 len(src.read_text(encoding="utf-8").splitlines()), len(counts))
+    tokenizer = Tokenizer.load(src, lowercase=cfg.vocab.lowercase)
+    if src.resolve() != (out / src.name).resolve():
+        shutil.copyfile(src, out / src.name)
+    return tokenizer, out / src.name
+
+
+def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
+    """Pre-train as configured; writes everything under ``cfg.output.dir`` (see :func:`training.loop.fit`)."""
+    out = Path(cfg.output.dir)
+    latest = resume_point(out, resume=resume)
+    if not cfg.data.sources:
+        raise ValueError("no [[data.sources]] configured")
+    device = setup_torch(cfg.training)
+    out.mkdir(parents=True, exist_ok=True)
+
+    report = ReadReport()
+    records = list(read_texts(cfg.data.sources, report, root=cfg.data.root))
+    report.write(out / "data_report.json")  # every unreadable record, file:line, whatever on_error says
+    report.check(cfg.data.on_error)
+    held = [is_heldout(r.text, cfg.data.heldout_fraction) for r in records]
+    train_recs = [r for r, h in zip(records, held) if not h]
+    held_recs = [r for r, h in zip(records, held) if h]
+    log.info("read %s; %d texts for training, %d held out", report.summary(), len(train_recs), len(held_recs))
+
+    resuming = latest is not None
+    tokenizer, vocab_path = _tokenizer_for(cfg, out, [r.text for r in train_recs], resuming=resuming)
+    unk = unk_rate(tokenizer, [r.text for r in held_recs]) if held_recs else None
+    if unk is not None:
+        log.info("held-out %s", unk)
+
+    model = build_model(cfg.model, tokenizer.vocab_size).to(device)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=model.cfg))  # as built
+    write_run_config(out, cfg, resuming=resuming)
+    if cfg.data.max_length > model.cfg.max_position_embeddings:
+        raise ValueError(f"data.max_length {cfg.data.max_length} > max_position_embeddings "
+                         f"{model.cfg.max_position_embeddings}")
+
+    def sequences(recs):
+        return pack_sequences(tokenize_records(tokenizer, recs), max_length=cfg.data.max_length,
+                              cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, pack=cfg.data.pack)
+
+    train_seqs, held_seqs = sequences(train_recs), sequences(held_recs)
+    n_tokens = sum(len(s) for s in train_seqs)
+    collate = MlmCollator(tokenizer, cfg.mlm)
+    batches = EpochBatches(train_seqs, collate=collate, batch_size=cfg.training.batch_size,
+                           batch_tokens=cfg.training.batch_tokens, seed=cfg.training.seed)
+    per_epoch = batches.steps_per_epoch
+    total = cfg.training.max_steps or math.ceil(cfg.training.epochs * per_epoch)
+    log.info("%d training sequences (%s tokens, %d steps per epoch), %d held-out sequences; %d steps; "
+             "model %.2fM parameters", len(train_seqs), f"{n_tokens:,}", per_epoch, len(held_seqs), total,
+             sum(p.numel() for p in model.parameters()) / 1e6)
+    held_batches = eval_batches(held_seqs, collate, batch_size=2 * cfg.training.batch_size,
+                                seed=cfg.training.seed + 1)
+
+    result = fit(model, batches, cfg.training, out_dir=out, total_steps=total, device=device,
+                 save_model=lambda d: model.save_pretrained(d, tokenizer_file=vocab_path),
+                 evaluate=(lambda: evaluate_mlm(model, held_batches, device)) if held_batches else None,
+                 metric="loss", resume_from=latest)
+
+    metrics = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
+    metrics |= {"data": {"read": report.summary(), "train_texts": len(train_recs),
+                         "heldout_texts": len(held_recs), "train_sequences": len(train_seqs),
+                         "train_tokens": n_tokens,
+                         "heldout_sequences": len(held_seqs), "steps_per_epoch": per_epoch},
+                "vocab": {"size": tokenizer.vocab_size,
+                          "heldout_unk_token_rate": unk.token_rate if unk else None,
+                          "heldout_unk_char_rate": unk.char_rate if unk else None},
+                "config": to_dict(cfg)}
+    text = json.dumps(metrics, indent=2, ensure_ascii=False) + "\n"
+    (out / METRICS_FILE).write_text(text, encoding="utf-8")
+    log.info("done at step %d: final model in %s, log in %s", result.step, out / "model", out / LOG_FILE)
+    return result
