@@ -1,0 +1,187 @@
+"""NER training: targets, a few steps that learn, the best checkpoint, threshold calibration, evaluate CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from models.roformer import RoFormerConfig, RoFormerEncoder
+from models.tasks import NerConfig, NerModel, load_ner, read_task
+from models.text import Tokenizer
+from ropenlp.cli import app
+from training.config import ConfigError
+from training.data import ReadReport
+from training.evaluate import evaluate_ner
+from training.loop import EpochBatches, build_scheduler, train_steps
+from training.ner import NerCollator, calibrate, load_ner_config, predict_entities, train_ner
+from training.ner_data import align_records, read_ner
+
+from .synthetic import TINY_ENCODER, write_ner
+
+
+@pytest.fixture(scope="module")
+def ner_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ner")
+    write_ner(d / "train.json", 160, seed=1)
+    write_ner(d / "dev.json", 30, seed=2)
+    return d
+
+
+def tiny_config(data_dir, out_dir, vocab, **overrides):
+    base = TINY_ENCODER | {
+        "data.root": str(data_dir), "data.train": ["train.json"], "data.dev": ["dev.json"],
+        "data.max_length": 24, "data.stride": 12, "vocab.path": str(vocab), "model.head_size": 16,
+        "ner.head_lr": 1e-2, "ner.eval_every_epoch": False, "ner.calibrate_threshold": True,
+        "training.lr": 3e-3, "training.batch_size": 16, "training.max_steps": 40, "training.warmup_steps": 3,
+        "training.eval_every": 20, "training.checkpoint_every": 20, "training.progress": "off",
+        "training.threads": 1, "output.dir": str(out_dir)}
+    return load_ner_config(None, base | overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(ner_data, tiny_vocab, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "ner"
+    result = train_ner(tiny_config(ner_data, out, tiny_vocab))
+    return out, result
+
+
+def test_dense_and_sparse_targets_give_the_same_loss(ner_data, tiny_vocab):
+    tok = Tokenizer.from_vocab(tiny_vocab)
+    recs = list(read_ner([ner_data / "train.json"], ReadReport()))[:8]
+    labels = ["name", "org", "place"]
+    examples, _ = align_records(recs, tok, labels, max_length=24, stride=12)
+    torch.manual_seed(0)
+    enc = RoFormerEncoder(RoFormerConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=64))
+    model = NerModel(enc, NerConfig(labels=tuple(labels), head_size=8)).eval()
+    dense = NerCollator(tok.pad_id, 3, loss="dense")(examples)
+    sparse = NerCollator(tok.pad_id, 3, loss="sparse")(examples)
+    assert sparse["targets"].dtype == torch.long and dense["targets"].dtype == torch.bool
+    assert int(dense["targets"].sum()) == int((sparse["targets"] >= 0).sum()) == sum(len(e.spans) for e in examples)
+    with torch.no_grad():
+        assert model(**dense)[1].item() == pytest.approx(model(**sparse)[1].item(), rel=1e-5)
+
+
+def test_steps_reduce_loss_and_checkpoint_reloads_identically(ner_data, tiny_vocab, tmp_path):
+    tok = Tokenizer.from_vocab(tiny_vocab)
+    recs = list(read_ner([ner_data / "train.json"], ReadReport()))
+    labels = ("name", "org", "place")
+    examples, _ = align_records(recs, tok, labels, max_length=24, stride=12)
+    torch.manual_seed(0)
+    enc = RoFormerEncoder(RoFormerConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model = NerModel(enc, NerConfig(labels=labels, head="gp", head_size=16, max_length=24, stride=12))
+    collate = NerCollator(tok.pad_id, len(labels))
+    fixed = collate(examples[:32])
+    with torch.no_grad():
+        before = model.eval()(**fixed)[1].item()
+    from training.config import TrainingConfig
+    from training.loop import build_optimizer
+
+    cfg = TrainingConfig(lr=5e-3, max_steps=30)
+    opt = build_optimizer(model, cfg)
+    batches = EpochBatches(examples, collate=collate, batch_size=16, seed=0)
+    list(train_steps(model, opt, build_scheduler(opt, cfg, 30), batches, max_steps=30))
+    model.eval()
+    with torch.no_grad():
+        after = model(**fixed)[1].item()
+    assert after < 0.5 * before
+    model.save(tmp_path / "ckpt", tokenizer_from=tiny_vocab)
+    again = load_ner(tmp_path / "ckpt").eval()
+    with torch.no_grad():
+        assert torch.equal(model(fixed["input_ids"], fixed["attention_mask"])[0],
+                           again(fixed["input_ids"], fixed["attention_mask"])[0])
+    texts = [r.text for r in recs[:20]]
+    assert predict_entities(model, tok, texts) == predict_entities(again, tok, texts)
+
+
+def test_train_ner_writes_best_checkpoint_and_learns(trained, ner_data):
+    out, result = trained
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 40 and np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    evals = [r["eval"] for r in log if "eval" in r]
+    assert len(evals) == 2 and {"f1", "precision", "recall", "nested_f1", "macro_f1"} <= evals[0].keys()
+    best = out / "best"
+    meta = read_task(best)
+    assert meta["labels"] == ["name", "org", "place"] and meta["max_length"] == 24 and meta["stride"] == 12
+    assert (best / "vocab.txt").is_file() and (best / "head.safetensors").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["train"]["misaligned"] == 0 and metrics["data"]["train"]["records"] == 160
+    assert metrics["calibration"]["threshold"] == meta["threshold"]
+    assert result.best == pytest.approx(max(e["f1"] for e in evals))
+
+
+def test_reloaded_best_scores_what_training_recorded(trained, ner_data):
+    out, _ = trained
+    recorded = json.loads((out / "best" / "metrics.json").read_text())
+    again = evaluate_ner([str(ner_data / "dev.json")], model=out / "best")
+    assert again["f1"] == recorded["dev_f1"] and again["threshold"] == recorded["threshold"]
+    assert again["scores"]["per_type"] == recorded["dev"]["per_type"]
+
+
+def test_calibration_picks_the_best_grid_threshold():
+    from models.spans import Entity
+
+    gold = [[(0, 2, "A"), (3, 5, "A")]]
+    ents = [[Entity(0, 2, "A", "", 0.8), Entity(3, 5, "A", "", -0.3), Entity(6, 7, "A", "", -0.8)]]
+    best, f1 = calibrate(gold, ents, [-1.0, -0.5, 0.0, 0.5], ["A"])
+    assert best == -0.5 and f1 == {"-1": pytest.approx(0.8), "-0.5": 1.0, "0": pytest.approx(2 / 3),
+                                   "0.5": pytest.approx(2 / 3)}
+
+
+def test_resume_needs_the_flag_and_config_is_strict(trained, ner_data, tiny_vocab):
+    out, _ = trained
+    with pytest.raises(FileExistsError):
+        train_ner(tiny_config(ner_data, out, tiny_vocab))
+    with pytest.raises(ConfigError, match="ner.nope"):
+        tiny_config(ner_data, out, tiny_vocab, **{"ner.nope": 1})
+
+
+def test_evaluate_cli_writes_metrics_json(trained, ner_data, tmp_path):
+    out, _ = trained
+    target = tmp_path / "m" / "metrics.json"
+    res = CliRunner().invoke(app, ["evaluate", "ner", "--model", str(out / "best"), "--data",
+                                   str(ner_data / "dev.json"), "--out", str(target)])
+    assert res.exit_code == 0, res.output
+    assert "micro" in res.output and "nested only" in res.output
+    m = json.loads(target.read_text())
+    assert m["task"] == "ner" and 0 <= m["f1"] <= 1 and set(m["scores"]["per_type"]) == {"name", "org", "place"}
+    bad = CliRunner().invoke(app, ["evaluate", "ner", "--data", str(ner_data / "dev.json")])
+    assert bad.exit_code == 2 and "exactly one of --model" in bad.output
+
+
+def test_bundle_scores_like_the_checkpoint(trained, ner_data, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export.onnx import export_bundle
+
+    out, _ = trained
+    export_bundle(tmp_path / "bundle", ner=out / "best", precisions=["fp32"])
+    torch_m = evaluate_ner([str(ner_data / "dev.json")], model=out / "best")
+    onnx_m = evaluate_ner([str(ner_data / "dev.json")], bundle=tmp_path / "bundle", precision="fp32")
+    assert onnx_m["graph_precision"] == "fp32" and onnx_m["max_length"] == 24 and onnx_m["stride"] == 12
+    assert onnx_m["scores"] == torch_m["scores"]
+
+
+def test_head_has_its_own_learning_rate():
+    from training.config import TrainingConfig
+    from training.encoders import build_task_optimizer
+
+    enc = RoFormerEncoder(RoFormerConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=16, max_position_embeddings=32))
+    model = NerModel(enc, NerConfig(labels=("A",), head_size=8))
+    opt = build_task_optimizer(model, model.head, TrainingConfig(lr=1e-4, weight_decay=0.1), head_lr=1e-3)
+    by_lr = {}
+    for g in opt.param_groups:
+        by_lr.setdefault(g["lr"], set()).update(id(p) for p in g["params"])
+    assert by_lr[1e-3] == {id(p) for p in model.head.parameters()}
+    assert by_lr[1e-4] == {id(p) for p in model.encoder.parameters()}
+    assert {g["weight_decay"] for g in opt.param_groups if g["lr"] == 1e-3} == {0.0, 0.1}
+
+
+def test_a_dev_file_used_for_training_is_refused(ner_data, tiny_vocab, tmp_path):
+    with pytest.raises(ValueError, match="listed in data.train and data.dev"):
+        train_ner(tiny_config(ner_data, tmp_path / "x", tiny_vocab, **{"data.dev": ["train.json"]}))

@@ -1,0 +1,208 @@
+"""``ropenlp train ...``: thin shims over plain functions (the tests and the Python API call those).
+
+Library code raises; only these shims turn an error into a message and a non-zero exit code.
+torch is imported inside the commands, so ``ropenlp --help`` stays instant and torch-free.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+
+log = logging.getLogger(__name__)
+
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+OVERRIDES_HELP = "Overrides: --section.key VALUE or --set section.key=VALUE (values are TOML literals)."
+
+
+@contextmanager
+def _user_errors():
+    """Expected failures (bad config, data, paths) -> one line on stderr and exit code 2."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command with --resume to continue from the last checkpoint",
+                   err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (ValueError, OSError, ArithmeticError) as e:  # ConfigError, DataError, checkpoint mismatch, ...
+        log.debug("failed", exc_info=True)
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def vocab(
+    inputs: Annotated[list[str] | None, typer.Argument(help="Plain-text files or globs.")] = None,
+    input_: Annotated[list[str] | None, typer.Option("--input", "-i", help="Repeatable.")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Where to write vocab.txt.")] = "vocab.txt",
+    min_count: Annotated[int, typer.Option(help="Leave out pieces seen fewer times.")] = 5,
+    max_size: Annotated[int, typer.Option(help="At most this many tokens, specials included.")] = 8000,
+    heldout: Annotated[list[str] | None, typer.Option(help="Files to measure the [UNK] rate on.")] = None,
+    lowercase: Annotated[bool, typer.Option("--lowercase/--cased", help="As the tokenizer will.")] = True,
+    on_error: Annotated[str, typer.Option(help="Unreadable lines: raise, or skip (and report).")] = "raise",
+) -> None:
+    """Build a character-level vocab.txt ([PAD] [UNK] [CLS] [SEP] [MASK], then pieces by frequency)."""
+    from training.vocab import build_vocab_file
+
+    files = [*(inputs or []), *(input_ or [])]
+    if not files:
+        typer.echo("error: give at least one input file or glob", err=True)
+        raise typer.Exit(EXIT_ERROR)
+    with _user_errors():
+        path, rate = build_vocab_file(files, out, min_count=min_count, max_size=max_size,
+                                      heldout=heldout or (), lowercase=lowercase, on_error=on_error)
+    typer.echo(f"wrote {path}" + (f"; held-out {rate}" if rate else ""))
+
+
+def _config_command(run: Callable[..., object]):
+    """A ``CONFIG.toml [overrides] [--resume]`` command around ``run(cfg_path, overrides, resume)``."""
+
+    def command(
+        ctx: typer.Context,
+        config: Annotated[str, typer.Argument(help="The run's TOML config.")],
+        resume: Annotated[bool, typer.Option(help="Continue from output.dir's last checkpoint.")] = False,
+        set_: Annotated[list[str] | None, typer.Option("--set", help="section.key=VALUE (repeat).")] = None,
+        device: Annotated[str | None, typer.Option(help="Shortcut: --training.device (cpu, cuda).")] = None,
+        threads: Annotated[int | None, typer.Option(help="Shortcut for --training.threads.")] = None,
+    ) -> None:
+        words = [w for kv in set_ or [] for w in ("--set", kv)] + list(ctx.args)
+        if device is not None:
+            words += ["--training.device", device]
+        if threads is not None:
+            words += ["--training.threads", str(threads)]
+        with _user_errors():
+            run(config, words, resume)
+
+    command.__doc__ = run.__doc__
+    return command
+
+
+def _mlm(config: str, overrides: list[str], resume: bool) -> None:
+    """Masked-LM pre-training of a RoFormer encoder, from scratch or from model.init."""
+    from training.mlm import load_mlm_config, train_mlm
+
+    result = train_mlm(load_mlm_config(config, overrides), resume=resume)
+    held = f"; held-out {result.last_eval}" if result.last_eval else ""
+    typer.echo(f"finished at step {result.step}{held}")
+
+
+def _ner(config: str, overrides: list[str], resume: bool) -> None:
+    """NER fine-tuning (GlobalPointer / Efficient GlobalPointer head), nested or flat."""
+    from training.ner import load_ner_config, train_ner
+
+    result = train_ner(load_ner_config(config, overrides), resume=resume)
+    typer.echo(f"finished at step {result.step}; best dev f1 {result.best}" if result.best is not None
+               else f"finished at step {result.step}")
+
+
+def _sim(config: str, overrides: list[str], resume: bool) -> None:
+    """Sentence-similarity fine-tuning (CoSENT, optional in-batch contrastive loss)."""
+    from training.similarity import load_sim_config, train_sim
+
+    result = train_sim(load_sim_config(config, overrides), resume=resume)
+    typer.echo(f"finished at step {result.step}; best dev spearman {result.best}" if result.best is not None
+               else f"finished at step {result.step}")
+
+
+def _ints(text: str | None) -> list[int] | None:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()] if text else None
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def whitening(
+    model: Annotated[str, typer.Option(help="Similarity checkpoint (or HF RoFormer folder).")],
+    sentences: Annotated[list[str], typer.Option(help="Sentence files (repeat): .txt lines, .tsv columns, "
+                                                      ".jsonl field text.")],
+    eval_: Annotated[list[str] | None, typer.Option("--eval", help="Dev pair files to score each k on.")] = None,
+    k: Annotated[str | None, typer.Option("--k", help="Candidate k, e.g. 64,128,256 (default: a range up "
+                                                      "to the dimension; the JL estimate is always added).")] = None,
+    choose: Annotated[int | None, typer.Option(help="Store this k instead of the best by dev Spearman.")] = None,
+    out: Annotated[str | None, typer.Option(help="Write the whitened checkpoint here (default: --model).")] = None,
+    columns: Annotated[str, typer.Option(help="TSV sentence files: the text columns.")] = "0,1",
+    metrics: Annotated[str | None, typer.Option(help="Also write the metrics JSON here.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda.")] = "cpu",
+    batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 8192,
+) -> None:
+    """Fit BERT-whitening on pooled vectors, score k on dev pairs, store the chosen k in the checkpoint."""
+    from training.whitening import fit_whitening_run
+
+    with _user_errors():
+        result = fit_whitening_run(model, sentences, eval_files=eval_ or (), ks=_ints(k), choose=choose, out=out,
+                                   columns=_ints(columns) or (0, 1), device=device, batch_tokens=batch_tokens,
+                                   metrics_path=metrics)
+    best = result["chosen_mean_spearman"]
+    typer.echo(f"whitening k = {result['k']} stored in {out or model}"
+               + (f"; mean dev spearman {best:.2f} (unwhitened {result['unwhitened_mean_spearman']:.2f})"
+                  if best is not None else ""))
+
+
+def _evaluate_command(task: str):
+    def command(
+        model: Annotated[str | None, typer.Option(help="PyTorch task checkpoint.")] = None,
+        data: Annotated[list[str] | None, typer.Option(help="Labelled file(s) (repeat).")] = None,
+        format: Annotated[str, typer.Option(help="ner: auto, cluener, cmeee, bio, bioes; sim: auto, tsv, "
+                                                 "jsonl.")] = "auto",
+        out: Annotated[str | None, typer.Option(help="Write the metrics JSON here.")] = None,
+        bundle: Annotated[str | None, typer.Option(help="An ONNX bundle instead of --model (service.core.Engine).")
+                          ] = None,
+        precision: Annotated[str | None, typer.Option(help="Bundle graph variant: fp32, fp16, int8.")] = None,
+        threshold: Annotated[float | None, typer.Option(help="ner: decoding threshold (default: the model's).")
+                             ] = None,
+        device: Annotated[str, typer.Option(help="cpu, cuda (--model only).")] = "cpu",
+        batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 8192,
+        threads: Annotated[int, typer.Option(help="CPU threads (0 = default).")] = 0,
+    ) -> None:
+        import json
+        from pathlib import Path
+
+        from rich.console import Console
+
+        from training import evaluate as ev
+
+        if not data:
+            typer.echo("error: give at least one --data file", err=True)
+            raise typer.Exit(EXIT_ERROR)
+        with _user_errors():
+            if task == "ner":
+                metrics = ev.evaluate_ner(data, model=model, bundle=bundle, format=format, threshold=threshold,
+                                          device=device, batch_tokens=batch_tokens, precision=precision,
+                                          threads=threads)
+                table = ev.ner_table(metrics)
+            else:
+                if threshold is not None:
+                    raise ValueError("--threshold applies to ner only")
+                metrics = ev.evaluate_sim(data, model=model, bundle=bundle, format=format, device=device,
+                                          batch_tokens=batch_tokens, precision=precision, threads=threads)
+                table = ev.sim_table(metrics)
+            if out:
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                Path(out).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        Console().print(table)
+        if out:
+            typer.echo(f"wrote {out}")
+
+    command.__doc__ = {"ner": "Exact-span P/R/F1 (micro, per type, nested only) of an NER checkpoint or bundle.",
+                       "sim": "Spearman / Pearson x100 per pair file of a similarity checkpoint or bundle."}[task]
+    return command
+
+
+def register(app: typer.Typer) -> None:
+    train = typer.Typer(name="train", no_args_is_help=True,
+                        help="Train: vocabulary, MLM pre-training, NER, similarity, whitening.")
+    train.command("vocab")(vocab)
+    extra = {"allow_extra_args": True, "ignore_unknown_options": True}
+    train.command("mlm", context_settings=extra, epilog=OVERRIDES_HELP)(_config_command(_mlm))
+    train.command("ner", context_settings=extra, epilog=OVERRIDES_HELP)(_config_command(_ner))
+    train.command("sim", context_settings=extra, epilog=OVERRIDES_HELP)(_config_command(_sim))
+    train.command("whitening")(whitening)
+    app.add_typer(train, name="train")
+    evaluate = typer.Typer(name="evaluate", no_args_is_help=True,
+                           help="Score a task checkpoint or ONNX bundle on labelled data.")
+    evaluate.command("ner")(_evaluate_command("ner"))
+    evaluate.command("sim")(_evaluate_command("sim"))
+    app.add_typer(evaluate, name="evaluate")

@@ -1,0 +1,243 @@
+"""What the task trainers (NER, similarity) share: the encoder to start from, its tokenizer, the
+optimizer with a separate learning rate for the task head, an EMA of the weights, and batched
+inference in the service's order.
+
+Read top to bottom: ``[model]`` config -> tokenizer -> encoder -> optimizer -> EMA -> the module
+``fit`` trains (model + optional EMA) -> length-sorted batches for evaluation.
+
+Where the encoder comes from (``[model]``):
+
+* ``init = "runs/mlm_small/model"``: our MLM output (a ``RoFormerForMaskedLM`` folder, ``roformer.``
+  keys; the MLM head is ignored), or any Hugging Face RoFormer / RoFormer-Sim folder;
+* ``init = "..."`` and ``random_init = true``: the same config and vocabulary, fresh random weights
+  (the from-scratch baseline, all else equal);
+* ``init = ""``: ``[model.encoder]`` from scratch, with ``vocab.path`` or a vocabulary built from the
+  training texts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.roformer import RoFormerConfig, RoFormerEncoder
+from models.tasks import tokenizer_file
+from models.text import Tokenizer
+from training.config import TrainingConfig
+from training.loop import param_groups
+from training.mlm import VocabConfig
+from training.vocab import count_pieces, select_vocab, write_vocab
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Ema",
+    "ModelInit",
+    "Trainee",
+    "VocabConfig",
+    "build_encoder",
+    "build_task_optimizer",
+    "length_batches",
+    "tokenizer_for",
+]
+
+
+@dataclass(frozen=True)
+class ModelInit:
+    """``[model]``: the encoder to start from (see the module docstring).
+
+    ``encoder.vocab_size = 0`` means the vocabulary's size. With ``init``, encoder fields set to
+    other than their defaults (e.g. dropout) replace the checkpoint's.
+    """
+
+    init: str = ""
+    random_init: bool = False
+    encoder: RoFormerConfig = field(default_factory=lambda: RoFormerConfig(vocab_size=0))
+
+    def __post_init__(self):
+        if self.random_init and not self.init:
+            raise ValueError("model.random_init needs model.init (whose config and vocabulary to take); "
+                             "with init = \"\" the encoder is random anyway")
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer and encoder
+# --------------------------------------------------------------------------------------------
+
+
+def tokenizer_for(model: ModelInit, vocab: VocabConfig, out: Path, texts: Callable[[], Iterable[str]], *,
+                  resuming: bool) -> tuple[Tokenizer, Path]:
+    """The run's tokenizer, copied into ``out``: the run's own when resuming, else ``vocab.path``, else
+    the init checkpoint's, else one built from ``texts()`` (the training texts)."""
+    own = [out / name for name in ("tokenizer.json", "vocab.txt") if (out / name).is_file()]
+    if resuming and own:
+        src = own[0]
+    elif vocab.path:
+        src = Path(vocab.path)
+    elif model.init:
+        src = tokenizer_file(model.init)
+    else:
+        counts = count_pieces(texts(), lowercase=vocab.lowercase)
+        src = write_vocab(select_vocab(counts, min_count=vocab.min_count, max_size=vocab.max_size),
+                          out / "vocab.txt")
+        log.info("built %s: %d tokens from %d distinct pieces of the training texts", src,
+                 len(src.read_text(encoding="utf-8").splitlines()), len(counts))
+    if src.is_dir():
+        src = tokenizer_file(src)
+    tokenizer = Tokenizer.load(src, lowercase=vocab.lowercase)
+    # under the name a checkpoint's tokenizer must have, whatever the source file is called
+    dst = out / ("tokenizer.json" if src.suffix.lower() == ".json" else "vocab.txt")
+    if src.resolve() != dst.resolve():
+        shutil.copyfile(src, dst)
+    return tokenizer, dst
+
+
+def _encoder_overrides(enc: RoFormerConfig) -> dict:
+    default = ModelInit().encoder
+    return {f.name: getattr(enc, f.name) for f in dataclasses.fields(enc)
+            if f.name != "vocab_size" and getattr(enc, f.name) != getattr(default, f.name)}
+
+
+def build_encoder(cfg: ModelInit, vocab_size: int) -> RoFormerEncoder:
+    """The encoder as configured; its vocabulary must cover the tokenizer's."""
+    if cfg.init and not cfg.random_init:
+        encoder = RoFormerEncoder.from_pretrained(cfg.init, **_encoder_overrides(cfg.encoder))
+        log.info("encoder from %s", cfg.init)
+    elif cfg.init:
+        enc = dataclasses.replace(RoFormerConfig.from_json(Path(cfg.init) / "config.json"),
+                                  **_encoder_overrides(cfg.encoder))
+        encoder = RoFormerEncoder(enc)
+        log.info("encoder with the config of %s, random weights (model.random_init)", cfg.init)
+    else:
+        enc = cfg.encoder
+        if enc.vocab_size == 0:
+            enc = dataclasses.replace(enc, vocab_size=vocab_size)
+        encoder = RoFormerEncoder(enc)
+        log.info("encoder from scratch (random weights)")
+    if encoder.cfg.vocab_size < vocab_size:
+        raise ValueError(f"the encoder has {encoder.cfg.vocab_size} token embeddings but the vocabulary has "
+                         f"{vocab_size} tokens")
+    return encoder
+
+
+def check_length(max_length: int, encoder: RoFormerEncoder, what: str = "data.max_length") -> None:
+    if max_length > encoder.cfg.max_position_embeddings:
+        raise ValueError(f"{what} {max_length} > the encoder's max_position_embeddings "
+                         f"{encoder.cfg.max_position_embeddings}")
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer: the encoder at training.lr, the task head at its own (higher) lr
+# --------------------------------------------------------------------------------------------
+
+
+def build_task_optimizer(model: nn.Module, head: nn.Module | None, cfg: TrainingConfig,
+                         head_lr: float = 0.0) -> torch.optim.AdamW:
+    """AdamW over all of ``model`` with weight decay on matrices only (as
+    :func:`training.loop.build_optimizer`); the parameters of ``head`` (a part of ``model``) at
+    ``head_lr`` (0: ``training.lr``), the rest at ``training.lr``. The schedule scales every group alike."""
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    groups = []
+    for part, lr in (("body", cfg.lr), ("head", head_lr or cfg.lr)):
+        for g in param_groups(model, cfg.weight_decay):
+            params = [p for p in g["params"] if (id(p) in head_ids) == (part == "head")]
+            if params:
+                groups.append({"params": params, "weight_decay": g["weight_decay"], "lr": lr})
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+# --------------------------------------------------------------------------------------------
+# EMA of the weights, and the module fit() trains
+# --------------------------------------------------------------------------------------------
+
+
+class Ema(nn.Module):
+    """Exponential moving average of a model's trainable parameters, held as buffers (so it is part
+    of the trainer's checkpoints and resumes exactly). Decay warms up as min(decay, (1 + n) / (10 + n))."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        if not 0 < decay < 1:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        for k, (_, p) in enumerate(self._params(model)):
+            self.register_buffer(f"shadow_{k}", p.detach().clone())
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def _params(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        params = dict(model.named_parameters())
+        return [(n, params[n]) for n in self.names]
+
+    def shadows(self) -> list[torch.Tensor]:
+        return [getattr(self, f"shadow_{k}") for k in range(len(self.names))]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        n = int(self.updates)
+        d = min(self.decay, (1 + n) / (10 + n))
+        for shadow, (_, p) in zip(self.shadows(), self._params(model)):
+            shadow.lerp_(p.detach().to(shadow.dtype), 1 - d)
+
+    @contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """The averaged weights in the model inside the block, the trained ones back after it."""
+        params = [p for _, p in self._params(model)]
+        with torch.no_grad():
+            backup = [p.detach().clone() for p in params]
+            for p, shadow in zip(params, self.shadows()):
+                p.copy_(shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(params, backup):
+                    p.copy_(b)
+
+
+class Trainee(nn.Module):
+    """What ``fit`` trains: the task model (``forward(**batch) -> (output, loss)``) and, when
+    ``ema_decay > 0``, its EMA, updated after every optimizer step. Evaluation and saving use
+    :meth:`final_weights` (the EMA when there is one)."""
+
+    def __init__(self, model: nn.Module, ema_decay: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.ema = Ema(model, ema_decay) if ema_decay > 0 else None
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.ema is not None:
+            optimizer.register_step_post_hook(lambda *_: self.ema.update(self.model))
+
+    @contextmanager
+    def final_weights(self) -> Iterator[None]:
+        if self.ema is None:
+            yield
+        else:
+            with self.ema.applied(self.model):
+                yield
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation batches
+# --------------------------------------------------------------------------------------------
+
+
+def length_batches(lengths: Sequence[int], *, batch_tokens: int) -> list[list[int]]:
+    """Indices grouped longest first, each batch costing at most ``batch_tokens`` padded tokens: the
+    service's own plan (:func:`service.core.plan_batches`)."""
+    from service.core import plan_batches
+
+    return plan_batches(list(lengths), batch_tokens)

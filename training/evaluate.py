@@ -1,0 +1,182 @@
+"""``ropenlp evaluate ner|sim``: score a PyTorch task checkpoint, or an ONNX bundle through the
+service's own :class:`service.core.Engine`, on any labelled file, with the same metric code.
+
+Read top to bottom: NER (read -> predict with the checkpoint or the engine -> exact-span scores) ->
+similarity (read pairs -> cosines -> Spearman/Pearson per file) -> rich tables.
+
+A checkpoint and a bundle of it (fp32, int8, ...) predict through the same windows and merge, so
+their metrics compare directly: the difference is the graph's numerics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from training.data import ReadReport
+from training.metrics import macro_f1, ner_scores, similarity_scores
+
+log = logging.getLogger(__name__)
+
+UNLIMITED = 1 << 40
+
+
+def _engine(bundle: str | Path, *, batch_tokens: int, precision: str | None, provider: str = "cpu",
+            threads: int = 0):
+    from service.core import Engine, Limits
+
+    limits = Limits(max_items=UNLIMITED, max_chars=UNLIMITED, max_entities=UNLIMITED, batch_tokens=batch_tokens)
+    return Engine.load(bundle, limits=limits, precision=precision, provider=provider,
+                       intra_op_threads=threads, inter_op_threads=1)
+
+
+def _check_one(model, bundle) -> None:
+    if (model is None) == (bundle is None):
+        raise ValueError("give exactly one of --model (a PyTorch checkpoint) or --bundle (an ONNX bundle)")
+
+
+# --------------------------------------------------------------------------------------------
+# NER
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle: str | Path | None = None,
+                 format: str = "auto", threshold: float | None = None, device: str = "cpu",
+                 batch_tokens: int = 8192, precision: str | None = None, on_error: str = "raise",
+                 threads: int = 0) -> dict:
+    """Exact-span micro / per-type / nested scores of a checkpoint or bundle on NER files."""
+    from training.ner import gold_spans, pred_spans, summary
+    from training.ner_data import align_records, read_ner
+
+    _check_one(model, bundle)
+    report = ReadReport()
+    records = list(read_ner(data, report, format=format))
+    report.check(on_error)
+    if not records:
+        raise ValueError(f"no records in {', '.join(map(str, data))}")
+    texts = [r.text for r in records]
+    t0 = time.perf_counter()
+    if model is not None:
+        import torch
+
+        from models.tasks import load_ner, tokenizer_file
+        from models.text import Tokenizer
+        from training.ner import predict_entities
+
+        if threads:
+            torch.set_num_threads(threads)
+        net = load_ner(model).to(device)
+        tokenizer = Tokenizer.load(tokenizer_file(model))
+        labels, max_length, stride = net.cfg.labels, net.cfg.max_length, net.cfg.stride
+        threshold = net.cfg.threshold if threshold is None else threshold
+        entities = predict_entities(net, tokenizer, texts, threshold=threshold, batch_tokens=batch_tokens,
+                                    device=device)
+        source = {"model": str(model)}
+    else:
+        engine = _engine(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads)
+        tokenizer, labels = engine.tokenizer, engine.manifest.ner.labels
+        max_length, stride = engine.ner_max_length, engine.ner_stride
+        threshold = engine.manifest.ner.threshold if threshold is None else threshold
+        entities = engine.ner(texts, threshold).entities
+        source = {"bundle": str(bundle), "graph_precision": engine.runtime.precision.get("ner")}
+    seconds = time.perf_counter() - t0
+    _, stats = align_records(records, tokenizer, labels, max_length=max_length, stride=stride)
+    scores = ner_scores(gold_spans(records), pred_spans(entities), labels)
+    return {"task": "ner", **source, "data": [str(p) for p in data], "read": report.summary(),
+            "threshold": threshold, "max_length": max_length, "stride": stride, **summary(scores),
+            "scores": scores,
+            "gold_not_targetable": {"misaligned": stats.misaligned, "lost": stats.lost,
+                                    "unknown_label": stats.unknown_label, "examples": stats.examples},
+            "seconds": round(seconds, 3), "texts_per_s": round(len(texts) / max(seconds, 1e-9), 1)}
+
+
+# --------------------------------------------------------------------------------------------
+# Similarity
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate_sim(data: Sequence[str], *, model: str | Path | None = None, bundle: str | Path | None = None,
+                 format: str = "auto", device: str = "cpu", batch_tokens: int = 8192, precision: str | None = None,
+                 on_error: str = "raise", threads: int = 0) -> dict:
+    """Spearman / Pearson x 100 per pair file (and their mean) of a checkpoint or bundle."""
+    from training.data import expand_paths
+    from training.pairs import PairSource, read_pair_file
+
+    _check_one(model, bundle)
+    if format not in ("auto", "tsv", "jsonl"):
+        raise ValueError(f"unknown pair format {format!r}; choose from auto, tsv, jsonl")
+    report = ReadReport()
+    files = {str(p): list(read_pair_file(p, report, PairSource(paths=(str(p),), format=format)))
+             for p in expand_paths(data)}
+    report.check(on_error)
+    t0 = time.perf_counter()
+    if model is not None:
+        import torch
+
+        from models.tasks import load_similarity, tokenizer_file
+        from models.text import Tokenizer
+        from training.similarity import pair_cosines
+
+        if threads:
+            torch.set_num_threads(threads)
+        net = load_similarity(model).to(device)
+        tokenizer = Tokenizer.load(tokenizer_file(model))
+        cosines = {name: pair_cosines(net, tokenizer, recs, batch_tokens=batch_tokens, device=device)
+                   for name, recs in files.items()}
+        source = {"model": str(model), "dim": net.dim, "pooling": net.cfg.pooling}
+    else:
+        engine = _engine(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads)
+        cosines = {name: engine.similarity_pairs([(p.a, p.b) for p in recs]).scores for name, recs in files.items()}
+        source = {"bundle": str(bundle), "graph_precision": engine.runtime.precision.get("similarity")}
+    seconds = time.perf_counter() - t0
+    per_file = {name: similarity_scores(cosines[name], [p.label for p in recs]) for name, recs in files.items()}
+    mean = sum(v["spearman"] for v in per_file.values()) / max(len(per_file), 1)
+    return {"task": "similarity", **source, "data": list(files), "read": report.summary(), "spearman_mean": mean,
+            "files": per_file, "seconds": round(seconds, 3)}
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def _source(metrics: dict) -> str:
+    if "bundle" in metrics:
+        return f"bundle {metrics['bundle']} ({metrics.get('graph_precision')})"
+    return str(metrics["model"])
+
+
+def ner_table(metrics: dict):
+    from rich.table import Table
+
+    s = metrics["scores"]
+    table = Table(title=f"NER: {_source(metrics)} (threshold {metrics['threshold']:g})")
+    for col in ("type", "precision", "recall", "F1", "gold", "predicted"):
+        table.add_column(col, justify="left" if col == "type" else "right")
+    for label, v in s["per_type"].items():
+        table.add_row(label, f"{100 * v['precision']:.2f}", f"{100 * v['recall']:.2f}", f"{100 * v['f1']:.2f}",
+                      str(v["support"]), str(v["predicted"]))
+    table.add_section()
+    table.add_row("micro", f"{100 * s['precision']:.2f}", f"{100 * s['recall']:.2f}", f"{100 * s['f1']:.2f}",
+                  str(s["gold"]), str(s["predicted"]), style="bold")
+    table.add_row("macro", "", "", f"{100 * macro_f1(s['per_type']):.2f}", "", "")
+    n = s["nested"]
+    table.add_row("nested only", f"{100 * n['precision']:.2f}", f"{100 * n['recall']:.2f}", f"{100 * n['f1']:.2f}",
+                  str(n["gold"]), str(n["predicted"]))
+    return table
+
+
+def sim_table(metrics: dict):
+    from rich.table import Table
+
+    table = Table(title=f"Similarity: {_source(metrics)}")
+    for col in ("file", "pairs", "Spearman x100", "Pearson x100"):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    for name, v in metrics["files"].items():
+        table.add_row(name, str(v["pairs"]), f"{v['spearman']:.2f}", f"{v['pearson']:.2f}")
+    if len(metrics["files"]) > 1:
+        table.add_section()
+        table.add_row("mean", "", f"{metrics['spearman_mean']:.2f}", "", style="bold")
+    return table

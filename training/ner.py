@@ -1,0 +1,376 @@
+"""NER fine-tuning: RoFormer encoder + GlobalPointer / Efficient GlobalPointer, nested or flat alike.
+
+Read top to bottom: config sections -> targets (dense or sparse) -> prediction in the service's
+windows + merge -> evaluation -> threshold calibration -> ``train_ner``, the function behind
+``ropenlp train ner``.
+
+Training examples are the windows of each text (``Tokenizer.encode_windows``, one window for a
+short text); an entity is a target in every window that holds it whole. Evaluation cuts dev texts
+into the same windows the service uses (``NerConfig.max_length`` / ``stride``), decodes every
+window with :func:`models.spans.decode_batch` and merges them with
+:func:`models.spans.merge_entities`, then scores exact spans (:mod:`training.metrics`).
+
+Output folder (``output.dir``)::
+
+    config.resolved.toml  vocab.txt  data_report.json  log.jsonl  metrics.json
+    best/        NerModel.save + metrics.json (dev scores): the checkpoint to export
+    model/       the weights at the last step
+    checkpoints/ step-N/ for --resume
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from models.global_pointer import HeadKind
+from models.spans import Entity, decode_batch, merge_entities
+from models.tasks import NerConfig, NerModel, load_ner
+from models.text import Tokenizer, pad_batch
+from training.config import OutputConfig, TrainingConfig, load_config, to_dict
+from training.data import ReadReport, expand_paths
+from training.encoders import (
+    ModelInit,
+    Trainee,
+    VocabConfig,
+    build_encoder,
+    build_task_optimizer,
+    check_length,
+    length_batches,
+    tokenizer_for,
+)
+from training.loop import (
+    LOG_FILE,
+    METRICS_FILE,
+    EpochBatches,
+    FitResult,
+    fit,
+    resume_point,
+    setup_torch,
+    write_run_config,
+)
+from training.metrics import macro_f1, ner_scores
+from training.ner_data import NerExample, NerFormat, NerRecord, align_records, labels_of, read_ner
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NerDataConfig:
+    """``[data]``: labelled files (globs, under ``root``) and the windows texts are cut into."""
+
+    root: str = "."
+    train: tuple[str, ...] = ()
+    dev: tuple[str, ...] = ()
+    format: NerFormat = "auto"  # cluener, cmeee (JSON lines or a JSON array), bio / bioes columns
+    labels: tuple[str, ...] = ()  # () = the types found in the training files, sorted
+    max_length: int = 256  # tokens per window, [CLS]/[SEP] included (saved with the model)
+    stride: int = 128  # tokens between window starts (saved with the model)
+    on_error: Literal["raise", "skip"] = "raise"  # unreadable records: stop, or skip them and report
+
+    def __post_init__(self):
+        if not 0 < self.stride <= self.max_length - 2:
+            raise ValueError(f"data.stride must be in 1..max_length-2 ({self.max_length - 2}), got {self.stride}")
+
+
+@dataclass(frozen=True)
+class NerModelConfig(ModelInit):
+    """``[model]``: the encoder (see :class:`training.encoders.ModelInit`) and the span head."""
+
+    head: HeadKind = "egp"  # "gp": GlobalPointer, "egp": Efficient GlobalPointer
+    head_size: int = 64
+
+
+@dataclass(frozen=True)
+class NerOptions:
+    """``[ner]``: what is specific to NER training."""
+
+    head_lr: float = 0.0  # learning rate of the span head (0 = training.lr); often 5-10x the encoder's
+    loss: Literal["auto", "dense", "sparse"] = "auto"  # targets as (B,C,T,T) or gold span indices
+    sparse_from: int = 128  # auto: sparse targets when the batch is at least this many tokens long
+    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
+    threshold: float = 0.0  # decoding threshold on span logits (saved with the model)
+    calibrate_threshold: bool = False  # at the end: best dev F1 over threshold_grid, saved in best/
+    threshold_grid: tuple[float, ...] = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
+    eval_every_epoch: bool = True  # evaluate at the end of every epoch (else every training.eval_every)
+    eval_batch_tokens: int = 8192  # padded tokens per evaluation batch
+    bucket: int = 50  # sort windows by length within pools of this many batches (0 = off)
+
+    def __post_init__(self):
+        if self.head_lr < 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError("ner.head_lr must be >= 0 and ner.ema_decay in [0, 1)")
+        if self.calibrate_threshold and not self.threshold_grid:
+            raise ValueError("ner.calibrate_threshold needs a non-empty ner.threshold_grid")
+
+
+@dataclass(frozen=True)
+class NerRunConfig:
+    data: NerDataConfig = field(default_factory=NerDataConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    model: NerModelConfig = field(default_factory=NerModelConfig)
+    ner: NerOptions = field(default_factory=NerOptions)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output: OutputConfig = field(default_factory=lambda: OutputConfig(dir="runs/ner"))
+
+
+def load_ner_config(path: str | Path | None, overrides=()) -> NerRunConfig:
+    return load_config(NerRunConfig, path, overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------------
+
+
+class NerCollator:
+    """Pads windows; targets dense (B, C, T, T) bool or sparse (B, C, K) flat indices i*T+j (-1 padded)."""
+
+    def __init__(self, pad_id: int, num_types: int, *, loss: str = "auto", sparse_from: int = 128):
+        self.pad_id, self.num_types, self.loss, self.sparse_from = pad_id, num_types, loss, sparse_from
+
+    def __call__(self, examples: list[NerExample], generator: torch.Generator | None = None) -> dict:
+        ids, mask = pad_batch([e.ids for e in examples], pad_id=self.pad_id)  # (B, T) each
+        B, T, C = ids.shape[0], ids.shape[1], self.num_types
+        sparse = self.loss == "sparse" or (self.loss == "auto" and T >= self.sparse_from)
+        if sparse:
+            counts = np.zeros((B, C), dtype=np.int64)
+            for b, e in enumerate(examples):
+                np.add.at(counts[b], e.spans[:, 0], 1)
+            targets = np.full((B, C, max(int(counts.max()), 1)), -1, dtype=np.int64)  # (B, C, K)
+            for b, e in enumerate(examples):
+                fill = np.zeros(C, dtype=np.int64)
+                for c, i, j in e.spans.tolist():
+                    targets[b, c, fill[c]] = i * T + j
+                    fill[c] += 1
+            t = torch.from_numpy(targets)
+        else:
+            dense = np.zeros((B, C, T, T), dtype=bool)  # (B, C, T, T)
+            for b, e in enumerate(examples):
+                dense[b, e.spans[:, 0], e.spans[:, 1], e.spans[:, 2]] = True
+            t = torch.from_numpy(dense)
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "targets": t}
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction: the service's windows and merge
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_entities(model: NerModel, tokenizer: Tokenizer, texts: Sequence[str], *,
+                     threshold: float | None = None, batch_tokens: int = 8192,
+                     device: torch.device | str = "cpu") -> list[list[Entity]]:
+    """Entities of each text: windows of ``model.cfg.max_length`` every ``stride`` tokens, every span
+    scoring above ``threshold`` (default the model's), windows merged (best score per span)."""
+    threshold = model.cfg.threshold if threshold is None else threshold
+    rows = [(t, w) for t, text in enumerate(texts)
+            for w in tokenizer.encode_windows(text, max_length=model.cfg.max_length, stride=model.cfg.stride)]
+    groups: list[list[list[Entity]]] = [[] for _ in texts]
+    was_training = model.training
+    model.eval()
+    for batch in length_batches([len(w) for _, w in rows], batch_tokens=batch_tokens):
+        part = [rows[k] for k in batch]
+        ids, mask = pad_batch([w.ids for _, w in part], pad_id=tokenizer.pad_id)  # (B, T) each
+        scores, _ = model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))  # (B, C, T, T)
+        decoded = decode_batch(scores.float().cpu().numpy(), offsets_list=[w.offsets for _, w in part],
+                               labels=model.cfg.labels, texts=[texts[t] for t, _ in part], threshold=threshold)
+        for (t, _), ents in zip(part, decoded):
+            groups[t].append(ents)
+    model.train(was_training)
+    return [g[0] if len(g) == 1 else merge_entities(g) for g in groups]
+
+
+def gold_spans(records: Sequence[NerRecord]) -> list[list[tuple[int, int, str]]]:
+    return [[(s.start, s.end, s.label) for s in r.spans] for r in records]
+
+
+def pred_spans(entities: Sequence[Sequence[Entity]], threshold: float | None = None
+               ) -> list[list[tuple[int, int, str]]]:
+    """Spans of predicted entities, optionally only those scoring above ``threshold``."""
+    return [[(e.start, e.end, e.label) for e in ents if threshold is None or e.score > threshold]
+            for ents in entities]
+
+
+def summary(scores: dict) -> dict:
+    """The flat numbers logged at each evaluation (the full table goes to metrics.json)."""
+    return {"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"],
+            "macro_f1": macro_f1(scores["per_type"]), "nested_f1": scores["nested"]["f1"],
+            "predicted": scores["predicted"], "gold": scores["gold"]}
+
+
+def calibrate(gold: Sequence[Sequence[tuple]], entities: Sequence[Sequence[Entity]], grid: Sequence[float],
+              labels: Sequence[str], *, prefer: float = 0.0) -> tuple[float, dict[str, float]]:
+    """The grid threshold with the best micro F1 (ties: the one closest to ``prefer``), and F1 per
+    threshold. ``entities`` must be decoded at a threshold no higher than ``min(grid)``: merging keeps
+    each span's best window score, so filtering merged entities by score equals decoding higher."""
+    f1 = {t: ner_scores(gold, pred_spans(entities, t), labels)["f1"] for t in sorted(grid)}
+    best = max(f1, key=lambda t: (f1[t], -abs(t - prefer)))
+    return best, {f"{t:g}": v for t, v in f1.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+
+
+def _read(paths: Sequence[str], cfg: NerDataConfig, report: ReadReport) -> list[NerRecord]:
+    return list(read_ner(paths, report, format=cfg.format, root=cfg.root)) if paths else []
+
+
+def train_ner(cfg: NerRunConfig, *, resume: bool = False) -> FitResult:
+    """Fine-tune as configured; writes everything under ``cfg.output.dir`` (module docstring)."""
+    out = Path(cfg.output.dir)
+    latest = resume_point(out, resume=resume)
+    if not cfg.data.train:
+        raise ValueError("no data.train files configured")
+    both = ({p.resolve() for p in expand_paths(cfg.data.train, root=cfg.data.root)}
+            & {p.resolve() for p in expand_paths(cfg.data.dev, root=cfg.data.root)})
+    if both:
+        raise ValueError(f"{', '.join(map(str, sorted(both)))}: listed in data.train and data.dev; a dev score on "
+                         "training data means nothing")
+    device = setup_torch(cfg.training)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_report, dev_report = ReadReport(), ReadReport()
+    train_recs = _read(cfg.data.train, cfg.data, train_report)
+    dev_recs = _read(cfg.data.dev, cfg.data, dev_report)
+    reports = {"train": train_report.to_dict(), "dev": dev_report.to_dict()}
+    (out / "data_report.json").write_text(json.dumps(reports, indent=2, ensure_ascii=False) + "\n",
+                                          encoding="utf-8")
+    train_report.check(cfg.data.on_error)
+    dev_report.check(cfg.data.on_error)
+    log.info("train: read %s; dev: read %s", train_report.summary(), dev_report.summary())
+    if not train_recs:
+        raise ValueError(f"no training records in {', '.join(cfg.data.train)}")
+
+    labels = cfg.data.labels or labels_of(train_recs)
+    unknown = sorted(set(labels_of(train_recs)) - set(labels)) if cfg.data.labels else []
+    if unknown:
+        raise ValueError(f"the training data has entity types {unknown} that data.labels does not list")
+    resuming = latest is not None
+    tokenizer, tok_path = tokenizer_for(cfg.model, cfg.vocab, out, lambda: (r.text for r in train_recs),
+                                        resuming=resuming)
+    encoder = build_encoder(cfg.model, tokenizer.vocab_size)
+    check_length(cfg.data.max_length, encoder)
+    task_cfg = NerConfig(labels=tuple(labels), head=cfg.model.head, head_size=cfg.model.head_size,
+                         threshold=cfg.ner.threshold, max_length=cfg.data.max_length, stride=cfg.data.stride)
+    model = NerModel(encoder, task_cfg)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder.cfg),
+                              data=dataclasses.replace(cfg.data, labels=tuple(labels)))  # as built
+    write_run_config(out, cfg, resuming=resuming)
+
+    examples, train_stats = align_records(train_recs, tokenizer, labels, max_length=cfg.data.max_length,
+                                          stride=cfg.data.stride)
+    train_stats.log("train")
+    _, dev_stats = align_records(dev_recs, tokenizer, labels, max_length=cfg.data.max_length,
+                                 stride=cfg.data.stride)
+    if dev_recs:
+        dev_stats.log("dev")
+
+    trainee = Trainee(model, cfg.ner.ema_decay).to(device)
+    collate = NerCollator(tokenizer.pad_id, len(labels), loss=cfg.ner.loss, sparse_from=cfg.ner.sparse_from)
+    batches = EpochBatches(examples, collate=collate, lengths=[len(e) for e in examples],
+                           batch_size=cfg.training.batch_size, batch_tokens=cfg.training.batch_tokens,
+                           bucket=cfg.ner.bucket, seed=cfg.training.seed)
+    per_epoch = batches.steps_per_epoch
+    total = cfg.training.max_steps or math.ceil(cfg.training.epochs * per_epoch)
+    train_cfg = cfg.training
+    if cfg.ner.eval_every_epoch:
+        train_cfg = dataclasses.replace(train_cfg, eval_every=per_epoch)
+    optimizer = build_task_optimizer(model, model.head, cfg.training, cfg.ner.head_lr)
+    trainee.attach(optimizer)
+    log.info("%d training windows from %d texts (%d steps per epoch); %d dev texts; %d steps; labels %s; "
+             "model %.2fM parameters", len(examples), len(train_recs), per_epoch, len(dev_recs), total,
+             list(labels), sum(p.numel() for p in model.parameters()) / 1e6)
+
+    gold = gold_spans(dev_recs)
+    dev_texts = [r.text for r in dev_recs]
+    last: dict = {}
+
+    def evaluate() -> dict:
+        with trainee.final_weights():
+            ents = predict_entities(model, tokenizer, dev_texts, batch_tokens=cfg.ner.eval_batch_tokens,
+                                    device=device)
+        scores = ner_scores(gold, pred_spans(ents), labels)
+        last.clear()
+        last.update(scores)
+        return summary(scores)
+
+    def save_model(folder: Path) -> None:
+        with trainee.final_weights():
+            model.save(folder, tokenizer_from=tok_path)
+        _write_json(folder / METRICS_FILE, _checkpoint_metrics(last, dev_stats, model.cfg))
+
+    t0 = time.perf_counter()
+    result = fit(trainee, batches, train_cfg, out_dir=out, total_steps=total, device=device,
+                 save_model=save_model, evaluate=evaluate if dev_recs else None,
+                 metric="f1" if dev_recs else "loss", higher_is_better=bool(dev_recs), resume_from=latest,
+                 optimizer=optimizer)
+    seconds = time.perf_counter() - t0
+
+    calibration = None
+    if cfg.ner.calibrate_threshold and dev_recs and (out / "best").is_dir():
+        calibration = calibrate_checkpoint(out / "best", dev_recs, cfg.ner.threshold_grid, device=device,
+                                           batch_tokens=cfg.ner.eval_batch_tokens, dev_stats=dev_stats)
+
+    metrics = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
+    best = out / "best" / METRICS_FILE
+    metrics |= {"best_dev": json.loads(best.read_text(encoding="utf-8")) if best.is_file() else None,
+                "calibration": calibration,
+                "data": {"train": train_stats.to_dict(), "dev": dev_stats.to_dict(),
+                         "read": {"train": train_report.summary(), "dev": dev_report.summary()},
+                         "steps_per_epoch": per_epoch},
+                "seconds": round(seconds, 1), "config": to_dict(cfg)}
+    _write_json(out / METRICS_FILE, metrics)
+    log.info("done at step %d: best checkpoint in %s, log in %s", result.step, out / "best", out / LOG_FILE)
+    return result
+
+
+def _checkpoint_metrics(scores: dict, dev_stats, task_cfg: NerConfig) -> dict:
+    """metrics.json beside a checkpoint (the export copies it into the bundle manifest)."""
+    if not scores:
+        return {"threshold": task_cfg.threshold}
+    return {"dev_f1": scores["f1"], "dev_precision": scores["precision"], "dev_recall": scores["recall"],
+            "dev_nested_f1": scores["nested"]["f1"], "dev_macro_f1": macro_f1(scores["per_type"]),
+            "threshold": task_cfg.threshold, "dev": scores,
+            "dev_gold_not_targetable": {"misaligned": dev_stats.misaligned, "lost": dev_stats.lost,
+                                        "unknown_label": dev_stats.unknown_label}}
+
+
+def calibrate_checkpoint(path: Path, dev_recs: Sequence[NerRecord], grid: Sequence[float], *,
+                         device: torch.device | str = "cpu", batch_tokens: int = 8192, dev_stats=None) -> dict:
+    """Pick the dev-F1-best threshold of ``grid`` for the checkpoint at ``path`` and save it there."""
+    model = load_ner(path).to(device)
+    tokenizer = Tokenizer.load(path)
+    ents = predict_entities(model, tokenizer, [r.text for r in dev_recs], threshold=min(grid),
+                            batch_tokens=batch_tokens, device=device)
+    gold = gold_spans(dev_recs)
+    before = model.cfg.threshold
+    best, f1 = calibrate(gold, ents, grid, model.cfg.labels, prefer=before)
+    model.cfg = dataclasses.replace(model.cfg, threshold=best)
+    model.save(path)
+    scores = ner_scores(gold, pred_spans(ents, best), model.cfg.labels)
+    metrics_file = path / METRICS_FILE
+    if dev_stats is not None:
+        _write_json(metrics_file, _checkpoint_metrics(scores, dev_stats, model.cfg) | {"threshold_f1": f1})
+    log.info("threshold calibrated on dev: %g (F1 %.4f; was %g) - F1 by threshold %s", best, f1[f"{best:g}"],
+             before, f1)
+    return {"threshold": best, "previous": before, "f1_by_threshold": f1, "dev_f1": scores["f1"]}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
