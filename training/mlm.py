@@ -409,9 +409,11 @@ def _tokenizer_for(cfg: MlmConfig, out: Path, train_texts: Sequence[str],
         log.info("built %s: %d tokens from %d distinct pieces", src,
                  len(src.read_text(encoding="utf-8").splitlines()), len(counts))
     tokenizer = Tokenizer.load(src, lowercase=cfg.vocab.lowercase)
-    if src.resolve() != (out / src.name).resolve():
-        shutil.copyfile(src, out / src.name)
-    return tokenizer, out / src.name
+    # saved under the canonical name, so that models.tasks.tokenizer_file finds it in the checkpoint
+    dst = out / ("tokenizer.json" if src.suffix == ".json" else VOCAB_FILE)
+    if src.resolve() != dst.resolve():
+        shutil.copyfile(src, dst)
+    return tokenizer, dst
 
 
 def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
