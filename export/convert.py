@@ -9,7 +9,8 @@ Read top to bottom: graph facts (IO names, opset, IR cap) -> optimize (fp32) -> 
   rotation breaks the pattern.
 * ``quantize_int8``: ``quantize_dynamic`` with QInt8 weights on the optimised graph. Only MatMuls
   with a constant weight are quantized (``MatMulConstBOnly``), so attention and span products
-  between activations stay fp32; the embedding Gather is left in fp32 as well. ``DefaultTensorType``
+  between activations stay fp32; the embedding Gather and the task head (span projections; pooling,
+  whitening, normalisation) are left in fp32 as well. ``DefaultTensorType``
   is needed on the optimiser's output, whose fused ops have no type information for the quantizer.
 * ``convert_fp16``: the encoder in fp16, the task head (everything after the last LayerNorm) in
   fp32, graph inputs and outputs as they were (``keep_io_types``): outputs stay float32 and the span
@@ -79,13 +80,20 @@ def optimize(src: str | Path, dst: str | Path, *, num_heads: int = 0, hidden_siz
 
 
 def quantize_int8(src: str | Path, dst: str | Path, *, per_channel: bool = True) -> Path:
-    """Dynamic int8 (QInt8 weights, activations quantized at run time) of an fp32 graph -> ``dst``."""
+    """Dynamic int8 (QInt8 weights, activations quantized at run time) of an fp32 graph -> ``dst``.
+
+    The task head (see :func:`head_nodes`) stays fp32: whitening divides by the square roots of small
+    eigenvalues, so int8 rounding of its input or kernel would be amplified exactly where the
+    directions carry least variance, and the span projections set the scores compared to the threshold.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    model = onnx.load(str(src))
+    head = head_nodes(model)  # names unnamed nodes, so the quantizer can exclude them by name
     with _quiet():
         quantize_dynamic(
-            str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-            op_types_to_quantize=["MatMul"],
+            model, str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+            op_types_to_quantize=["MatMul"], nodes_to_exclude=head,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
         )
     return save(onnx.load(str(dst)), dst)

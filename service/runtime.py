@@ -114,9 +114,21 @@ class OnnxRuntime:
         except Exception as e:  # ORT raises its own exception types; keep the message, name the file
             raise BundleError(f"{path}: ONNX Runtime cannot load the graph: {e}") from e
 
+    def _preload_cuda_libraries(self) -> None:
+        """Load CUDA/cuDNN from the nvidia-* pip wheels (onnxruntime-gpu[cuda,cudnn]) when they are there:
+        the onnxruntime-gpu library has no search path for them outside a configured image."""
+        preload = getattr(self._ort, "preload_dlls", None)
+        if preload is None:
+            return
+        try:
+            preload()
+        except Exception as e:  # missing wheels are fine when CUDA comes from the system
+            log.debug("onnxruntime.preload_dlls() failed: %s", e)
+
     def _open(self, task: str, spec) -> _Loaded:
         session, graph, provider = None, None, "cpu"
         if self._choice in ("auto", "cuda") and CUDA in self._ort.get_available_providers():
+            self._preload_cuda_libraries()
             graph = spec.pick("cuda", self._precision)
             session = self._session(graph, [CUDA, CPU])
             if CUDA in session.get_providers():

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The shipped default models, reproduced from ../shared/data on a CPU: recipes/default.sh [DATA_ROOT]
+#
+#   1. MLM pre-training of a small RoFormer (recipes/mlm_small.toml)          -> runs/mlm_small/model
+#   2. CLUENER NER (10 types, Efficient GlobalPointer) from it                -> runs/ner_cluener/best
+#   3. STS-B similarity (CoSENT) from it                                      -> runs/sim_stsb/best
+#   4. BERT-whitening fitted on unlabelled sentences (news titles + STS-B train sentences),
+#      k chosen on STS-B dev                                                  -> stored in runs/sim_stsb/best
+#   5. export: the CPU bundle (int8) shipped in service/bundles/default, and a GPU bundle
+#      (fp16 + fp32) in runs/bundle_gpu
+#   6. evaluation of the bundles (int8 and fp32) on the dev sets           -> metrics/*.json (committed)
+#
+# Every step resumes (--resume) or is skipped when its output exists, so the script can be rerun after
+# an interruption. Training texts only: the dev files are used for model selection and reporting.
+# Wall times on 2 CPU cores are in the README ("Models").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${1:-../shared/data}"
+RUN="${RUN:-.venv/bin/ropenlp}"
+TERMS_CLUENER="research use; cite CLUENER2020 (arXiv:2001.04351); no license file in the source"
+TERMS_STSB="CNSD Chinese STS-B: academic research only, no commercial use"
+TERMS_CORPUS="research use: see ../shared/data/corpus_zh/README.md for each source's terms"
+
+$RUN train mlm recipes/mlm_small.toml --data.root "$DATA" --resume
+$RUN train ner recipes/ner_cluener.toml --data.root "$DATA" --resume
+$RUN train sim recipes/sim_stsb.toml --data.root "$DATA" --resume
+if ! grep -q '"whitening"' runs/sim_stsb/best/metrics.json 2>/dev/null; then
+    $RUN train whitening --model runs/sim_stsb/best \
+        --sentences "$DATA/thucnews_titles/titles.txt" --sentences "$DATA/stsb_zh/train.tsv" \
+        --eval "$DATA/stsb_zh/dev.tsv" --k 64,96,128,192,256 --metrics metrics/whitening_sim_stsb.json
+fi
+
+provenance=(--data "CLUENER2020 train split (NER)=$TERMS_CLUENER" --data "Chinese STS-B train (similarity)=$TERMS_STSB"
+            --data "corpus_zh + THUCNews titles (MLM pre-training, whitening)=$TERMS_CORPUS")
+$RUN export -m runs/ner_cluener/best -m runs/sim_stsb/best -o service/bundles/default -p int8 \
+    --name ropenlp-default-small --overwrite "${provenance[@]}"
+$RUN export -m runs/ner_cluener/best -m runs/sim_stsb/best -o runs/bundle_gpu -p fp16 -p fp32 \
+    --name ropenlp-default-small-gpu --overwrite "${provenance[@]}"
+
+for p in int8 fp32; do
+    b=service/bundles/default; [ "$p" = fp32 ] && b=runs/bundle_gpu
+    $RUN evaluate ner --bundle "$b" --precision "$p" --data "$DATA/cluener/dev.json" --out "metrics/cluener_dev_$p.json"
+    $RUN evaluate sim --bundle "$b" --precision "$p" --data "$DATA/stsb_zh/dev.tsv" --data "$DATA/lcqmc/dev.tsv" \
+        --data "$DATA/bq/dev.tsv" --data "$DATA/pawsx/dev.tsv" --data "$DATA/atec/dev.tsv" --out "metrics/sim_dev_$p.json"
+done
