@@ -23,10 +23,13 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable when run as a script
+
+from bench.common import random_checkpoint, round_robin
 
 log = logging.getLogger("bench.quantize")
 
@@ -34,31 +37,6 @@ log = logging.getLogger("bench.quantize")
 # --------------------------------------------------------------------------------------------
 # Inputs: bundle, checkpoint, texts
 # --------------------------------------------------------------------------------------------
-
-
-def random_checkpoint(task: str, out: Path, *, layers: int, hidden: int, vocab_size: int = 8000) -> Path:
-    """A random-weight task checkpoint (for speed measurements only)."""
-    import torch
-
-    from export.parity import SAMPLE_TEXTS
-    from models.roformer import RoFormerConfig, RoFormerEncoder
-    from models.tasks import NerConfig, NerModel, SimilarityConfig, SimilarityModel
-
-    chars = sorted({c for t in SAMPLE_TEXTS for c in t.lower() if not c.isspace()})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars
-    vocab += [f"[unused{i}]" for i in range(vocab_size - len(vocab))]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    torch.manual_seed(0)
-    cfg = RoFormerConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                         num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden)
-    if task == "ner":
-        labels = ("PER", "LOC", "ORG", "GPE", "TIME", "NUM", "PRODUCT", "EVENT")
-        model = NerModel(RoFormerEncoder(cfg), NerConfig(labels=labels, head="egp", max_length=256, stride=128))
-    else:
-        model = SimilarityModel(RoFormerEncoder(cfg), SimilarityConfig(pooling="cls", max_length=64))
-    model.save(out, tokenizer_from=out / "vocab.txt")
-    return out
 
 
 def prepare(args, workdir: Path) -> tuple[Path, Path | None]:
@@ -131,19 +109,8 @@ def torch_runner(task: str, ckpt: Path, threads: int):
 
 def alternate(runners: dict, batches, *, warmup: int, repeats: int) -> dict[str, list[float]]:
     """Seconds per pass over all batches, per variant; variants interleaved in a rotating order."""
-    names = list(runners)
-    for name in names:
-        for _ in range(warmup):
-            for b in batches:
-                runners[name](b)
-    times = {n: [] for n in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            t = time.perf_counter()
-            for b in batches:
-                runners[name](b)
-            times[name].append(time.perf_counter() - t)
-    return times
+    passes = {name: (lambda r, run=run: [run(b) for b in batches]) for name, run in runners.items()}
+    return round_robin(passes, warmup=warmup, min_rounds=repeats, max_rounds=repeats)
 
 
 # --------------------------------------------------------------------------------------------
