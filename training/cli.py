@@ -157,12 +157,12 @@ def _evaluate_command(task: str):
         batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 8192,
         threads: Annotated[int, typer.Option(help="CPU threads (0 = default).")] = 0,
     ) -> None:
-        import json
         from pathlib import Path
 
         from rich.console import Console
 
         from training import evaluate as ev
+        from training.data import write_json
 
         if not data:
             typer.echo("error: give at least one --data file", err=True)
@@ -181,7 +181,7 @@ def _evaluate_command(task: str):
                 table = ev.sim_table(metrics)
             if out:
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
-                Path(out).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+                write_json(out, metrics)
         Console().print(table)
         if out:
             typer.echo(f"wrote {out}")

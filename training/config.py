@@ -359,6 +359,9 @@ class TrainingConfig:
         if self.keep_checkpoints < 1:
             raise ValueError(f"training.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
 
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.max_steps or math.ceil(self.epochs * steps_per_epoch)
+
     def warmup_for(self, total_steps: int) -> int:
         return self.warmup_steps or int(self.warmup_ratio * total_steps)
 

@@ -5,9 +5,11 @@ empty lines skipped, and one :class:`ReadError` (file, line number, reason) for 
 could not parse. A caller then either raises (``report.check("raise")``: a :class:`DataError`
 listing the bad records) or goes on and writes the report beside the run (``"skip"``).
 
-Read top to bottom: records and the report -> path expansion -> plain-text, JSONL-field and TSV-column
-readers (the texts of any file, for vocabularies and MLM) -> text sources as config -> held-out split.
-Phase 2 adds the labelled readers (NER spans, sentence pairs) at the end, on the same report.
+Read top to bottom: records and the report -> path expansion -> numbered lines (the loop every
+line-based reader shares: invalid UTF-8, blank lines and JSON objects reported the same way) ->
+plain-text, JSONL-field and TSV-column readers (the texts of any file, for vocabularies and MLM) ->
+text sources as config -> held-out split. The labelled readers (:mod:`training.ner_data`,
+:mod:`training.pairs`) build on the same lines and report.
 """
 
 from __future__ import annotations
@@ -95,8 +97,21 @@ class ReadReport:
                 "errors": [str(e) for e in self.errors]}
 
     def write(self, path: str | Path) -> None:
-        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
-        Path(path).write_text(text, encoding="utf-8")
+        write_json(path, self.to_dict())
+
+
+def settle_reports(path: str | Path, on_error: OnError, **reports: ReadReport) -> None:
+    """Write the named reports to ``path`` (one JSON object: every unreadable record, file:line, whatever
+    ``on_error`` says), check each (:meth:`ReadReport.check`) and log what was read."""
+    write_json(path, {name: r.to_dict() for name, r in reports.items()})
+    for r in reports.values():
+        r.check(on_error)
+    log.info("%s", "; ".join(f"{name}: read {r.summary()}" for name, r in reports.items()))
+
+
+def write_json(path: str | Path, data: object) -> None:
+    """A small JSON file (reports, metrics): indented, UTF-8 as is, a final newline."""
+    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,6 +141,11 @@ def expand_paths(patterns: Iterable[str | Path], *, root: str | Path | None = No
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# Lines: what every line-based reader does first
+# --------------------------------------------------------------------------------------------
+
+
 def numbered_lines(path: Path, report: ReadReport) -> Iterator[tuple[int, str | None]]:
     """(line number, text without the line ending) per line; None (and an error) for invalid UTF-8.
 
@@ -147,7 +167,30 @@ def numbered_lines(path: Path, report: ReadReport) -> Iterator[tuple[int, str | 
             yield n, text.removeprefix("\ufeff") if n == 1 else text
 
 
-_numbered_lines = numbered_lines  # the name the phase-2 readers import
+def content_lines(path: str | Path, report: ReadReport) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line that holds something: lines of invalid UTF-8 are reported by
+    :func:`numbered_lines`, blank ones counted as empty."""
+    for n, line in numbered_lines(Path(path), report):
+        if line is None:
+            continue
+        if not line.strip():
+            report.empty += 1
+            continue
+        yield n, line
+
+
+def json_objects(path: str | Path, report: ReadReport) -> Iterator[tuple[int, dict]]:
+    """(line number, object) per line of a JSON-lines file; a line that is not a JSON object is an error."""
+    for n, line in content_lines(path, report):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            report.error(path, n, f"invalid JSON: {e.msg} at column {e.colno}")
+            continue
+        if not isinstance(obj, dict):
+            report.error(path, n, f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        yield n, obj
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,33 +200,14 @@ _numbered_lines = numbered_lines  # the name the phase-2 readers import
 
 def read_lines(path: str | Path, report: ReadReport) -> Iterator[TextRecord]:
     """One text per line (stripped); blank lines are counted as empty."""
-    for n, text in numbered_lines(Path(path), report):
-        if text is None:
-            continue
-        text = text.strip()
-        if not text:
-            report.empty += 1
-            continue
+    for n, text in content_lines(path, report):
         report.records += 1
-        yield TextRecord(text, str(path), n)
+        yield TextRecord(text.strip(), str(path), n)
 
 
 def read_jsonl_texts(path: str | Path, report: ReadReport, *, field: str = "text") -> Iterator[TextRecord]:
     """The string ``field`` of each JSON object, one object per line (CLUENER, CMeEE)."""
-    for n, line in numbered_lines(Path(path), report):
-        if line is None:
-            continue
-        if not line.strip():
-            report.empty += 1
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            report.error(path, n, f"invalid JSON: {e.msg} at column {e.colno}")
-            continue
-        if not isinstance(obj, dict):
-            report.error(path, n, f"expected a JSON object, got {type(obj).__name__}")
-            continue
+    for n, obj in json_objects(path, report):
         if field not in obj:
             report.error(path, n, f"no {field!r} field (keys: {', '.join(sorted(obj)) or 'none'})")
             continue
@@ -202,12 +226,7 @@ def read_tsv_texts(path: str | Path, report: ReadReport, *,
                    columns: Sequence[int] = (0,)) -> Iterator[TextRecord]:
     """The given tab-separated columns of each line, each as its own record (STS-B, LCQMC pairs)."""
     need = max(columns) + 1
-    for n, line in numbered_lines(Path(path), report):
-        if line is None:
-            continue
-        if not line.strip():
-            report.empty += 1
-            continue
+    for n, line in content_lines(path, report):
         cells = line.split("\t")
         if len(cells) < need:
             report.error(path, n, f"{len(cells)} tab-separated column(s), expected at least {need}")
@@ -268,9 +287,3 @@ def is_heldout(text: str, fraction: float, *, salt: str = "") -> bool:
     h = hashlib.blake2b((salt + text).encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(h, "big") < fraction * 2**64
 
-
-# --------------------------------------------------------------------------------------------
-# Labelled data (phase 2): NER records (CLUENER json, CMeEE jsonl: text + character spans, end
-# inclusive in those files) and sentence pairs (TSV: a, b, score/label) go here, each reader
-# taking a ReadReport and naming file and line for every record it rejects.
-# --------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""What the task trainers (NER, similarity) share: the encoder to start from, its tokenizer, the
-optimizer with a separate learning rate for the task head, an EMA of the weights, and batched
-inference in the service's order.
+"""What the task trainers (NER, similarity) share: the encoder to start from, its tokenizer (MLM
+pre-training picks its tokenizer the same way), the optimizer with a separate learning rate for the
+task head, an EMA of the weights, fitting a task model, and batched inference in the service's order.
 
-Read top to bottom: ``[model]`` config -> tokenizer -> encoder -> optimizer -> EMA -> the module
-``fit`` trains (model + optional EMA) -> length-sorted batches for evaluation.
+Read top to bottom: ``[vocab]`` and ``[model]`` config -> tokenizer -> encoder -> optimizer -> EMA ->
+the module ``fit`` trains (model + optional EMA) -> :func:`fit_task` -> length-sorted batches for
+evaluation.
 
 Where the encoder comes from (``[model]``):
 
@@ -32,8 +33,7 @@ from models.roformer import RoFormerConfig, RoFormerEncoder
 from models.tasks import tokenizer_file
 from models.text import Tokenizer
 from training.config import TrainingConfig
-from training.loop import param_groups
-from training.mlm import VocabConfig
+from training.loop import EpochBatches, FitResult, Run, fit, param_groups
 from training.vocab import count_pieces, select_vocab, write_vocab
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,22 @@ __all__ = [
     "VocabConfig",
     "build_encoder",
     "build_task_optimizer",
+    "encoder_overrides",
+    "fit_task",
     "length_batches",
     "tokenizer_for",
 ]
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    """``[vocab]``: ``path`` of an existing vocab.txt (or tokenizer.json), else the init checkpoint's, else
+    one is built from the training texts with these settings and saved with the model."""
+
+    path: str = ""
+    min_count: int = 5
+    max_size: int = 8000
+    lowercase: bool = True
 
 
 @dataclass(frozen=True)
@@ -73,17 +86,17 @@ class ModelInit:
 # --------------------------------------------------------------------------------------------
 
 
-def tokenizer_for(model: ModelInit, vocab: VocabConfig, out: Path, texts: Callable[[], Iterable[str]], *,
+def tokenizer_for(init: str, vocab: VocabConfig, out: Path, texts: Callable[[], Iterable[str]], *,
                   resuming: bool) -> tuple[Tokenizer, Path]:
     """The run's tokenizer, copied into ``out``: the run's own when resuming, else ``vocab.path``, else
-    the init checkpoint's, else one built from ``texts()`` (the training texts)."""
+    that of the ``init`` checkpoint, else one built from ``texts()`` (the training texts)."""
     own = [out / name for name in ("tokenizer.json", "vocab.txt") if (out / name).is_file()]
     if resuming and own:
         src = own[0]
     elif vocab.path:
         src = Path(vocab.path)
-    elif model.init:
-        src = tokenizer_file(model.init)
+    elif init:
+        src = tokenizer_file(init)
     else:
         counts = count_pieces(texts(), lowercase=vocab.lowercase)
         src = write_vocab(select_vocab(counts, min_count=vocab.min_count, max_size=vocab.max_size),
@@ -100,7 +113,8 @@ def tokenizer_for(model: ModelInit, vocab: VocabConfig, out: Path, texts: Callab
     return tokenizer, dst
 
 
-def _encoder_overrides(enc: RoFormerConfig) -> dict:
+def encoder_overrides(enc: RoFormerConfig) -> dict:
+    """The ``[model.encoder]`` fields set to other than their defaults: what replaces an init checkpoint's."""
     default = ModelInit().encoder
     return {f.name: getattr(enc, f.name) for f in dataclasses.fields(enc)
             if f.name != "vocab_size" and getattr(enc, f.name) != getattr(default, f.name)}
@@ -109,11 +123,11 @@ def _encoder_overrides(enc: RoFormerConfig) -> dict:
 def build_encoder(cfg: ModelInit, vocab_size: int) -> RoFormerEncoder:
     """The encoder as configured; its vocabulary must cover the tokenizer's."""
     if cfg.init and not cfg.random_init:
-        encoder = RoFormerEncoder.from_pretrained(cfg.init, **_encoder_overrides(cfg.encoder))
+        encoder = RoFormerEncoder.from_pretrained(cfg.init, **encoder_overrides(cfg.encoder))
         log.info("encoder from %s", cfg.init)
     elif cfg.init:
         enc = dataclasses.replace(RoFormerConfig.from_json(Path(cfg.init) / "config.json"),
-                                  **_encoder_overrides(cfg.encoder))
+                                  **encoder_overrides(cfg.encoder))
         encoder = RoFormerEncoder(enc)
         log.info("encoder with the config of %s, random weights (model.random_init)", cfg.init)
     else:
@@ -228,6 +242,44 @@ class Trainee(nn.Module):
         else:
             with self.ema.applied(self.model):
                 yield
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting a task model
+# --------------------------------------------------------------------------------------------
+
+
+def fit_task(model: nn.Module, batches: EpochBatches, run: Run, cfg: TrainingConfig, *,
+             head: nn.Module | None, head_lr: float, ema_decay: float, eval_every_epoch: bool,
+             evaluate: Callable[[], dict] | None, metric: str, save_model: Callable[[Path], None],
+             objective: nn.Module | None = None) -> FitResult:
+    """Train ``model`` with :func:`training.loop.fit` into ``run``: ``head`` (a part of ``model``) at
+    ``head_lr``, an EMA when ``ema_decay > 0``, an evaluation at the end of every epoch when
+    ``eval_every_epoch``. ``evaluate()`` (``metric``: higher is better) and ``save_model(folder)`` see
+    the final weights (the EMA when there is one); without ``evaluate`` the best checkpoint is the one
+    with the lowest training loss. ``objective``: the module to train when it is not ``model`` itself
+    (a loss around it, ``forward(**batch) -> (output, loss)``)."""
+    trainee = Trainee(model if objective is None else objective, ema_decay).to(run.device)
+    optimizer = build_task_optimizer(model, head, cfg, head_lr)
+    trainee.attach(optimizer)
+    per_epoch = batches.steps_per_epoch
+    total = cfg.total_steps(per_epoch)
+    if eval_every_epoch:
+        cfg = dataclasses.replace(cfg, eval_every=per_epoch)
+    log.info("%d steps (%d per epoch); model %.2fM parameters", total, per_epoch,
+             sum(p.numel() for p in model.parameters()) / 1e6)
+
+    def with_final_weights(fn: Callable) -> Callable:
+        def call(*args):
+            with trainee.final_weights():
+                return fn(*args)
+        return call
+
+    return fit(trainee, batches, cfg, out_dir=run.out, total_steps=total, device=run.device,
+               save_model=with_final_weights(save_model),
+               evaluate=with_final_weights(evaluate) if evaluate is not None else None,
+               metric=metric if evaluate is not None else "loss", higher_is_better=evaluate is not None,
+               resume_from=run.resume_from, optimizer=optimizer)
 
 
 # --------------------------------------------------------------------------------------------

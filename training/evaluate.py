@@ -32,6 +32,19 @@ def _engine(bundle: str | Path, *, batch_tokens: int, precision: str | None, pro
                        intra_op_threads=threads, inter_op_threads=1)
 
 
+def _checkpoint(load, path: str | Path, *, device: str, threads: int = 0):
+    """A PyTorch task checkpoint (``load``: :func:`models.tasks.load_ner` or ``load_similarity``) on
+    ``device``, and its tokenizer."""
+    import torch
+
+    from models.tasks import tokenizer_file
+    from models.text import Tokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    return load(path).to(device), Tokenizer.load(tokenizer_file(path))
+
+
 def _check_one(model, bundle) -> None:
     if (model is None) == (bundle is None):
         raise ValueError("give exactly one of --model (a PyTorch checkpoint) or --bundle (an ONNX bundle)")
@@ -59,16 +72,10 @@ def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle
     texts = [r.text for r in records]
     t0 = time.perf_counter()
     if model is not None:
-        import torch
-
-        from models.tasks import load_ner, tokenizer_file
-        from models.text import Tokenizer
+        from models.tasks import load_ner
         from training.ner import predict_entities
 
-        if threads:
-            torch.set_num_threads(threads)
-        net = load_ner(model).to(device)
-        tokenizer = Tokenizer.load(tokenizer_file(model))
+        net, tokenizer = _checkpoint(load_ner, model, device=device, threads=threads)
         labels, max_length, stride = net.cfg.labels, net.cfg.max_length, net.cfg.stride
         threshold = net.cfg.threshold if threshold is None else threshold
         entities = predict_entities(net, tokenizer, texts, threshold=threshold, batch_tokens=batch_tokens,
@@ -113,16 +120,10 @@ def evaluate_sim(data: Sequence[str], *, model: str | Path | None = None, bundle
     report.check(on_error)
     t0 = time.perf_counter()
     if model is not None:
-        import torch
-
-        from models.tasks import load_similarity, tokenizer_file
-        from models.text import Tokenizer
+        from models.tasks import load_similarity
         from training.similarity import pair_cosines
 
-        if threads:
-            torch.set_num_threads(threads)
-        net = load_similarity(model).to(device)
-        tokenizer = Tokenizer.load(tokenizer_file(model))
+        net, tokenizer = _checkpoint(load_similarity, model, device=device, threads=threads)
         cosines = {name: pair_cosines(net, tokenizer, recs, batch_tokens=batch_tokens, device=device)
                    for name, recs in files.items()}
         source = {"model": str(model), "dim": net.dim, "pooling": net.cfg.pooling}

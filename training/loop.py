@@ -3,7 +3,8 @@
 Read top to bottom: seeds and RNG state -> optimizer and schedule -> resumable batches ->
 ``train_steps`` (the loop itself: fetch -> forward -> backward -> clip -> step -> schedule, yielding
 a :class:`StepInfo` per step) -> its consumers (JSONL log, progress, checkpoints, early stopping) ->
-``fit``, which wires them together for any model whose ``forward(**batch)`` returns ``(output, loss)``.
+``fit``, which wires them together for any model whose ``forward(**batch)`` returns ``(output, loss)`` ->
+a trainer's run around it (:func:`open_run` before, :func:`finish_run` after).
 
 Resuming is exact: a checkpoint holds the model, optimizer, scheduler, every RNG state and the data
 position, so ``N`` steps straight and ``k`` steps + resume + ``N - k`` steps give identical weights.
@@ -23,13 +24,14 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from training.config import RESOLVED_FILE, ConfigError, TrainingConfig, config_diff, to_dict, write_resolved
+from training.data import write_json
 
 log = logging.getLogger(__name__)
 
@@ -433,8 +435,31 @@ class EarlyStopping:
 
 
 # --------------------------------------------------------------------------------------------
-# fit: the loop and its consumers, for any trainer
+# A trainer's run: the output folder, resumed or fresh; its config; fit; the final metrics
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """An output folder being trained into: where, the checkpoint it resumes from, the device."""
+
+    out: Path
+    resume_from: Path | None
+    device: torch.device
+
+    @property
+    def resuming(self) -> bool:
+        return self.resume_from is not None
+
+
+def open_run(out_dir: str | Path, cfg: TrainingConfig, *, resume: bool) -> Run:
+    """The checkpoint to resume from (:func:`resume_point`, before any slow preparation), torch set up
+    (:func:`setup_torch`), the folder made."""
+    out = Path(out_dir)
+    latest = resume_point(out, resume=resume)
+    device = setup_torch(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    return Run(out, latest, device)
 
 
 def resume_point(out_dir: str | Path, *, resume: bool) -> Path | None:
@@ -565,3 +590,18 @@ def fit(model: nn.Module, batches: Batches, cfg: TrainingConfig, *, out_dir: str
     metrics = _json_safe(dataclasses.asdict(result) | {"last_eval": _json_safe(result.last_eval)})
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def best_metrics(out_dir: str | Path) -> dict | None:
+    """The metrics.json saved beside the best checkpoint (None when there is no best checkpoint)."""
+    path = Path(out_dir) / "best" / METRICS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def finish_run(run: Run, result: FitResult, metrics: dict, *, kept: Literal["best", "model"] = "best") -> None:
+    """Add ``metrics`` to the metrics.json :func:`fit` wrote; log where the model (``kept``: ``"best"``
+    checkpoint or final ``"model"``) and the log are."""
+    path = run.out / METRICS_FILE
+    write_json(path, json.loads(path.read_text(encoding="utf-8")) | metrics)
+    what = {"best": "best checkpoint", "model": "final model"}[kept]
+    log.info("done at step %d: %s in %s, log in %s", result.step, what, run.out / kept, run.out / LOG_FILE)

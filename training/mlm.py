@@ -33,23 +33,13 @@ from models.roformer import ACTIVATIONS, RoFormerConfig, RoFormerEncoder, read_c
 from models.text import Tokenizer, pad_batch
 from training.config import OutputConfig, TrainingConfig, load_config, to_dict
 from training.data import ReadReport, TextRecord, TextSource, is_heldout, read_texts
-from training.loop import (
-    LOG_FILE,
-    METRICS_FILE,
-    EpochBatches,
-    FitResult,
-    fit,
-    resume_point,
-    setup_torch,
-    to_device,
-    write_run_config,
-)
-from training.vocab import count_pieces, select_vocab, unk_rate, write_vocab
+from training.encoders import VocabConfig, check_length, encoder_overrides, tokenizer_for
+from training.loop import EpochBatches, FitResult, finish_run, fit, open_run, to_device, write_run_config
+from training.vocab import unk_rate
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # target of unmasked positions
-VOCAB_FILE = "vocab.txt"
 
 # --------------------------------------------------------------------------------------------
 # Config
@@ -73,17 +63,6 @@ class MlmDataConfig:
             raise ValueError(f"data.max_length must be >= 8, got {self.max_length}")
         if not 0 <= self.heldout_fraction < 1:
             raise ValueError(f"data.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-
-
-@dataclass(frozen=True)
-class VocabConfig:
-    """``[vocab]``: ``path`` of an existing vocab.txt, else (no ``model.init``) one is built from the
-    training texts (held-out texts excluded) with these settings and saved with the model."""
-
-    path: str = ""
-    min_count: int = 5
-    max_size: int = 8000
-    lowercase: bool = True
 
 
 @dataclass(frozen=True)
@@ -229,11 +208,8 @@ class RoFormerForMlm(nn.Module):
 
 
 def build_model(cfg: MlmModelConfig, vocab_size: int) -> RoFormerForMlm:
-    default = MlmModelConfig().encoder
     if cfg.init:
-        overrides = {f.name: getattr(cfg.encoder, f.name) for f in dataclasses.fields(cfg.encoder)
-                     if f.name != "vocab_size" and getattr(cfg.encoder, f.name) != getattr(default, f.name)}
-        model = RoFormerForMlm.from_pretrained(cfg.init, **overrides)
+        model = RoFormerForMlm.from_pretrained(cfg.init, **encoder_overrides(cfg.encoder))
     else:
         enc = cfg.encoder
         if enc.vocab_size == 0:
@@ -386,44 +362,12 @@ def evaluate_mlm(model: RoFormerForMlm, batches: Sequence[dict], device: torch.d
 # --------------------------------------------------------------------------------------------
 
 
-def _checkpoint_tokenizer(folder: Path) -> Path:
-    for name in ("tokenizer.json", VOCAB_FILE):
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(f"{folder}: no tokenizer.json or vocab.txt (set vocab.path)")
-
-
-def _tokenizer_for(cfg: MlmConfig, out: Path, train_texts: Sequence[str],
-                   resuming: bool) -> tuple[Tokenizer, Path]:
-    """The vocabulary: the run's own (when resuming), ``vocab.path``, the init checkpoint's, or built."""
-    if resuming and (out / VOCAB_FILE).is_file():
-        src = out / VOCAB_FILE
-    elif cfg.vocab.path:
-        src = Path(cfg.vocab.path)
-    elif cfg.model.init:
-        src = _checkpoint_tokenizer(Path(cfg.model.init))
-    else:
-        counts = count_pieces(train_texts, lowercase=cfg.vocab.lowercase)
-        src = write_vocab(select_vocab(counts, min_count=cfg.vocab.min_count, max_size=cfg.vocab.max_size),
-                          out / VOCAB_FILE)
-        log.info("built %s: %d tokens from %d distinct pieces", src,
-                 len(src.read_text(encoding="utf-8").splitlines()), len(counts))
-    tokenizer = Tokenizer.load(src, lowercase=cfg.vocab.lowercase)
-    # saved under the canonical name, so that models.tasks.tokenizer_file finds it in the checkpoint
-    dst = out / ("tokenizer.json" if src.suffix == ".json" else VOCAB_FILE)
-    if src.resolve() != dst.resolve():
-        shutil.copyfile(src, dst)
-    return tokenizer, dst
-
-
 def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     """Pre-train as configured; writes everything under ``cfg.output.dir`` (see :func:`training.loop.fit`)."""
-    out = Path(cfg.output.dir)
-    latest = resume_point(out, resume=resume)
     if not cfg.data.sources:
         raise ValueError("no [[data.sources]] configured")
-    device = setup_torch(cfg.training)
-    out.mkdir(parents=True, exist_ok=True)
+    run = open_run(cfg.output.dir, cfg.training, resume=resume)
+    out = run.out
 
     report = ReadReport()
     records = list(read_texts(cfg.data.sources, report, root=cfg.data.root))
@@ -434,18 +378,16 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     held_recs = [r for r, h in zip(records, held) if h]
     log.info("read %s; %d texts for training, %d held out", report.summary(), len(train_recs), len(held_recs))
 
-    resuming = latest is not None
-    tokenizer, vocab_path = _tokenizer_for(cfg, out, [r.text for r in train_recs], resuming=resuming)
+    tokenizer, vocab_path = tokenizer_for(cfg.model.init, cfg.vocab, out, lambda: (r.text for r in train_recs),
+                                          resuming=run.resuming)
     unk = unk_rate(tokenizer, [r.text for r in held_recs]) if held_recs else None
     if unk is not None:
         log.info("held-out %s", unk)
 
-    model = build_model(cfg.model, tokenizer.vocab_size).to(device)
+    model = build_model(cfg.model, tokenizer.vocab_size).to(run.device)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=model.cfg))  # as built
-    write_run_config(out, cfg, resuming=resuming)
-    if cfg.data.max_length > model.cfg.max_position_embeddings:
-        raise ValueError(f"data.max_length {cfg.data.max_length} > max_position_embeddings "
-                         f"{model.cfg.max_position_embeddings}")
+    write_run_config(out, cfg, resuming=run.resuming)
+    check_length(cfg.data.max_length, model.encoder)
 
     def sequences(recs):
         return pack_sequences(tokenize_records(tokenizer, recs), max_length=cfg.data.max_length,
@@ -457,28 +399,22 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     batches = EpochBatches(train_seqs, collate=collate, batch_size=cfg.training.batch_size,
                            batch_tokens=cfg.training.batch_tokens, seed=cfg.training.seed)
     per_epoch = batches.steps_per_epoch
-    total = cfg.training.max_steps or math.ceil(cfg.training.epochs * per_epoch)
+    total = cfg.training.total_steps(per_epoch)
     log.info("%d training sequences (%s tokens, %d steps per epoch), %d held-out sequences; %d steps; "
              "model %.2fM parameters", len(train_seqs), f"{n_tokens:,}", per_epoch, len(held_seqs), total,
              sum(p.numel() for p in model.parameters()) / 1e6)
     held_batches = eval_batches(held_seqs, collate, batch_size=2 * cfg.training.batch_size,
                                 seed=cfg.training.seed + 1)
 
-    result = fit(model, batches, cfg.training, out_dir=out, total_steps=total, device=device,
+    result = fit(model, batches, cfg.training, out_dir=out, total_steps=total, device=run.device,
                  save_model=lambda d: model.save_pretrained(d, tokenizer_file=vocab_path),
-                 evaluate=(lambda: evaluate_mlm(model, held_batches, device)) if held_batches else None,
-                 metric="loss", resume_from=latest)
-
-    metrics = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
-    metrics |= {"data": {"read": report.summary(), "train_texts": len(train_recs),
-                         "heldout_texts": len(held_recs), "train_sequences": len(train_seqs),
-                         "train_tokens": n_tokens,
-                         "heldout_sequences": len(held_seqs), "steps_per_epoch": per_epoch},
-                "vocab": {"size": tokenizer.vocab_size,
-                          "heldout_unk_token_rate": unk.token_rate if unk else None,
-                          "heldout_unk_char_rate": unk.char_rate if unk else None},
-                "config": to_dict(cfg)}
-    text = json.dumps(metrics, indent=2, ensure_ascii=False) + "\n"
-    (out / METRICS_FILE).write_text(text, encoding="utf-8")
-    log.info("done at step %d: final model in %s, log in %s", result.step, out / "model", out / LOG_FILE)
+                 evaluate=(lambda: evaluate_mlm(model, held_batches, run.device)) if held_batches else None,
+                 metric="loss", resume_from=run.resume_from)
+    finish_run(run, result, {
+        "data": {"read": report.summary(), "train_texts": len(train_recs), "heldout_texts": len(held_recs),
+                 "train_sequences": len(train_seqs), "train_tokens": n_tokens,
+                 "heldout_sequences": len(held_seqs), "steps_per_epoch": per_epoch},
+        "vocab": {"size": tokenizer.vocab_size, "heldout_unk_token_rate": unk.token_rate if unk else None,
+                  "heldout_unk_char_rate": unk.char_rate if unk else None},
+        "config": to_dict(cfg)}, kept="model")
     return result

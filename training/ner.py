@@ -21,9 +21,7 @@ Output folder (``output.dir``)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,25 +36,23 @@ from models.spans import Entity, decode_batch, merge_entities
 from models.tasks import NerConfig, NerModel, load_ner
 from models.text import Tokenizer, pad_batch
 from training.config import OutputConfig, TrainingConfig, load_config, to_dict
-from training.data import ReadReport, expand_paths
+from training.data import ReadReport, expand_paths, settle_reports, write_json
 from training.encoders import (
     ModelInit,
-    Trainee,
     VocabConfig,
     build_encoder,
-    build_task_optimizer,
     check_length,
+    fit_task,
     length_batches,
     tokenizer_for,
 )
 from training.loop import (
-    LOG_FILE,
     METRICS_FILE,
     EpochBatches,
     FitResult,
-    fit,
-    resume_point,
-    setup_torch,
+    best_metrics,
+    finish_run,
+    open_run,
     write_run_config,
 )
 from training.metrics import macro_f1, ner_scores
@@ -233,8 +229,6 @@ def _read(paths: Sequence[str], cfg: NerDataConfig, report: ReadReport) -> list[
 
 def train_ner(cfg: NerRunConfig, *, resume: bool = False) -> FitResult:
     """Fine-tune as configured; writes everything under ``cfg.output.dir`` (module docstring)."""
-    out = Path(cfg.output.dir)
-    latest = resume_point(out, resume=resume)
     if not cfg.data.train:
         raise ValueError("no data.train files configured")
     both = ({p.resolve() for p in expand_paths(cfg.data.train, root=cfg.data.root)}
@@ -242,18 +236,13 @@ def train_ner(cfg: NerRunConfig, *, resume: bool = False) -> FitResult:
     if both:
         raise ValueError(f"{', '.join(map(str, sorted(both)))}: listed in data.train and data.dev; a dev score on "
                          "training data means nothing")
-    device = setup_torch(cfg.training)
-    out.mkdir(parents=True, exist_ok=True)
+    run = open_run(cfg.output.dir, cfg.training, resume=resume)
+    out = run.out
 
     train_report, dev_report = ReadReport(), ReadReport()
     train_recs = _read(cfg.data.train, cfg.data, train_report)
     dev_recs = _read(cfg.data.dev, cfg.data, dev_report)
-    reports = {"train": train_report.to_dict(), "dev": dev_report.to_dict()}
-    (out / "data_report.json").write_text(json.dumps(reports, indent=2, ensure_ascii=False) + "\n",
-                                          encoding="utf-8")
-    train_report.check(cfg.data.on_error)
-    dev_report.check(cfg.data.on_error)
-    log.info("train: read %s; dev: read %s", train_report.summary(), dev_report.summary())
+    settle_reports(out / "data_report.json", cfg.data.on_error, train=train_report, dev=dev_report)
     if not train_recs:
         raise ValueError(f"no training records in {', '.join(cfg.data.train)}")
 
@@ -261,9 +250,8 @@ def train_ner(cfg: NerRunConfig, *, resume: bool = False) -> FitResult:
     unknown = sorted(set(labels_of(train_recs)) - set(labels)) if cfg.data.labels else []
     if unknown:
         raise ValueError(f"the training data has entity types {unknown} that data.labels does not list")
-    resuming = latest is not None
-    tokenizer, tok_path = tokenizer_for(cfg.model, cfg.vocab, out, lambda: (r.text for r in train_recs),
-                                        resuming=resuming)
+    tokenizer, tok_path = tokenizer_for(cfg.model.init, cfg.vocab, out, lambda: (r.text for r in train_recs),
+                                        resuming=run.resuming)
     encoder = build_encoder(cfg.model, tokenizer.vocab_size)
     check_length(cfg.data.max_length, encoder)
     task_cfg = NerConfig(labels=tuple(labels), head=cfg.model.head, head_size=cfg.model.head_size,
@@ -271,7 +259,7 @@ def train_ner(cfg: NerRunConfig, *, resume: bool = False) -> FitResult:
     model = NerModel(encoder, task_cfg)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder.cfg),
                               data=dataclasses.replace(cfg.data, labels=tuple(labels)))  # as built
-    write_run_config(out, cfg, resuming=resuming)
+    write_run_config(out, cfg, resuming=run.resuming)
 
     examples, train_stats = align_records(train_recs, tokenizer, labels, max_length=cfg.data.max_length,
                                           stride=cfg.data.stride)
@@ -280,63 +268,45 @@ def train_ner(cfg: NerRunConfig, *, resume: bool = False) -> FitResult:
                                  stride=cfg.data.stride)
     if dev_recs:
         dev_stats.log("dev")
-
-    trainee = Trainee(model, cfg.ner.ema_decay).to(device)
     collate = NerCollator(tokenizer.pad_id, len(labels), loss=cfg.ner.loss, sparse_from=cfg.ner.sparse_from)
     batches = EpochBatches(examples, collate=collate, lengths=[len(e) for e in examples],
                            batch_size=cfg.training.batch_size, batch_tokens=cfg.training.batch_tokens,
                            bucket=cfg.ner.bucket, seed=cfg.training.seed)
-    per_epoch = batches.steps_per_epoch
-    total = cfg.training.max_steps or math.ceil(cfg.training.epochs * per_epoch)
-    train_cfg = cfg.training
-    if cfg.ner.eval_every_epoch:
-        train_cfg = dataclasses.replace(train_cfg, eval_every=per_epoch)
-    optimizer = build_task_optimizer(model, model.head, cfg.training, cfg.ner.head_lr)
-    trainee.attach(optimizer)
-    log.info("%d training windows from %d texts (%d steps per epoch); %d dev texts; %d steps; labels %s; "
-             "model %.2fM parameters", len(examples), len(train_recs), per_epoch, len(dev_recs), total,
-             list(labels), sum(p.numel() for p in model.parameters()) / 1e6)
+    log.info("%d training windows from %d texts; %d dev texts; labels %s", len(examples), len(train_recs),
+             len(dev_recs), list(labels))
 
     gold = gold_spans(dev_recs)
     dev_texts = [r.text for r in dev_recs]
     last: dict = {}
 
     def evaluate() -> dict:
-        with trainee.final_weights():
-            ents = predict_entities(model, tokenizer, dev_texts, batch_tokens=cfg.ner.eval_batch_tokens,
-                                    device=device)
+        ents = predict_entities(model, tokenizer, dev_texts, batch_tokens=cfg.ner.eval_batch_tokens,
+                                device=run.device)
         scores = ner_scores(gold, pred_spans(ents), labels)
         last.clear()
         last.update(scores)
         return summary(scores)
 
     def save_model(folder: Path) -> None:
-        with trainee.final_weights():
-            model.save(folder, tokenizer_from=tok_path)
-        _write_json(folder / METRICS_FILE, _checkpoint_metrics(last, dev_stats, model.cfg))
+        model.save(folder, tokenizer_from=tok_path)
+        write_json(folder / METRICS_FILE, _checkpoint_metrics(last, dev_stats, model.cfg))
 
     t0 = time.perf_counter()
-    result = fit(trainee, batches, train_cfg, out_dir=out, total_steps=total, device=device,
-                 save_model=save_model, evaluate=evaluate if dev_recs else None,
-                 metric="f1" if dev_recs else "loss", higher_is_better=bool(dev_recs), resume_from=latest,
-                 optimizer=optimizer)
+    result = fit_task(model, batches, run, cfg.training, head=model.head, head_lr=cfg.ner.head_lr,
+                      ema_decay=cfg.ner.ema_decay, eval_every_epoch=cfg.ner.eval_every_epoch,
+                      evaluate=evaluate if dev_recs else None, metric="f1", save_model=save_model)
     seconds = time.perf_counter() - t0
 
     calibration = None
     if cfg.ner.calibrate_threshold and dev_recs and (out / "best").is_dir():
-        calibration = calibrate_checkpoint(out / "best", dev_recs, cfg.ner.threshold_grid, device=device,
+        calibration = calibrate_checkpoint(out / "best", dev_recs, cfg.ner.threshold_grid, device=run.device,
                                            batch_tokens=cfg.ner.eval_batch_tokens, dev_stats=dev_stats)
-
-    metrics = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
-    best = out / "best" / METRICS_FILE
-    metrics |= {"best_dev": json.loads(best.read_text(encoding="utf-8")) if best.is_file() else None,
-                "calibration": calibration,
-                "data": {"train": train_stats.to_dict(), "dev": dev_stats.to_dict(),
-                         "read": {"train": train_report.summary(), "dev": dev_report.summary()},
-                         "steps_per_epoch": per_epoch},
-                "seconds": round(seconds, 1), "config": to_dict(cfg)}
-    _write_json(out / METRICS_FILE, metrics)
-    log.info("done at step %d: best checkpoint in %s, log in %s", result.step, out / "best", out / LOG_FILE)
+    finish_run(run, result, {
+        "best_dev": best_metrics(out), "calibration": calibration,
+        "data": {"train": train_stats.to_dict(), "dev": dev_stats.to_dict(),
+                 "read": {"train": train_report.summary(), "dev": dev_report.summary()},
+                 "steps_per_epoch": batches.steps_per_epoch},
+        "seconds": round(seconds, 1), "config": to_dict(cfg)})
     return result
 
 
@@ -366,11 +336,8 @@ def calibrate_checkpoint(path: Path, dev_recs: Sequence[NerRecord], grid: Sequen
     scores = ner_scores(gold, pred_spans(ents, best), model.cfg.labels)
     metrics_file = path / METRICS_FILE
     if dev_stats is not None:
-        _write_json(metrics_file, _checkpoint_metrics(scores, dev_stats, model.cfg) | {"threshold_f1": f1})
+        write_json(metrics_file, _checkpoint_metrics(scores, dev_stats, model.cfg) | {"threshold_f1": f1})
     log.info("threshold calibrated on dev: %g (F1 %.4f; was %g) - F1 by threshold %s", best, f1[f"{best:g}"],
              before, f1)
     return {"threshold": best, "previous": before, "f1_by_threshold": f1, "dev_f1": scores["f1"]}
 
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

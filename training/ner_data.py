@@ -36,7 +36,7 @@ from typing import Literal
 import numpy as np
 
 from models.text import Tokenizer, Window, char_spans_to_token_spans
-from training.data import ReadReport, _numbered_lines, expand_paths
+from training.data import ReadReport, expand_paths, json_objects, numbered_lines
 
 log = logging.getLogger(__name__)
 
@@ -160,17 +160,9 @@ def _record(text: str, spans: list[Span], path: Path, line: int) -> NerRecord:
 def read_json_lines(path: str | Path, report: ReadReport, *, format: str) -> Iterator[NerRecord]:
     """One JSON object per line (CLUENER ``train.json``, CMeEE ``.jsonl``)."""
     parse, path = _JSON_PARSERS[format], Path(path)
-    for n, line in _numbered_lines(path, report):
-        if line is None:
-            continue
-        if not line.strip():
-            report.empty += 1
-            continue
+    for n, obj in json_objects(path, report):
         try:
-            text, spans = parse(json.loads(line))
-        except json.JSONDecodeError as e:
-            report.error(path, n, f"invalid JSON: {e.msg} at column {e.colno}")
-            continue
+            text, spans = parse(obj)
         except _BadRecord as e:
             report.error(path, n, str(e))
             continue
@@ -266,7 +258,7 @@ def read_bio(path: str | Path, report: ReadReport) -> Iterator[NerRecord]:
         tokens, spans, first, bad, pos, open_ = [], [], 0, None, 0, None
         return rec
 
-    for n, line in _numbered_lines(path, report):
+    for n, line in numbered_lines(path, report):
         if line is None:  # invalid UTF-8: already an error; the sentence is lost with it
             first = first or n
             tokens.append("?")

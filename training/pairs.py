@@ -8,7 +8,6 @@ line whose label cell is not a number is taken as the header (counted with the e
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable, Iterator
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from training.data import ReadReport, _numbered_lines, expand_paths
+from training.data import ReadReport, content_lines, expand_paths, json_objects
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +69,7 @@ def read_tsv_pairs(path: str | Path, report: ReadReport, *, columns: tuple[int, 
                    header: bool | str = "auto") -> Iterator[PairRecord]:
     ca, cb, cl = columns
     need = max(columns) + 1
-    for n, line in _numbered_lines(Path(path), report):
-        if line is None:
-            continue
-        if not line.strip():
-            report.empty += 1
-            continue
+    for n, line in content_lines(path, report):
         cells = line.split("\t")
         if n == 1 and header is True:
             report.empty += 1
@@ -105,20 +99,7 @@ def read_tsv_pairs(path: str | Path, report: ReadReport, *, columns: tuple[int, 
 def read_jsonl_pairs(path: str | Path, report: ReadReport, *,
                      fields: tuple[str, str, str] = ("sentence1", "sentence2", "label")) -> Iterator[PairRecord]:
     fa, fb, fl = fields
-    for n, line in _numbered_lines(Path(path), report):
-        if line is None:
-            continue
-        if not line.strip():
-            report.empty += 1
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            report.error(path, n, f"invalid JSON: {e.msg} at column {e.colno}")
-            continue
-        if not isinstance(obj, dict):
-            report.error(path, n, f"expected a JSON object, got {type(obj).__name__}")
-            continue
+    for n, obj in json_objects(path, report):
         missing = [f for f in fields if f not in obj]
         if missing:
             report.error(path, n, f"missing field(s) {missing} (keys: {', '.join(sorted(obj)) or 'none'})")

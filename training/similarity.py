@@ -17,9 +17,7 @@ Output folder: as for NER (``best/`` = SimilarityModel.save + metrics.json, ``mo
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,25 +34,23 @@ from models.roformer import read_checkpoint
 from models.tasks import SimilarityConfig, SimilarityModel
 from models.text import Tokenizer, pad_batch
 from training.config import OutputConfig, TrainingConfig, load_config, to_dict
-from training.data import ReadReport
+from training.data import ReadReport, settle_reports, write_json
 from training.encoders import (
     ModelInit,
-    Trainee,
     VocabConfig,
     build_encoder,
-    build_task_optimizer,
     check_length,
+    fit_task,
     length_batches,
     tokenizer_for,
 )
 from training.loop import (
-    LOG_FILE,
     METRICS_FILE,
     EpochBatches,
     FitResult,
-    fit,
-    resume_point,
-    setup_torch,
+    best_metrics,
+    finish_run,
+    open_run,
     write_run_config,
 )
 from training.metrics import similarity_scores
@@ -253,35 +249,28 @@ def _sim_summary(scores: dict[str, dict], select_on: str) -> dict:
 
 
 def train_sim(cfg: SimRunConfig, *, resume: bool = False) -> FitResult:
-    out = Path(cfg.output.dir)
-    latest = resume_point(out, resume=resume)
     if not cfg.data.train:
         raise ValueError("no [[data.train]] pair sources configured")
-    device = setup_torch(cfg.training)
-    out.mkdir(parents=True, exist_ok=True)
-
     train_files = {p.resolve(): n for s in cfg.data.train for n, p in source_files(s, root=cfg.data.root)}
     both = [n for s in cfg.data.dev for n, p in source_files(s, root=cfg.data.root) if p.resolve() in train_files]
     if both:
         raise ValueError(f"{', '.join(both)}: listed for training and for dev; a dev score on training data "
                          "means nothing (dev-only sets such as lcqmc/atec/bq/pawsx can be dev or whitening data)")
+    run = open_run(cfg.output.dir, cfg.training, resume=resume)
+    out = run.out
+
     train_report, dev_report = ReadReport(), ReadReport()
     train = read_sources(cfg.data.train, cfg.data.root, train_report)
     dev = read_sources(cfg.data.dev, cfg.data.root, dev_report)
-    (out / "data_report.json").write_text(json.dumps({"train": train_report.to_dict(), "dev": dev_report.to_dict()},
-                                                     indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    train_report.check(cfg.data.on_error)
-    dev_report.check(cfg.data.on_error)
-    log.info("train: read %s; dev: read %s", train_report.summary(), dev_report.summary())
+    settle_reports(out / "data_report.json", cfg.data.on_error, train=train_report, dev=dev_report)
     if not any(train.values()):
         raise ValueError("no training pairs read")
     if cfg.sim.select_on and cfg.sim.select_on not in dev:
         raise ValueError(f"sim.select_on = {cfg.sim.select_on!r} is not a dev name ({', '.join(dev) or 'no dev'})")
 
-    resuming = latest is not None
-    tokenizer, tok_path = tokenizer_for(cfg.model, cfg.vocab, out,
+    tokenizer, tok_path = tokenizer_for(cfg.model.init, cfg.vocab, out,
                                         lambda: (s for recs in train.values() for p in recs for s in (p.a, p.b)),
-                                        resuming=resuming)
+                                        resuming=run.resuming)
     encoder = build_encoder(cfg.model, tokenizer.vocab_size)
     check_length(cfg.data.max_length, encoder)
     model = SimilarityModel(encoder, SimilarityConfig(pooling=cfg.model.pooling, max_length=cfg.data.max_length))
@@ -292,7 +281,7 @@ def train_sim(cfg: SimRunConfig, *, resume: bool = False) -> FitResult:
         else:
             log.info("%s has no pooler.dense weights: the linear pooler starts random", cfg.model.init)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder.cfg))
-    write_run_config(out, cfg, resuming=resuming)
+    write_run_config(out, cfg, resuming=run.resuming)
 
     examples, cut, data_stats = [], 0, {}
     for group, (name, recs) in enumerate(train.items()):
@@ -306,47 +295,32 @@ def train_sim(cfg: SimRunConfig, *, resume: bool = False) -> FitResult:
                             "cut_sentences": cut_a + cut_b}
     if cut:
         log.warning("%d training sentences longer than data.max_length = %d tokens were cut", cut, cfg.data.max_length)
-
-    trainee = Trainee(PairLoss(model, cfg.sim), cfg.sim.ema_decay).to(device)
     batches = EpochBatches(examples, collate=PairCollator(tokenizer.pad_id), batch_size=cfg.training.batch_size,
                            batch_tokens=cfg.training.batch_tokens, seed=cfg.training.seed)
-    per_epoch = batches.steps_per_epoch
-    total = cfg.training.max_steps or math.ceil(cfg.training.epochs * per_epoch)
-    train_cfg = dataclasses.replace(cfg.training, eval_every=per_epoch) if cfg.sim.eval_every_epoch else cfg.training
-    head = model.pooling if model.pooling.dense is not None else None
-    optimizer = build_task_optimizer(model, head, cfg.training, cfg.sim.head_lr)
-    trainee.attach(optimizer)
-    log.info("%d training pairs from %d file(s) (%d steps per epoch); dev %s; %d steps; pooling %s; "
-             "model %.2fM parameters", len(examples), len(train), per_epoch,
-             {k: len(v) for k, v in dev.items()}, total, cfg.model.pooling,
-             sum(p.numel() for p in model.parameters()) / 1e6)
+    log.info("%d training pairs from %d file(s); dev %s; pooling %s", len(examples), len(train),
+             {k: len(v) for k, v in dev.items()}, cfg.model.pooling)
     last: dict = {}
 
     def evaluate() -> dict:
-        with trainee.final_weights():
-            scores = evaluate_pairs(model, tokenizer, dev, batch_tokens=cfg.sim.eval_batch_tokens, device=device)
+        scores = evaluate_pairs(model, tokenizer, dev, batch_tokens=cfg.sim.eval_batch_tokens, device=run.device)
         last.clear()
         last.update(scores)
         return _sim_summary(scores, cfg.sim.select_on)
 
     def save_model(folder: Path) -> None:
-        with trainee.final_weights():
-            model.save(folder, tokenizer_from=tok_path)
+        model.save(folder, tokenizer_from=tok_path)
         metrics = {"dev": last} | ({"dev_spearman": _sim_summary(last, cfg.sim.select_on)["spearman"]} if last else {})
-        (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(folder / METRICS_FILE, metrics)
 
     t0 = time.perf_counter()
-    has_dev = any(dev.values())
-    result = fit(trainee, batches, train_cfg, out_dir=out, total_steps=total, device=device, save_model=save_model,
-                 evaluate=evaluate if has_dev else None, metric="spearman" if has_dev else "loss",
-                 higher_is_better=has_dev, resume_from=latest, optimizer=optimizer)
-    metrics = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
-    best = out / "best" / METRICS_FILE
-    metrics |= {"best_dev": json.loads(best.read_text(encoding="utf-8")) if best.is_file() else None,
-                "data": {"train": data_stats, "dev": {k: len(v) for k, v in dev.items()},
-                         "read": {"train": train_report.summary(), "dev": dev_report.summary()},
-                         "steps_per_epoch": per_epoch},
-                "seconds": round(time.perf_counter() - t0, 1), "config": to_dict(cfg)}
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    log.info("done at step %d: best checkpoint in %s, log in %s", result.step, out / "best", out / LOG_FILE)
+    result = fit_task(model, batches, run, cfg.training, objective=PairLoss(model, cfg.sim),
+                      head=model.pooling if model.pooling.dense is not None else None, head_lr=cfg.sim.head_lr,
+                      ema_decay=cfg.sim.ema_decay, eval_every_epoch=cfg.sim.eval_every_epoch,
+                      evaluate=evaluate if any(dev.values()) else None, metric="spearman", save_model=save_model)
+    finish_run(run, result, {
+        "best_dev": best_metrics(out),
+        "data": {"train": data_stats, "dev": {k: len(v) for k, v in dev.items()},
+                 "read": {"train": train_report.summary(), "dev": dev_report.summary()},
+                 "steps_per_epoch": batches.steps_per_epoch},
+        "seconds": round(time.perf_counter() - t0, 1), "config": to_dict(cfg)})
     return result

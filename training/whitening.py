@@ -24,7 +24,7 @@ import torch
 from models.tasks import load_similarity, tokenizer_file
 from models.text import Tokenizer
 from models.whitening import CovarianceAccumulator, Whitening, apply_whitening, fit_whitening, jl_dimension
-from training.data import ReadReport, TextSource, read_source
+from training.data import ReadReport, TextSource, read_source, write_json
 from training.metrics import similarity_scores
 from training.pairs import PairSource, read_pair_file
 from training.similarity import embed, sentence_ids
@@ -163,8 +163,8 @@ def fit_whitening_run(model_dir: str | Path, sentences: Sequence[str], *, eval_f
     base = metrics_file if metrics_file.is_file() else model_dir / METRICS_FILE  # keep the training metrics
     existing = json.loads(base.read_text(encoding="utf-8")) if base.is_file() else {}
     existing["whitening"] = result
-    metrics_file.write_text(json.dumps(existing, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(metrics_file, existing)
     if metrics_path is not None:
-        Path(metrics_path).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(metrics_path, result)
     log.info("whitening k = %d saved in %s", k, out)
     return result

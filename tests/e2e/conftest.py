@@ -1,24 +1,23 @@
 """Fixtures for the demo page: an app served by uvicorn on 127.0.0.1 in a thread, headless Chromium.
 
-`demo_server` yields where the page lives and how to talk to its API. It serves the stub API
-(`stub_api.py`) today; to run the same tests against the real service, add a parameter that builds
-`service.http.create_app(...)` with an API key and a small bundle and yields a `DemoServer` for it.
+`demo_server` yields where the page lives and how to talk to its API (`tests.servers.serve`). It
+serves the stub API (`stub_api.py`) today; to run the same tests against the real service, add a
+parameter that builds `service.http.create_app(...)` with an API key and a small bundle and yields a
+`DemoServer` for it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.servers import serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -38,38 +37,13 @@ class DemoServer:
     seen_headers: list[dict[str, str]] | None = field(default=None)  # stub only: every API request
 
 
-@contextmanager
-def serve(app) -> Iterator[str]:
-    """Run an ASGI app with uvicorn on 127.0.0.1 (a free port picked by the OS) in a thread."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def demo_server() -> Iterator[DemoServer]:
     from tests.e2e.stub_api import MAX_CHARS, create_stub_app
 
     app, seen = create_stub_app(api_key=API_KEY)
     with serve(app) as base_url:
-        yield DemoServer(base_url, API_KEY, "北" * (MAX_CHARS + 1), seen)
+        yield DemoServer(base_url + "/", API_KEY, "北" * (MAX_CHARS + 1), seen)
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,13 @@
 
 * ``tiny_bundle``: random 2-layer, 32-dim NerModel (LOC / ORG / PER) and SimilarityModel saved with
   ``models.tasks`` and exported with ``export.onnx.export_bundle`` (fp32).
-* ``serve(app)``: uvicorn on 127.0.0.1 (a port picked by the OS) in a thread, shut down cleanly.
+* ``running(settings)``: the app behind real uvicorn (``tests.servers.serve``), ready to take requests.
 * ``FakeRuntime`` (tests/service/fakes.py) stands in for ONNX Runtime where a test needs known
   entities, a slow model, a blocked worker or a failing one.
 """
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.servers import serve
 
 VOCAB_CHARS = list("我爱北京天安门上海的人中国张三李四工作在是了有和大学银行公司一二三四五六七八九十月日年")
 VOCAB = [
@@ -73,33 +73,6 @@ def engine(tiny_bundle):
     from service.core import Engine
 
     return Engine.load(tiny_bundle, provider="cpu")
-
-
-@contextmanager
-def serve(app) -> Iterator[str]:
-    """Run an ASGI app with uvicorn on 127.0.0.1 in a thread; yield its base URL (no trailing slash)."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not shut down"
 
 
 def wait_ready(base: str, timeout: float = 20.0) -> None:

@@ -1,0 +1,133 @@
+"""The options of one scoring run, and :func:`plan_for`: the options checked against each other and the
+bundle, and completed (the input format, the fields to read, what each output line carries)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from service.core import Engine
+from service.score.errors import ResumeError, UsageError
+
+Task = Literal["ner", "similarity", "embed"]
+Format = Literal["jsonl", "csv", "tsv", "text"]
+EXTENSIONS: dict[str, Format] = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "text",
+}  # fmt: skip
+STATE_SUFFIX = ".state"
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """One scoring run. Paths are ``"-"`` for stdin / stdout. Field names are JSON keys, CSV/TSV
+    column names (files with a header) or 0-based column indices (``"2"``; files without one)."""
+
+    task: Task
+    input: str
+    output: str
+    format: Format | None = None  # None: from the input's extension
+    text_field: str | None = None  # ner / embed; default "text" (column 0 without a header)
+    a_field: str | None = None  # similarity; default "a" / "b" (columns 0 / 1 without a header)
+    b_field: str | None = None
+    id_field: str | None = None  # copied to every output line as "id"
+    header: bool | None = None  # csv / tsv: first line names the columns (default True)
+    threshold: float | None = None  # ner; default: the bundle's
+    window: int = 4096  # records read, sorted by length and batched together
+    max_errors: int | None = None  # stop (exit 1) once more error lines than this were written
+    resume: bool = False
+    overwrite: bool = False
+    npy: str | None = None  # embed: vectors also as a float32 .npy
+    vectors: bool | None = None  # embed: vectors in the JSONL lines (default: unless --npy)
+    fsync_interval: float = 5.0  # seconds between checkpoints (0: after every window)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.output + STATE_SUFFIX)
+
+    @property
+    def streamed(self) -> bool:
+        """Output to stdout or to a non-regular file (a pipe, /dev/null): no state file, no resume."""
+        return self.output == "-" or (os.path.exists(self.output) and not os.path.isfile(self.output))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Options checked and completed: the format, the fields to read, what each line carries."""
+
+    format: Format
+    fields: tuple[str, ...]  # ("text",) or ("a", "b") as the user named them
+    id_field: str | None
+    header: bool
+    vectors: bool
+
+
+def plan_for(o: ScoreOptions, engine: Engine) -> Plan:
+    """Check the options (:class:`UsageError` naming what does not fit) and complete them."""
+    if o.window < 1:
+        raise UsageError(f"--window must be >= 1, got {o.window}")
+    if o.max_errors is not None and o.max_errors < 0:
+        raise UsageError(f"--max-errors must be >= 0, got {o.max_errors}")
+    if not (o.fsync_interval >= 0 and math.isfinite(o.fsync_interval)):
+        raise UsageError(f"--fsync-interval must be a number of seconds >= 0, got {o.fsync_interval}")
+    if o.streamed and o.resume:
+        raise ResumeError(
+            f"--resume needs a regular output file: {'stdout' if o.output == '-' else o.output} cannot be "
+            "resumed (give --output FILE)"
+        )
+    if o.resume and o.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: pick one")
+    if o.task != "embed" and (o.npy is not None or o.vectors is not None):
+        raise UsageError("--npy and --vectors are for `score embed`")
+    if o.threshold is not None and o.task != "ner":
+        raise UsageError("--threshold is for `score ner`")
+    if o.threshold is not None:
+        lo, hi = engine.limits.threshold_min, engine.limits.threshold_max
+        if not (math.isfinite(o.threshold) and lo <= o.threshold <= hi):
+            raise UsageError(
+                f"--threshold {o.threshold} is outside [{lo}, {hi}] (the threshold_min/max settings)"
+            )
+    engine_task = "similarity" if o.task != "ner" else "ner"
+    if engine_task not in engine.tasks:
+        raise UsageError(
+            f"the bundle {engine.manifest.name!r} has no {engine_task} model (has: {', '.join(engine.tasks)})"
+        )
+    fmt = o.format if o.format is not None else _format_of(o.input)
+    header = fmt in ("csv", "tsv") if o.header is None else o.header
+    if o.header and fmt in ("jsonl", "text"):
+        raise UsageError(f"--header is for csv / tsv input, not {fmt}")
+    indexed = fmt in ("csv", "tsv") and not header  # fields are column indices
+    if o.task == "similarity":
+        if o.text_field is not None:
+            raise UsageError("`score similarity` reads pairs: use --a-field / --b-field, not --text-field")
+        if fmt == "text":
+            raise UsageError("plain text holds one text per line: give pairs as tsv, csv or jsonl")
+        fields = (o.a_field or ("0" if indexed else "a"), o.b_field or ("1" if indexed else "b"))
+    else:
+        if o.a_field is not None or o.b_field is not None:
+            raise UsageError(f"`score {o.task}` reads one text per record: use --text-field")
+        fields = (o.text_field or ("0" if indexed else "text"),)
+    if fmt == "text" and (o.text_field is not None or o.id_field is not None):
+        raise UsageError("plain text has no fields: each line is the text, its line number the id")
+    if indexed:
+        for f in (*fields, *([o.id_field] if o.id_field is not None else [])):
+            if not f.isdigit():
+                raise UsageError(f"without a header, columns are 0-based indices: got {f!r}")
+    vectors = o.npy is None if o.vectors is None else o.vectors
+    if o.task == "embed" and not vectors and o.npy is None:
+        raise UsageError("--no-vectors without --npy would write no vectors at all")
+    return Plan(format=fmt, fields=fields, id_field=o.id_field, header=header, vectors=vectors)
+
+
+def _format_of(path: str) -> Format:
+    if path == "-":
+        raise UsageError("cannot tell the format of stdin: pass --format jsonl|csv|tsv|text")
+    fmt = EXTENSIONS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise UsageError(
+            f"cannot tell the format of {path} from its extension "
+            f"(known: {', '.join(EXTENSIONS)}): pass --format jsonl|csv|tsv|text"
+        )
+    return fmt
