@@ -2,15 +2,18 @@
 
 ``scores[b, c, i, j]`` scores token span ``i..j`` (inclusive) as entity type ``c``. Every span with
 ``i <= j`` on real tokens and a score above the threshold is an entity — nested and overlapping ones
-included; no Python loop over L x L. Entities carry character offsets into the original text (end
-exclusive), taken from the :class:`models.text.Encoding` / :class:`models.text.Window` offsets, so
-spans from different windows of one text are directly comparable (:func:`merge_entities`).
+included; no Python loop over L x L, and no (B, C, L, L) mask either when few scores pass: the
+candidates above the threshold are found first and only they are checked (:func:`span_indices`;
+the span rule itself is one function, :func:`_on_boundaries`). Entities carry character offsets
+into the original text (end exclusive), taken from the :class:`models.text.Encoding` /
+:class:`models.text.Window` offsets, so spans from different windows of one text are directly
+comparable (:func:`merge_entities`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -40,13 +43,71 @@ def _sort_key(e: Entity) -> tuple[int, int, str]:
 
 def _offsets_table(offsets_list: Sequence[np.ndarray], L: int) -> np.ndarray:
     """Stack per-item offsets into (B, L, 2), padding with (-1, -1) (= not a real token)."""
-    table = np.full((len(offsets_list), L, 2), -1, dtype=np.int64)
-    for b, off in enumerate(offsets_list):
-        off = np.asarray(off, dtype=np.int64).reshape(-1, 2)
-        if len(off) > L:
-            raise ValueError(f"offsets_list[{b}] has {len(off)} tokens but scores only {L} positions")
-        table[b, : len(off)] = off
+    offs = [np.asarray(off, dtype=np.int64).reshape(-1, 2) for off in offsets_list]
+    lengths = np.array([len(off) for off in offs], dtype=np.int64)  # (B,)
+    if len(offs) and lengths.max() > L:
+        b = int(np.argmax(lengths))
+        raise ValueError(f"offsets_list[{b}] has {lengths[b]} tokens but scores only {L} positions")
+    table = np.full((len(offs), L, 2), -1, dtype=np.int64)
+    if len(offs):
+        table[np.arange(L)[None, :] < lengths[:, None]] = np.concatenate(offs)  # rows in order
     return table
+
+
+def _on_boundaries(can_start: np.ndarray, can_end: np.ndarray, b, i, j) -> np.ndarray:
+    """THE span rule: token span ``i..j`` of item ``b`` can be an entity (``i <= j``, starting on a
+    token a span may start on, ending on one it may end on; see :func:`models.text.token_boundaries`).
+
+    ``b, i, j`` are index arrays that broadcast: candidate lists (N,) or an open grid over (B, L, L).
+    """
+    return (i <= j) & can_start[b, i] & can_end[b, j]
+
+
+SPARSE_SHARE = 8  # more than 1/8 of all scores above the threshold: mask densely (bounded memory)
+
+Admit = Callable[[np.ndarray], np.ndarray]
+
+
+def span_indices(
+    scores: np.ndarray,
+    table: np.ndarray,
+    threshold: float | Sequence[float] | np.ndarray = 0.0,
+    *,
+    admit: Admit | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(b, c, i, j)`` of every span above its item's threshold that can be an entity.
+
+    ``scores`` (B, C, L, L); ``table`` (B, L, 2) offsets (:func:`_offsets_table`); ``threshold`` one
+    number or one per item, compared in the scores' dtype. ``admit(counts)`` (optional) sees the
+    number of spans of each item, (B,) int64, *before* any index list of the survivors is built and
+    returns a (B,) bool mask of the items to keep (an entity budget); the others yield nothing.
+
+    Usually few scores pass, so the candidates are found first (``flatnonzero`` over the scores, no
+    (B, C, L, L) mask) and only they are checked against the span rule. When a large share passes
+    (a very low threshold, a graph without masks), the rule is applied as a dense mask instead, so
+    no index list larger than the answer is built.
+    """
+    B = len(scores)
+    thr = np.asarray(threshold, dtype=scores.dtype)
+    if thr.ndim:
+        if thr.shape != (B,):
+            raise ValueError(f"{thr.size} thresholds for a batch of {B}")
+        thr = thr[:, None, None, None]  # (B, 1, 1, 1)
+    above = scores > thr  # (B, C, L, L)
+    can_start, can_end = token_boundaries(table)  # (B, L) each
+    if np.count_nonzero(above) * SPARSE_SHARE <= above.size:
+        b, c, i, j = np.unravel_index(np.flatnonzero(above), above.shape)  # (N,) each
+        valid = _on_boundaries(can_start, can_end, b, i, j)
+        b, c, i, j = b[valid], c[valid], i[valid], j[valid]
+        if admit is not None:
+            keep = np.asarray(admit(np.bincount(b, minlength=B)), dtype=bool)[b]
+            b, c, i, j = b[keep], c[keep], i[keep], j[keep]
+        return b, c, i, j
+    rows, i, j = np.ogrid[:B, : scores.shape[2], : scores.shape[3]]  # (B, 1, 1), (1, L, 1), (1, 1, L)
+    above &= _on_boundaries(can_start, can_end, rows, i, j)[:, None]  # (B, C, L, L)
+    if admit is not None:
+        above &= np.asarray(admit(above.sum(axis=(1, 2, 3))), dtype=bool)[:, None, None, None]
+    return np.nonzero(above)
 
 
 def _build(
@@ -89,12 +150,15 @@ def decode_batch(
     offsets_list: Sequence[np.ndarray],
     labels: Sequence[str],
     texts: Sequence[str],
-    threshold: float = 0.0,
+    threshold: float | Sequence[float] | np.ndarray = 0.0,
+    admit: Admit | None = None,
 ) -> list[list[Entity]]:
     """Decode (B, C, L, L) scores: one entity list per item, each sorted by (start, end, label).
 
     ``offsets_list[b]`` may be shorter than L (positions past it are padding). Masked positions may
     hold any value (``finfo.min``, ``-1e4``, ``-inf``, garbage): they are excluded structurally.
+    ``threshold`` is one number or one per item (rows of a server batch come from different
+    requests); ``admit`` is an optional entity budget (see :func:`span_indices`).
     """
     scores = np.asarray(scores)
     if scores.ndim != 4 or scores.shape[2] != scores.shape[3]:
@@ -104,9 +168,7 @@ def decode_batch(
         raise ValueError(f"batch of {B} scores but {len(offsets_list)} offsets and {len(texts)} texts")
     _check_labels(labels, C)
     table = _offsets_table(offsets_list, L)  # (B, L, 2)
-    can_start, can_end = token_boundaries(table)  # (B, L) each
-    allowed = np.triu(np.ones((L, L), dtype=bool)) & can_start[:, :, None] & can_end[:, None, :]  # (B, L, L)
-    b, c, i, j = np.nonzero((scores > threshold) & allowed[:, None])  # (N,) each
+    b, c, i, j = span_indices(scores, table, threshold, admit=admit)  # (N,) each
     return _build(b, c, i, j, scores[b, c, i, j], table=table, labels=labels, texts=texts)
 
 
@@ -150,8 +212,8 @@ def spans_from_indices(
     L = max((len(o) for o in offsets_list), default=0)
     table = _offsets_table(offsets_list, L)  # (B, L, 2)
     can_start, can_end = token_boundaries(table)  # (B, L) each
-    keep = (i >= 0) & (i <= j) & (j < L)
-    keep[keep] = can_start[b[keep], i[keep]] & can_end[b[keep], j[keep]]
+    keep = (i >= 0) & (j < L)
+    keep[keep] = _on_boundaries(can_start, can_end, b[keep], i[keep], j[keep])
     return _build(b[keep], c[keep], i[keep], j[keep], scores[keep], table=table, labels=labels, texts=texts)
 
 

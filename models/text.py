@@ -14,6 +14,7 @@ character belongs to at most one token and offsets never decrease (see :func:`to
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -212,17 +213,53 @@ class Tokenizer:
     # encoding -----------------------------------------------------------------------------
 
     @staticmethod
-    def _convert(enc: _HFEncoding, text: str, text_pair: str | None = None) -> Encoding:
-        special = np.asarray(enc.special_tokens_mask, dtype=bool)
-        seq_ids = np.asarray([-1 if s is None else s for s in enc.sequence_ids], dtype=np.int64)
-        raw = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)  # (n, 2)
-        return Encoding(
-            ids=_frozen(np.asarray(enc.ids, dtype=np.int64)),
-            offsets=_frozen(_clean_offsets(raw, special, seq_ids)),
-            type_ids=_frozen(np.asarray(enc.type_ids, dtype=np.int64)),
-            text=text,
-            text_pair=text_pair,
-        )
+    def _convert(
+        encs: Sequence[_HFEncoding], texts: Sequence[str], pair: str | None = None
+    ) -> list[Encoding]:
+        """The library's encodings -> :class:`Encoding` records, in one numpy pass over the whole batch.
+
+        Every record's arrays are read-only views of a few batch arrays (no per-text numpy work).
+        :func:`_clean_offsets` runs only where it changes something: on encodings in which a content
+        token starts before the one before it ended, or ends before it starts (a normaliser expanded
+        a character: Hangul NFD, "İ" lowercased). Elsewhere the offsets already are disjoint and
+        non-decreasing. (A pair, from :meth:`encode_pair`, is always cleaned.)
+        """
+        if not encs:
+            return []
+        lengths = [len(e) for e in encs]
+        bounds = [0, *itertools.accumulate(lengths)]
+        N = bounds[-1]
+        chain = itertools.chain.from_iterable
+        ids = np.fromiter(chain(e.ids for e in encs), dtype=np.int64, count=N)  # (N,)
+        type_ids = np.fromiter(chain(e.type_ids for e in encs), dtype=np.int64, count=N)  # (N,)
+        flat = np.fromiter(chain(chain(e.offsets for e in encs)), dtype=np.int64, count=2 * N)
+        offsets = flat.reshape(N, 2)
+        special = np.fromiter(chain(e.special_tokens_mask for e in encs), dtype=bool, count=N)  # (N,)
+        offsets[special] = -1
+        if pair is not None:
+            seq_ids = np.array([-1 if s is None else s for s in encs[0].sequence_ids], dtype=np.int64)
+            offsets = _clean_offsets(offsets, special, seq_ids)
+        else:
+            content = np.flatnonzero(~special)  # (M,)
+            starts, ends = offsets[content, 0], offsets[content, 1]  # (M,) each
+            if len(encs) > 1:
+                # Shift each text's offsets past the texts before it: the content offsets of the whole
+                # batch are then disjoint and non-decreasing exactly where those of each encoding are.
+                base = np.fromiter(itertools.accumulate((len(t) + 1 for t in texts[:-1]), initial=0), int)
+                shift = np.repeat(base, lengths)[content]  # (M,)
+                starts, ends = starts + shift, ends + shift
+            bad = ends < starts
+            bad[1:] |= starts[1:] < ends[:-1]
+            if bad.any():
+                seq_ids = np.where(special, -1, 0)  # (N,) one sequence
+                for k in np.unique(np.searchsorted(bounds, content[bad], side="right") - 1).tolist():
+                    a, b = bounds[k], bounds[k + 1]
+                    offsets[a:b] = _clean_offsets(offsets[a:b], special[a:b], seq_ids[a:b])
+        ids, offsets, type_ids = _frozen(ids), _frozen(offsets), _frozen(type_ids)
+        return [
+            Encoding(ids=ids[a:b], offsets=offsets[a:b], type_ids=type_ids[a:b], text=t, text_pair=pair)
+            for (a, b), t in zip(itertools.pairwise(bounds), texts)
+        ]
 
     @staticmethod
     def _check(texts: Sequence[object]) -> None:
@@ -237,34 +274,52 @@ class Tokenizer:
     def encode(self, text: str, *, add_special_tokens: bool = True) -> Encoding:
         """Encode one text (``[CLS] ... [SEP]`` unless ``add_special_tokens=False``)."""
         self._check([text])
-        return self._convert(self._tok.encode(text, add_special_tokens=add_special_tokens), text)
+        return self._convert([self._tok.encode(text, add_special_tokens=add_special_tokens)], [text])[0]
 
     def encode_batch(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[Encoding]:
         """Encode many texts at once (the library encodes them in parallel)."""
         texts = list(texts)
         self._check(texts)
-        encs = self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)
-        return [self._convert(e, t) for e, t in zip(encs, texts)]
+        return self._convert(self._tok.encode_batch(texts, add_special_tokens=add_special_tokens), texts)
+
+    def encode_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids only, ``[CLS] ... [SEP]`` per text, read-only int64: what ``encode_batch`` gives as
+        ``ids``, without the cost of offsets (embeddings and similarity need none)."""
+        texts = list(texts)
+        self._check(texts)
+        # the same ids, offsets not tracked (tokenizers >= 0.20; pyproject allows 0.19, which lacks it)
+        encs = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)(texts)
+        bounds = [0, *itertools.accumulate(len(e) for e in encs)]
+        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), np.int64, bounds[-1])
+        ids = _frozen(ids)  # (N,) all texts; one view each
+        return [ids[a:b] for a, b in itertools.pairwise(bounds)]
 
     def encode_pair(self, a: str, b: str) -> Encoding:
         """``[CLS] a [SEP] b [SEP]`` with ``type_ids`` 0 / 1; offsets index ``a`` or ``b`` by type."""
         self._check([a, b])
-        return self._convert(self._tok.encode(a, b), a, b)
+        return self._convert([self._tok.encode(a, b)], [a], b)[0]
 
-    def encode_windows(self, text: str, *, max_length: int, stride: int) -> list[Window]:
-        """Cut a text into ``[CLS] ... [SEP]`` windows of at most ``max_length`` tokens.
+    # windows ------------------------------------------------------------------------------
 
-        Windows start ``stride`` content tokens apart; the last one ends at the last token and is
-        shifted back to be full (so none is contained in the one before). Every token is in at least
-        one window when ``stride <= max_length - 2``.
+    def windows(self, encoding: Encoding, *, max_length: int, stride: int) -> list[Window]:
+        """Cut an encoded text into ``[CLS] ... [SEP]`` windows of at most ``max_length`` tokens.
+
+        The encoding's own special tokens are left out (it may come with or without them), so a
+        text encoded once serves both as one row and, when too long, as windows. Windows start
+        ``stride`` content tokens apart; the last one ends at the last token and is shifted back to
+        be full (so none is contained in the one before). Every token is in at least one window when
+        ``stride <= max_length - 2``.
         """
         if max_length < 3:
             raise ValueError(f"max_length must be >= 3 (room for [CLS], [SEP] and a token), got {max_length}")
         width = max_length - 2
         if not 0 < stride <= width:
             raise ValueError(f"stride must be in [1, max_length - 2 = {width}], got {stride}")
-        whole = self.encode(text, add_special_tokens=False)
-        n = len(whole.ids)
+        if encoding.text_pair is not None:
+            raise ValueError("windows cut one text, not a pair")
+        content = encoding.offsets[:, 0] >= 0  # (n,) specials have (-1, -1)
+        ids, offsets = encoding.ids[content], encoding.offsets[content]  # (n,), (n, 2)
+        n = len(ids)
         starts = [0]
         while starts[-1] + width < n:
             starts.append(min(starts[-1] + stride, n - width))
@@ -274,10 +329,14 @@ class Tokenizer:
         windows = []
         for s in starts:
             e = min(s + width, n)
-            ids = np.concatenate([cls_ids, whole.ids[s:e], sep_ids])
-            offsets = np.concatenate([no_offset, whole.offsets[s:e], no_offset])
-            windows.append(Window(ids=_frozen(ids), offsets=_frozen(offsets), token_start=s))
+            window_ids = np.concatenate([cls_ids, ids[s:e], sep_ids])
+            window_offsets = np.concatenate([no_offset, offsets[s:e], no_offset])
+            windows.append(Window(ids=_frozen(window_ids), offsets=_frozen(window_offsets), token_start=s))
         return windows
+
+    def encode_windows(self, text: str, *, max_length: int, stride: int) -> list[Window]:
+        """``windows(encode(text))``: a text cut into windows (see :meth:`windows`)."""
+        return self.windows(self.encode(text, add_special_tokens=False), max_length=max_length, stride=stride)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,8 +22,12 @@ TERMS_STSB="CNSD Chinese STS-B: academic research only, no commercial use"
 TERMS_CORPUS="research use: see ../shared/data/corpus_zh/README.md for each source's terms"
 
 $RUN train mlm recipes/mlm_small.toml --data.root "$DATA" --resume
-$RUN train ner recipes/ner_cluener.toml --data.root "$DATA" --resume
-$RUN train sim recipes/sim_stsb.toml --data.root "$DATA" --resume
+# NER and similarity side by side, one thread each (small batches use 2 cores poorly)
+mkdir -p runs/ner_cluener runs/sim_stsb
+$RUN train ner recipes/ner_cluener.toml --data.root "$DATA" --resume >> runs/ner_cluener/train.out 2>&1 & ner=$!
+$RUN train sim recipes/sim_stsb.toml --data.root "$DATA" --resume >> runs/sim_stsb/train.out 2>&1 & sim=$!
+wait $ner || { echo "NER training failed: see runs/ner_cluener/train.out" >&2; exit 1; }
+wait $sim || { echo "similarity training failed: see runs/sim_stsb/train.out" >&2; exit 1; }
 if ! grep -q '"whitening"' runs/sim_stsb/best/metrics.json 2>/dev/null; then
     $RUN train whitening --model runs/sim_stsb/best \
         --sentences "$DATA/thucnews_titles/titles.txt" --sentences "$DATA/stsb_zh/train.tsv" \

@@ -9,10 +9,14 @@ Flow of one request (:meth:`Batcher.execute`)::
 
 * Admission is bounded: at most ``max_queue`` requests are admitted (queued or running); one more
   gets :class:`Overloaded` immediately (HTTP 429 + Retry-After) instead of an unbounded queue.
-* The gatherer waits at most ``max_wait_ms`` after the oldest waiting row arrived, or less when the
-  waiting rows already fill the token budget. A batch always holds the oldest row (no starvation)
-  plus neighbours in length order, so padding stays small; its padded cost (longest x count) stays
-  within ``batch_tokens`` (a row longer than the budget runs alone).
+* When the worker is free, the gatherer runs what is waiting at once — unless other admitted
+  requests are still being prepared (tokenized) and the waiting rows leave room for more in the
+  token budget: then it waits for them to join, at most ``max_wait_ms`` after the oldest waiting row
+  arrived (:meth:`Batcher.wait_s`). A lone request is never delayed; under load batches still fill,
+  because requests that arrive while the worker is busy accumulate until it is free. A batch always
+  holds the oldest row (no starvation) plus neighbours in length order, so padding stays small; its
+  padded cost (longest x count) stays within ``batch_tokens`` (a row longer than the budget runs
+  alone).
 * Inference runs on one worker thread, never on the event loop; one batch at a time.
 * A request whose client went away is cancelled: its future is cancelled, and its rows still in the
   queue are dropped before they reach the model.
@@ -115,6 +119,7 @@ class Batcher:
         self._observer = observer
         self._pending: dict[str, list[_Item]] = {}
         self._admitted = 0
+        self._preparing = 0  # admitted requests not yet submitted: their rows may still join a batch
         self._running: set[_Ticket] = set()
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
@@ -165,7 +170,13 @@ class Batcher:
     async def execute(self, prepare: Callable[[], Job[R]]) -> tuple[R, Timings]:
         """Admit, prepare (in a thread), batch, finish: the whole life of one request."""
         with self.admit():
-            job = await asyncio.to_thread(prepare)
+            self._preparing += 1
+            try:
+                job = await asyncio.to_thread(prepare)
+            finally:  # submitted next, or failed / cancelled: either way the gatherer must look again
+                self._preparing -= 1
+                if self._wake is not None:
+                    self._wake.set()
             outputs, queue_s, inference_s = await self.submit(job.task, job.seqs)
             result = job.finish(outputs)
         return result, Timings(job.tokenize_s, queue_s, inference_s)
@@ -210,8 +221,8 @@ class Batcher:
             oldest = min(heads, key=lambda it: it.arrived)
             task = oldest.ticket.task
             items = self._pending[task]
-            wait = oldest.arrived + self._max_wait - time.perf_counter()
-            if wait > 0 and padded_cost([len(it.seq) for it in items]) < self._budget:
+            wait = self.wait_s([len(it.seq) for it in items], oldest.arrived, time.perf_counter())
+            if wait > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
@@ -223,6 +234,18 @@ class Batcher:
             self._pending[task] = [it for k, it in enumerate(items) if k not in chosen]
             self._report_queue()
             return task, batch
+
+    def wait_s(self, lengths: Sequence[int], oldest_arrived: float, now: float) -> float:
+        """How much longer rows of these ``lengths`` (the oldest arrived at ``oldest_arrived``) should
+        wait for company before they run, with the worker free; 0: run now.
+
+        Waiting can only help while other admitted requests are still being prepared (their rows
+        may join) and the waiting rows leave room for one more row as long as their longest. Rows
+        that queued while the worker was busy have waited already; a lone request does not wait.
+        """
+        if self._preparing == 0 or max(lengths) * (len(lengths) + 1) > self._budget:
+            return 0.0
+        return max(0.0, oldest_arrived + self._max_wait - now)
 
     async def _gather_loop(self) -> None:
         while True:
@@ -264,10 +287,18 @@ class Batcher:
 
     def _report_queue(self) -> None:
         if self._observer is not None:
-            self._observer.set_queue(
-                requests=self._admitted, sequences=sum(len(items) for items in self._pending.values())
-            )
+            self._observer.set_queue(requests=self._admitted, sequences=self.pending)
 
     @property
     def admitted(self) -> int:
         return self._admitted
+
+    @property
+    def preparing(self) -> int:
+        """Admitted requests still being prepared (validated, tokenized), not yet submitted."""
+        return self._preparing
+
+    @property
+    def pending(self) -> int:
+        """Rows queued for the worker (not yet in a batch)."""
+        return sum(len(items) for items in self._pending.values())

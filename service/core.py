@@ -5,16 +5,17 @@ the sequences (model rows) to run plus a ``finish`` that assembles the answer fr
 Jobs are run either here, synchronously (:meth:`Engine.execute`: batches by token budget, for the
 CLI and tests), or by :class:`service.batching.Batcher`, which mixes the sequences of concurrent
 requests into shared batches. Both go through :meth:`Engine.run_batch`, so batching cannot change a
-result beyond float rounding of a differently padded batch. Decoding is vectorised over the whole
-batch (every span above the threshold on real token boundaries, exactly as
-``models.spans.decode_batch``; rows of one batch may carry different thresholds).
+result beyond float rounding of a differently padded batch. Decoding is ``models.spans.decode_batch``
+over the whole batch (rows of one batch may carry different thresholds; each request's entity budget
+is charged before any entity is built).
 
 Long texts:
 
 * NER: a text longer than the window (``max_length`` tokens, [CLS]/[SEP] included) is cut into
-  windows ``stride`` tokens apart (``Tokenizer.encode_windows``); spans from every window carry
-  offsets into the original text and are merged (``merge_entities``: an entity seen by two windows
-  is reported once, with its best score). Nothing is ever truncated.
+  windows ``stride`` tokens apart, from the encoding it already has (``Tokenizer.windows``: each
+  text is tokenized once); spans from every window carry offsets into the original text and are
+  merged (``merge_entities``: an entity seen by two windows is reported once, with its best
+  score). Nothing is ever truncated.
 * Similarity / embeddings: the encoder was trained on sentences of at most ``max_length`` tokens,
   and a mean of window vectors is not a vector the model was trained to produce, so a longer text
   is **truncated** to its first ``max_length - 2`` tokens — and every result says so
@@ -34,8 +35,8 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from models.bundle import BundleError, Manifest, load_manifest
-from models.spans import Entity, merge_entities, spans_from_indices
-from models.text import Tokenizer, pad_batch, token_boundaries
+from models.spans import Entity, decode_batch, merge_entities
+from models.text import Tokenizer, pad_batch
 from service.errors import (
     EmptyInput,
     InferenceError,
@@ -341,34 +342,21 @@ class Engine:
         return list(out)  # (dim,) rows
 
     def _decode(self, scores: np.ndarray, seqs: Sequence[Seq]) -> list[list[Entity]]:
-        """Every span above its row's threshold, on real token boundaries (as ``decode_batch``), in one
-        vectorised pass; rows are counted first and charged to their request's entity budget."""
+        """Every span above its row's threshold, on real token boundaries (``models.spans.decode_batch``);
+        rows are counted first and charged to their request's entity budget."""
         labels = self.manifest.ner.labels
         B, T = len(seqs), max(len(s) for s in seqs)
         if scores.shape != (B, len(labels), T, T):
             raise InferenceError(
                 f"NER graph returned shape {scores.shape}, expected {(B, len(labels), T, T)}"
             )
-        table = np.full((B, T, 2), -1, dtype=np.int64)  # (B, T, 2) char offsets, padding (-1, -1)
-        for k, s in enumerate(seqs):
-            table[k, : len(s)] = s.offsets
-        can_start, can_end = token_boundaries(table)  # (B, T) each
-        allowed = (
-            np.triu(np.ones((T, T), dtype=bool)) & can_start[:, :, None] & can_end[:, None, :]
-        )  # (B, T, T)
-        # requests sharing a batch may ask for different thresholds: one per row, compared in the scores' dtype
-        thresholds = np.array([s.threshold for s in seqs], dtype=scores.dtype)[
-            :, None, None, None
-        ]  # (B, 1, 1, 1)
-        hits = (scores > thresholds) & allowed[:, None]  # (B, C, T, T)
-        keep = self._charge(seqs, hits.sum(axis=(1, 2, 3)).tolist())  # (B,) bool
-        b, c, i, j = np.nonzero(hits & keep[:, None, None, None])  # (N,) each
-        return spans_from_indices(
-            np.stack([b, c, i, j], axis=1),
-            scores[b, c, i, j],
+        return decode_batch(
+            scores,
             offsets_list=[s.offsets for s in seqs],
             labels=labels,
             texts=[s.text for s in seqs],
+            threshold=[s.threshold for s in seqs],  # requests sharing a batch may ask for different ones
+            admit=lambda counts: self._charge(seqs, counts.tolist()),
         )
 
     @staticmethod
@@ -405,10 +393,8 @@ class Engine:
         for u, (text, enc) in enumerate(zip(unique, self.tokenizer.encode_batch(unique))):
             if len(enc) <= self.ner_max_length:
                 rows = [Seq(enc.ids, enc.offsets, text, threshold, budget)]
-            else:
-                windows = self.tokenizer.encode_windows(
-                    text, max_length=self.ner_max_length, stride=self.ner_stride
-                )
+            else:  # cut from this encoding: the text is tokenized once
+                windows = self.tokenizer.windows(enc, max_length=self.ner_max_length, stride=self.ner_stride)
                 rows = [Seq(w.ids, w.offsets, text, threshold, budget) for w in windows]
             seqs += rows
             owner += [u] * len(rows)
@@ -436,9 +422,9 @@ class Engine:
         L = self._task("similarity").max_length
         sep = np.array([self.tokenizer.sep_id], dtype=np.int64)
         seqs, truncated = [], []
-        for enc in self.tokenizer.encode_batch(unique):
-            cut = len(enc) > L
-            seqs.append(Seq(np.concatenate([enc.ids[: L - 1], sep]) if cut else enc.ids))
+        for ids in self.tokenizer.encode_ids(unique):  # ids only: no offsets needed here
+            cut = len(ids) > L
+            seqs.append(Seq(np.concatenate([ids[: L - 1], sep]) if cut else ids))
             truncated.append(cut)
         return seqs, truncated
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models import spans
 from models.spans import Entity, decode_batch, decode_spans, merge_entities, spans_from_indices
 from models.text import Tokenizer, char_span_to_token_span
 
@@ -192,3 +193,100 @@ def test_windows_decode_like_whole_text(tmp_path: Path) -> None:
     assert len(windows) > 3
     decoded = [decode_spans(fake_model(w.offsets), offsets=w.offsets, labels=LABELS, text=text) for w in windows]
     assert merge_entities(decoded) == expected
+
+
+def reference(
+    scores: np.ndarray, offsets_list: list[np.ndarray], thresholds: list[float]
+) -> list[set[tuple[int, int, int, float]]]:
+    """Per item, {(type, i, j, score)} by plain loops over every span, with the full token rule: start
+    on a real non-empty token, end on a real token not followed by an empty one, i <= j."""
+    out = []
+    for b, (off, thr) in enumerate(zip(offsets_list, thresholds)):
+        n = len(off)
+        real = [off[k, 0] >= 0 for k in range(n)]
+        empty = [real[k] and off[k, 1] <= off[k, 0] for k in range(n)]
+        start = [real[k] and not empty[k] for k in range(n)]
+        end = [real[k] and not (k + 1 < n and empty[k + 1]) for k in range(n)]
+        out.append({
+            (c, i, j, float(scores[b, c, i, j]))
+            for c in range(scores.shape[1]) for i in range(n) for j in range(i, n)
+            if start[i] and end[j] and scores[b, c, i, j] > scores.dtype.type(thr)
+        })  # fmt: skip
+    return out
+
+
+def random_batch(rng: np.random.Generator, B: int, C: int, L: int):
+    """Offsets of B items of random length (some with empty tokens, as from a split character),
+    and (B, C, L, L) scores whose masked and padded positions hold finfo.min, -inf, NaN or high junk."""
+    offsets_list, texts = [], []
+    for _ in range(B):
+        pos, off = 0, [(-1, -1)]
+        for k in range(int(rng.integers(0, L - 1))):  # content tokens; 0: just [CLS] [SEP]
+            width = int(rng.choice([0, 1, 1, 2])) if k else 1  # 0: the rest of a split character
+            pos += int(width > 0 and rng.random() < 0.3)  # a space before it
+            off.append((pos, pos + width))
+            pos += width
+        offsets_list.append(np.array([*off, (-1, -1)], dtype=np.int64))
+        texts.append("字" * pos)
+    scores = rng.normal(size=(B, C, L, L)).astype(np.float32)
+    junk_values = np.array([np.finfo(np.float32).min, -np.inf, np.nan, 50.0], dtype=np.float32)
+    junk = rng.choice(junk_values, size=scores.shape)
+    invalid = ~np.triu(np.ones((L, L), dtype=bool)) & (rng.random(scores.shape) < 0.3)  # j < i
+    for b, off in enumerate(offsets_list):
+        invalid[b, :, len(off) :, :] = invalid[b, :, :, len(off) :] = True  # padding
+    scores[invalid] = junk[invalid]
+    return scores, offsets_list, texts
+
+
+@pytest.fixture(params=["sparse", "dense"])
+def path(request, monkeypatch) -> str:
+    """Force :func:`span_indices` down one path (candidates first, or a dense mask) whatever passes."""
+    monkeypatch.setattr(spans, "SPARSE_SHARE", 1 if request.param == "sparse" else 10**15)
+    return request.param
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_decode_batch_equals_reference_with_per_item_thresholds(seed: int, path: str) -> None:
+    """The same entities as checking every span by loops, on either path, with one threshold per item
+    and junk (NaN, -inf, finfo.min, high scores) where spans are masked or padded."""
+    rng = np.random.default_rng(seed)
+    B, C, L = 5, 3, 14
+    scores, offsets_list, texts = random_batch(rng, B, C, L)
+    labels = ["PER", "LOC", "ORG"]
+    for thresholds in ([1.5] * B, rng.uniform(0.5, 2.5, B).tolist(), rng.uniform(-3.0, 0.0, B).tolist()):
+        kw = {"offsets_list": offsets_list, "labels": labels, "texts": texts}
+        got = decode_batch(scores, threshold=thresholds, **kw)
+        want = reference(scores, offsets_list, thresholds)
+        for b, (ents, ref) in enumerate(zip(got, want, strict=True)):
+            off = offsets_list[b]
+            expected = sorted(
+                (Entity(int(off[i, 0]), int(off[j, 1]), labels[c], texts[b][off[i, 0] : off[j, 1]], v)
+                 for c, i, j, v in ref),
+                key=lambda e: (e.start, e.end, e.label),
+            )  # fmt: skip
+            assert ents == expected
+        if len(set(thresholds)) == 1:  # a scalar says the same
+            assert got == decode_batch(scores, threshold=thresholds[0], **kw)
+
+
+@pytest.mark.parametrize("threshold", [1.0, -5.0])
+def test_admit_sees_counts_before_decoding(threshold: float, path: str) -> None:
+    rng = np.random.default_rng(7)
+    scores, offsets_list, texts = random_batch(rng, 4, 2, 12)
+    seen = []
+
+    def admit(counts: np.ndarray) -> np.ndarray:
+        seen.append(counts.tolist())
+        return np.array([True, False, True, False])
+
+    kw = {"offsets_list": offsets_list, "labels": LABELS, "texts": texts, "threshold": threshold}
+    got = decode_batch(scores, admit=admit, **kw)
+    full = decode_batch(scores, **kw)
+    assert seen == [[len(x) for x in full]] and sum(seen[0]) > 0
+    assert got == [full[0], [], full[2], []]
+
+
+def test_threshold_count_checked() -> None:
+    off = char_offsets(2)
+    with pytest.raises(ValueError, match="thresholds"):
+        decode_batch(np.zeros((1, 2, 4, 4)), offsets_list=[off], labels=LABELS, texts=["北"], threshold=[0, 1])

@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.text import Encoding, Tokenizer, char_span_to_token_span, char_spans_to_token_spans, pad_batch
+from models.text import (
+    Encoding,
+    Tokenizer,
+    _clean_offsets,
+    char_span_to_token_span,
+    char_spans_to_token_spans,
+    pad_batch,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HANGUL = unicodedata.normalize("NFD", "한")  # 3 jamo: a one-character word that WordPiece splits
@@ -163,6 +170,30 @@ def test_encode_batch_equals_encode(tok: Tokenizer) -> None:
         np.testing.assert_array_equal(single.offsets, batched.offsets)
 
 
+def test_offsets_cleaned_only_where_needed(tok: Tokenizer) -> None:
+    """A batch mixing texts whose characters WordPiece splits (Hangul) with ordinary ones gets the
+    offsets that cleaning every text would give: the clean-up is skipped only where it changes nothing."""
+    texts = ["한 北", MIXED, "", "北京 한한", "hello", "😀한", "  我  "]
+    raw = tok._tok.encode_batch(texts)
+    for text, enc, r in zip(texts, tok.encode_batch(texts), raw, strict=True):
+        special = np.array(r.special_tokens_mask, dtype=bool)
+        seq_ids = np.where(special, -1, 0)
+        want = _clean_offsets(np.array(r.offsets, dtype=np.int64).reshape(-1, 2), special, seq_ids)
+        np.testing.assert_array_equal(enc.offsets, want, err_msg=text)
+        np.testing.assert_array_equal(enc.ids, r.ids)
+        np.testing.assert_array_equal(enc.type_ids, r.type_ids)
+    assert tok.encode_batch([]) == []
+
+
+def test_encode_ids_equals_encode_batch(tok: Tokenizer) -> None:
+    texts = [MIXED, "", "hello 北京", "😀", "한 北", "[SEP]"]
+    ids = tok.encode_ids(texts)
+    assert [i.tolist() for i in ids] == [e.ids.tolist() for e in tok.encode_batch(texts)]
+    assert all(i.dtype == np.int64 and not i.flags.writeable for i in ids)
+    with pytest.raises(ValueError, match="Unicode"):
+        tok.encode_ids(["我\ud800"])
+
+
 def test_encode_pair(tok: Tokenizer) -> None:
     enc = tok.encode_pair("北京", "hello 上海")
     tokens = [tok.id_to_token(int(i)) for i in enc.ids]
@@ -211,6 +242,24 @@ def test_windows_cover_and_match_whole(tok: Tokenizer) -> None:
         seen[w.token_start : w.token_start + k] = True
     assert seen.all() and prev[1] == n
     assert [w.token_start for w in windows[:-1]] == list(range(0, 5 * (len(windows) - 1), 5))
+
+
+def test_windows_from_an_encoding_equal_encode_windows(tok: Tokenizer) -> None:
+    """Windows cut from an encoding the caller already has (with or without its [CLS]/[SEP]) are
+    those of ``encode_windows``: one windowing implementation, the text tokenized once."""
+    texts = [MIXED * 3, "한 北" * 9, "我爱北京天安门上海", "  ", "北"]
+    for text, enc in zip(texts, tok.encode_batch(texts)):
+        bare = tok.encode(text, add_special_tokens=False)
+        for max_length, stride in [(6, 3), (10, 4), (12, 10), (64, 16)]:
+            want = tok.encode_windows(text, max_length=max_length, stride=stride)
+            for source in (enc, bare):
+                got = tok.windows(source, max_length=max_length, stride=stride)
+                assert [w.token_start for w in got] == [w.token_start for w in want]
+                for g, w in zip(got, want, strict=True):
+                    np.testing.assert_array_equal(g.ids, w.ids)
+                    np.testing.assert_array_equal(g.offsets, w.offsets)
+    with pytest.raises(ValueError, match="pair"):
+        tok.windows(tok.encode_pair("北京", "上海"), max_length=8, stride=4)
 
 
 def test_window_that_fits_equals_encode(tok: Tokenizer) -> None:

@@ -1,5 +1,6 @@
 """Dynamic batching over HTTP: it changes no result, keeps order, refuses overload, drops the
-work of clients that left, and windows long texts without losing or doubling an entity."""
+work of clients that left, and windows long texts without losing or doubling an entity. And the
+batcher alone: a lone request never waits for company; rows wait only for requests on their way."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import asyncio
 import itertools
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import numpy as np
+import pytest
 
-from service.core import Engine, Limits
+from service.batching import Batcher
+from service.core import Engine, Job, Limits, Seq
 from tests.service.conftest import running, settings
 from tests.service.fakes import fake_engine
 from tests.service.test_http import assert_error, post, scrape
@@ -152,3 +156,157 @@ def test_cancelled_request_is_dropped_before_inference(tiny_bundle) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert post(base, "/ner", {"texts": ["北京"]}).status_code == 200
+
+
+# --------------------------------------------------------------------------------------------
+# When the gatherer waits (the Batcher alone, no HTTP, no model; no assertion on wall-clock time)
+# --------------------------------------------------------------------------------------------
+
+DAY_MS = 86_400_000.0  # a max_wait no test could sit out: finishing at all proves nobody waited for it
+
+
+class Recorder:
+    """A run_batch that records the rows of each batch (each row's ids spell its request) and can
+    hold the worker until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def __call__(self, task: str, seqs: list[Seq]) -> list[int]:
+        self.batches.append([int(s.ids[0]) for s in seqs])
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(30)
+        return [int(s.ids[0]) for s in seqs]
+
+
+def job(request: int, rows: int = 1, length: int = 4) -> Job:
+    return Job("ner", [Seq(np.full(length, request, dtype=np.int64)) for _ in range(rows)], finish=list)
+
+
+def blocked(request: int, release: threading.Event, **kw) -> Callable[[], Job]:
+    """A prepare that holds its request in the 'being prepared' state until ``release`` is set."""
+
+    def prepare() -> Job:
+        assert release.wait(30)
+        return job(request, **kw)
+
+    return prepare
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition not reached")
+
+
+def with_batcher(test: Callable[[Batcher, Recorder], Awaitable[None]], **kw) -> Recorder:
+    recorder = Recorder()
+
+    async def main() -> None:
+        b = Batcher(recorder, **{"batch_tokens": 1024, "max_wait_ms": DAY_MS, "max_queue": 16, **kw})
+        await b.start()
+        try:
+            await asyncio.wait_for(test(b, recorder), 30)
+        finally:
+            if recorder.gate is not None:
+                recorder.gate.set()
+            await b.stop()
+
+    asyncio.run(main())
+    return recorder
+
+
+def test_lone_request_does_not_wait_for_max_wait() -> None:
+    async def test(b: Batcher, rec: Recorder) -> None:
+        assert b.wait_s([4], oldest_arrived=0.0, now=0.0) == 0.0  # nothing else admitted: run now
+        result, _ = await b.execute(lambda: job(1, rows=2))
+        assert result == [1, 1]
+        result, _ = await b.execute(lambda: job(2))
+        assert result == [2]
+
+    assert with_batcher(test).batches == [[1, 1], [2]]
+
+
+def test_waits_for_a_request_being_prepared() -> None:
+    """Rows wait while another admitted request is still tokenizing, and then share its batch."""
+    release = threading.Event()
+
+    async def test(b: Batcher, rec: Recorder) -> None:
+        slow = asyncio.create_task(b.execute(blocked(2, release)))
+        await until(lambda: b.preparing == 1)
+        fast = asyncio.create_task(b.execute(lambda: job(1)))
+        await until(lambda: b.pending == 1)
+        assert b.wait_s([4], oldest_arrived=0.0, now=0.0) > 0
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert rec.batches == [] and b.pending == 1  # held back for company
+        release.set()
+        assert [r for r, _ in await asyncio.gather(fast, slow)] == [[1], [2]]
+
+    assert with_batcher(test).batches == [[1, 2]]
+
+
+def test_wait_is_bounded_by_max_wait_and_by_the_budget() -> None:
+    release = threading.Event()
+
+    async def bounded(b: Batcher, rec: Recorder) -> None:  # max_wait 1 ms: it does not wait for ever
+        slow = asyncio.create_task(b.execute(blocked(2, release)))
+        await until(lambda: b.preparing == 1)
+        assert (await b.execute(lambda: job(1)))[0] == [1]
+        assert b.preparing == 1  # the other one is still being prepared
+        release.set()
+        assert (await slow)[0] == [2]
+
+    assert with_batcher(bounded, max_wait_ms=1).batches == [[1], [2]]
+
+    release.clear()
+
+    async def full(b: Batcher, rec: Recorder) -> None:  # no room for another row of this length: no wait
+        assert b.wait_s([16, 16], oldest_arrived=0.0, now=0.0) == 0.0  # 16 x 3 > 40
+        slow = asyncio.create_task(b.execute(blocked(2, release)))
+        await until(lambda: b.preparing == 1)
+        assert (await b.execute(lambda: job(1, rows=2, length=16)))[0] == [1, 1]
+        release.set()
+        await slow
+
+    assert with_batcher(full, batch_tokens=40).batches == [[1, 1], [2]]
+
+
+def test_rows_queued_while_the_worker_is_busy_share_the_next_batch() -> None:
+    async def test(b: Batcher, rec: Recorder) -> None:
+        rec.gate = threading.Event()
+        first = asyncio.create_task(b.execute(lambda: job(1)))
+        await until(rec.entered.is_set)  # the worker is busy with request 1
+        rest = [asyncio.create_task(b.execute(lambda k=k: job(k))) for k in (2, 3, 4)]
+        await until(lambda: b.pending == 3)
+        rec.gate.set()
+        assert [(await t)[0] for t in (first, *rest)] == [[1], [2], [3], [4]]
+
+    batches = with_batcher(test).batches
+    assert batches[0] == [1] and sorted(batches[1]) == [2, 3, 4] and len(batches) == 2
+
+
+def test_failed_or_cancelled_preparation_stops_the_wait() -> None:
+    release = threading.Event()
+
+    async def test(b: Batcher, rec: Recorder) -> None:
+        def broken() -> Job:
+            assert release.wait(30)
+            raise ValueError("invalid request")
+
+        bad = asyncio.create_task(b.execute(broken))
+        await until(lambda: b.preparing == 1)
+        waiting = asyncio.create_task(b.execute(lambda: job(1)))
+        await until(lambda: b.pending == 1)
+        release.set()  # the other request fails in prepare: nothing is coming, run now
+        assert (await waiting)[0] == [1]
+        with pytest.raises(ValueError):
+            await bad
+        assert b.preparing == 0 and b.admitted == 0
+
+    assert with_batcher(test).batches == [[1]]

@@ -7,9 +7,10 @@ import pytest
 
 from models.spans import decode_spans
 from service.batching import select_batch
-from service.core import Engine, Limits, plan_batches
+from service.core import Engine, EntityBudget, Limits, Seq, plan_batches
 from service.errors import (
     EmptyInput,
+    InferenceError,
     InvalidRequest,
     OutOfRange,
     TaskUnavailable,
@@ -140,3 +141,28 @@ def test_entity_budget(engine: Engine) -> None:
         small.ner(["我爱北京天安门" * 30], threshold=-10.0)
     assert e.value.limit == 50 and e.value.field == "threshold"
     assert len(small.ner(["北京"], threshold=-10.0).entities[0]) <= 50  # small answers still fine
+
+
+def test_batch_decoding_per_row_thresholds_and_budget(engine: Engine) -> None:
+    """Rows of one batch (several requests) decode as each would alone, at its own threshold; each
+    request's budget is charged its rows' counts, and rows charged once it is over get nothing decoded
+    (that request then fails as a whole, in ``finish``)."""
+    texts = ["我爱北京天安门", "张三 在 上海 工作!", "中国银行😀李四", "a b c 北京", "北京"]
+    thresholds = [0.5, 1.0, 1.5, 2.0, -1.0]
+    encs = engine.tokenizer.encode_batch(texts)
+    T, labels = max(len(e) for e in encs), engine.manifest.ner.labels
+    scores = np.random.default_rng(0).normal(size=(len(texts), len(labels), T, T)).astype(np.float32)
+    roomy, tight = EntityBudget(10**6), EntityBudget(3)
+    budgets = [roomy, roomy, tight, tight, None]
+    seqs = [Seq(e.ids, e.offsets, t, th, b) for e, t, th, b in zip(encs, texts, thresholds, budgets)]
+    got = engine._decode(scores, seqs)
+    alone = [
+        decode_spans(scores[k, :, : len(e), : len(e)], offsets=e.offsets, labels=labels, text=t, threshold=th)
+        for k, (e, t, th) in enumerate(zip(encs, texts, thresholds))
+    ]
+    assert got[:2] == alone[:2] and got[4] == alone[4]
+    assert roomy.used == len(alone[0]) + len(alone[1]) and not roomy.exceeded
+    assert len(alone[2]) <= 3 < tight.used == len(alone[2]) + len(alone[3]) and tight.exceeded
+    assert got[2] == alone[2] and got[3] == []
+    with pytest.raises(InferenceError):
+        engine._decode(scores[:, :, :-1, :-1], seqs)
