@@ -21,7 +21,8 @@ def export_command(
         "Give it twice for a bundle with both tasks.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The bundle directory to write.")],
     precision: Annotated[list[str], typer.Option(
-        "--precision", "-p", help="fp32, fp16 (GPU) or int8 (CPU); repeat or separate with commas.")] = ["fp32"],  # noqa: B006
+        "--precision", "-p", help="fp32, fp16 (GPU) or int8 (CPU); repeat or separate with commas; "
+        "TASK=P for one task only (e.g. -p ner=int8 -p similarity=fp32).")] = ["fp32"],  # noqa: B006
     sample_file: Annotated[Path | None, typer.Option(
         "--sample-file", help="Texts for the parity check: one per line, or JSONL with a \"text\" field.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Bundle name (default: the directory name).")] = None,
@@ -71,7 +72,7 @@ def _run(models, out, precisions, sample_file, name, data, notes, tolerance, ove
         out,
         ner=by_task.get("ner"),
         similarity=by_task.get("similarity"),
-        precisions=[p.strip() for item in precisions for p in item.split(",") if p.strip()],
+        precisions=_parse_precisions(precisions, list(by_task)),
         sample_texts=read_sample_file(sample_file) if sample_file is not None else None,
         name=name,
         training_data=datasets,
@@ -84,3 +85,19 @@ def _run(models, out, precisions, sample_file, name, data, notes, tolerance, ove
 
 def register(app: typer.Typer) -> None:
     app.command("export")(export_command)
+
+
+def _parse_precisions(items: list[str], tasks: list[str]) -> list[str] | dict[str, list[str]]:
+    """``-p int8,fp32`` for every task; ``-p ner=int8 -p similarity=fp32`` per task (plain values then
+    apply to the tasks not named)."""
+    plain: list[str] = []
+    per_task: dict[str, list[str]] = {}
+    for value in (v.strip() for item in items for v in item.split(",") if v.strip()):
+        task, sep, precision = value.rpartition("=")
+        if sep:
+            per_task.setdefault(task.strip(), []).append(precision.strip())
+        else:
+            plain.append(value)
+    if not per_task:
+        return plain
+    return per_task | {task: plain for task in tasks if task not in per_task and plain}

@@ -66,7 +66,7 @@ def export_bundle(
     *,
     ner: str | Path | None = None,
     similarity: str | Path | None = None,
-    precisions: Iterable[str] = ("fp32",),
+    precisions: Iterable[str] | Mapping[str, Iterable[str]] = ("fp32",),
     sample_texts: Sequence[str] | None = None,
     name: str | None = None,
     training_data: Iterable[Dataset | Mapping[str, str] | tuple[str, str]] = (),
@@ -81,14 +81,14 @@ def export_bundle(
     """Export the NER and/or similarity checkpoint into one bundle at ``out``; return its manifest.
 
     ``precisions``: any of fp32, fp16, int8 (fp32 is always built as the reference; it is shipped
-    only when asked for). ``sample_texts``: texts for the parity checks (default ``SAMPLE_TEXTS``).
+    only when asked for), for every task, or per task as ``{"ner": [...], "similarity": [...]}``
+    (e.g. int8 NER beside an fp32 similarity model whose whitening amplifies int8 noise). ``sample_texts``: texts for the parity checks (default ``SAMPLE_TEXTS``).
     ``tolerance``: the largest fp32-vs-PyTorch difference accepted. Raises ``ExportError``.
     """
     from export.graphs import DEFAULT_OPSET
     from export.parity import SAMPLE_TEXTS
 
     out = Path(out)
-    wanted = _check_precisions(precisions)
     if opset is not None and opset < 17:
         raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset >= 17")
     if exporter not in ("legacy", "dynamo"):
@@ -98,6 +98,7 @@ def export_bundle(
         raise ExportError("nothing to export: give an NER checkpoint, a similarity checkpoint, or both")
     for task, path in checkpoints.items():
         _check_checkpoint(task, path)
+    wanted = _precisions_by_task(precisions, list(checkpoints))
     tokenizer, tokenizer_json = _shared_tokenizer(checkpoints)
     datasets = [_dataset(d) for d in training_data]
     texts = [t for t in (sample_texts if sample_texts is not None else SAMPLE_TEXTS) if t.strip()]
@@ -111,13 +112,14 @@ def export_bundle(
     staging.mkdir(parents=True)
     try:
         tokenizer.save(staging / "tokenizer.json")
-        common = {"tokenizer": tokenizer, "texts": texts, "precisions": wanted, "tolerance": tolerance,
+        common = {"tokenizer": tokenizer, "texts": texts, "tolerance": tolerance,
                   "opset": opset or DEFAULT_OPSET, "exporter": exporter, "per_channel": per_channel}
         tasks: dict[str, Any] = {}
         if "ner" in checkpoints:
-            tasks["ner"] = _export_ner(checkpoints["ner"], staging, **common)
+            tasks["ner"] = _export_ner(checkpoints["ner"], staging, precisions=wanted["ner"], **common)
         if "similarity" in checkpoints:
-            tasks["similarity"] = _export_similarity(checkpoints["similarity"], staging, **common)
+            tasks["similarity"] = _export_similarity(checkpoints["similarity"], staging,
+                                                     precisions=wanted["similarity"], **common)
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             name=name or out.name,
@@ -160,6 +162,20 @@ def detect_task(path: str | Path) -> str:
 # --------------------------------------------------------------------------------------------
 # Checks on the inputs
 # --------------------------------------------------------------------------------------------
+
+
+def _precisions_by_task(precisions: Iterable[str] | Mapping[str, Iterable[str]],
+                        tasks: list[str]) -> dict[str, list[Precision]]:
+    """The precisions to ship per task: one list for every task, or a mapping task -> list."""
+    if not isinstance(precisions, Mapping):
+        return {task: _check_precisions(precisions) for task in tasks}
+    unknown = sorted(set(precisions) - set(tasks))
+    if unknown:
+        raise ExportError(f"precisions given for {unknown}, but the bundle has only {tasks}")
+    missing = [task for task in tasks if task not in precisions]
+    if missing:
+        raise ExportError(f"no precision given for {missing}")
+    return {task: _check_precisions(precisions[task]) for task in tasks}
 
 
 def _check_precisions(precisions: Iterable[str]) -> list[Precision]:

@@ -196,3 +196,28 @@ def test_plain_hugging_face_roformer_as_similarity(tiny, tmp_path):
     m = export_bundle(tmp_path / "out", similarity=hf)
     assert m.similarity.pooling == "cls" and m.similarity.whitening is False and m.similarity.dim == 32
     assert m.similarity.graphs["fp32"].parity["max_abs_diff"] < 1e-4
+
+
+def test_precisions_per_task(tiny, tmp_path):
+    """int8 NER beside an fp32 similarity model; the CPU runtime then picks int8 and fp32 respectively."""
+    from models.bundle import load_manifest
+
+    export_bundle(tmp_path / "mixed", ner=tiny.ner, similarity=tiny.sim,
+                  precisions={"ner": ["int8"], "similarity": ["fp32"]})
+    m = load_manifest(tmp_path / "mixed")
+    assert list(m.ner.graphs) == ["int8"] and list(m.similarity.graphs) == ["fp32"]
+    assert (m.ner.pick("cpu").precision, m.similarity.pick("cpu").precision) == ("int8", "fp32")
+    with pytest.raises(ExportError, match=r"no precision given for \['similarity'\]"):
+        export_bundle(tmp_path / "x", ner=tiny.ner, similarity=tiny.sim, precisions={"ner": ["int8"]})
+    with pytest.raises(ExportError, match=r"precisions given for \['similarity'\]"):
+        export_bundle(tmp_path / "y", ner=tiny.ner, precisions={"ner": ["fp32"], "similarity": ["fp32"]})
+
+
+def test_cli_precision_syntax():
+    from export.cli import _parse_precisions
+
+    assert _parse_precisions(["int8,fp32"], ["ner", "similarity"]) == ["int8", "fp32"]
+    assert _parse_precisions(["ner=int8", "similarity=fp32"], ["ner", "similarity"]) == {
+        "ner": ["int8"], "similarity": ["fp32"]}
+    assert _parse_precisions(["ner=int8", "fp16"], ["ner", "similarity"]) == {
+        "ner": ["int8"], "similarity": ["fp16"]}

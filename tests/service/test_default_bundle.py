@@ -1,0 +1,55 @@
+"""The shipped default bundle: it loads, validates (manifest, hashes, graph IO) and finds the obvious."""
+
+from pathlib import Path
+
+import pytest
+
+from models.bundle import load_manifest
+from service.core import Engine
+
+DEFAULT = Path(__file__).resolve().parents[2] / "service" / "bundles" / "default"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine.load(DEFAULT)
+
+
+def test_manifest_validates_and_hashes_match():
+    m = load_manifest(DEFAULT)  # schema, format version, every file present, SHA-256 equal
+    assert m.ner is not None and m.similarity is not None
+    assert "name" in m.ner.labels and "address" in m.ner.labels  # CLUENER's 10 types
+    assert m.ner.pick("cpu").precision == "int8"
+    assert m.similarity.whitening
+    assert {d.name for d in m.provenance.training_data}  # data and terms are recorded
+    assert all(d.terms for d in m.provenance.training_data)
+    size = sum(f.stat().st_size for f in DEFAULT.iterdir())
+    assert size < 30 * 2**20  # the size budget of a bundle shipped in the repository
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("张伟在北京大学读书，他的父亲在中国人民银行工作。", {("张伟", "name")}),
+    ("国务院总理李克强今天在人民大会堂会见了美国总统。", {("李克强", "name")}),
+    ("《三体》是刘慈欣创作的长篇科幻小说。", {("《三体》", "book"), ("刘慈欣", "name")}),
+    ("周杰伦在台北举办了演唱会。", {("周杰伦", "name"), ("台北", "address")}),
+    ("我明天要去上海市浦东新区参加发布会。", {("上海市浦东新区", "address")}),
+])
+def test_finds_the_obvious_entities(engine, text, expected):
+    (entities,) = engine.ner([text]).entities
+    found = {(e.text, e.label) for e in entities}
+    assert expected <= found
+    for e in entities:  # offsets point into the text
+        assert text[e.start:e.end] == e.text
+
+
+def test_finds_an_organisation(engine):
+    (entities,) = engine.ner(["他的父亲在中国人民银行工作。"]).entities
+    assert any(e.text == "中国人民银行" and e.label in {"company", "organization", "government"} for e in entities)
+
+
+def test_similarity_ranks_the_paraphrase_first(engine):
+    ranked = engine.rank("今天天气怎么样", ["我想去北京大学", "明天会下雨吗", "今天的天气如何"], None)
+    assert ranked.results[0].text == "今天的天气如何"
+    assert ranked.results[-1].text == "我想去北京大学"
+    close, far = engine.similarity_pairs([("我想买一部手机", "我要买个新手机"), ("我想买一部手机", "今天天气很好")]).scores
+    assert close > far + 0.3
