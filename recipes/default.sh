@@ -8,7 +8,7 @@
 #      k chosen on STS-B dev                                                  -> stored in runs/sim_stsb/best
 #   5. export: the CPU bundle (int8) shipped in service/bundles/default, and a GPU bundle
 #      (fp16 + fp32) in runs/bundle_gpu
-#   6. evaluation of the bundles (int8 and fp32) on the dev sets           -> metrics/*.json (committed)
+#   6. evaluation of the bundles (int8, fp32, fp16) on the dev sets, training metrics -> metrics/*.json (committed)
 #
 # Every step resumes (--resume) or is skipped when its output exists, so the script can be rerun after
 # an interruption. Training texts only: the dev files are used for model selection and reporting.
@@ -51,4 +51,10 @@ for p in int8 fp32 fp16; do
     b=runs/bundle_gpu; [ "$p" = int8 ] && b=runs/bundle_int8
     $RUN evaluate ner --bundle "$b" --precision "$p" --data "$DATA/cluener/dev.json" --out "metrics/cluener_dev_$p.json"
     $RUN evaluate sim --bundle "$b" --precision "$p" "${sim_dev[@]}" --out "metrics/sim_dev_$p.json"
+done
+
+# the training runs' own metrics and resolved configs, beside the evaluations
+for r in mlm_small ner_cluener sim_stsb; do
+    cp "runs/$r/metrics.json" "metrics/train_$r.json"
+    cp "runs/$r/config.resolved.toml" "metrics/train_$r.config.toml"
 done
