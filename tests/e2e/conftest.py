@@ -1,9 +1,15 @@
 """Fixtures for the demo page: an app served by uvicorn on 127.0.0.1 in a thread, headless Chromium.
 
-`demo_server` yields where the page lives and how to talk to its API (`tests.servers.serve`). It
-serves the stub API (`stub_api.py`) today; to run the same tests against the real service, add a
-parameter that builds `service.http.create_app(...)` with an API key and a small bundle and yields a
-`DemoServer` for it.
+Two servers, each yielding a `DemoServer` (where the page lives and how to talk to its API,
+`tests.servers.serve`):
+
+* `stub_server`: the stub API (`stub_api.py`): fixed answers, a guaranteed nested pair, and the
+  headers of every request it saw;
+* `real_server`: the real app (`service.http.create_app`) on the shipped default bundle
+  (`service/bundles/default`, CLUENER's 10 flat types + similarity), with an API key.
+
+`demo_server` is both in turn (ids `stub` and `real`): a test that takes it must hold against any
+API that answers in the documented shapes.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +26,8 @@ import pytest
 
 from tests.servers import serve
 
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_BUNDLE = REPO / "service" / "bundles" / "default"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = [
@@ -38,12 +47,37 @@ class DemoServer:
 
 
 @pytest.fixture(scope="module")
-def demo_server() -> Iterator[DemoServer]:
+def stub_server() -> Iterator[DemoServer]:
     from tests.e2e.stub_api import MAX_CHARS, create_stub_app
 
     app, seen = create_stub_app(api_key=API_KEY)
     with serve(app) as base_url:
         yield DemoServer(base_url + "/", API_KEY, "北" * (MAX_CHARS + 1), seen)
+
+
+@pytest.fixture(scope="module")
+def real_server() -> Iterator[DemoServer]:
+    """The real app on the shipped default bundle, with an API key; yielded once `/ready` says so."""
+    import httpx
+
+    from service.http import create_app
+    from service.settings import Settings
+
+    # CPU: the answers (and the README screenshot) do not depend on the machine having a GPU.
+    settings = Settings(bundle=DEFAULT_BUNDLE, api_key=API_KEY, provider="cpu")
+    with serve(create_app(settings)) as base_url:
+        deadline = time.monotonic() + 60
+        while (ready := httpx.get(base_url + "/ready", timeout=10)).status_code != 200:
+            assert ready.status_code == 503 and time.monotonic() < deadline, ready.text
+            time.sleep(0.05)
+        max_chars = httpx.get(base_url + "/info", timeout=10).json()["limits"]["max_chars"]
+        assert max_chars == settings.max_chars
+        yield DemoServer(base_url + "/", API_KEY, "北" * (max_chars + 1))
+
+
+@pytest.fixture(scope="module", params=["stub", "real"])
+def demo_server(request) -> DemoServer:
+    return request.getfixturevalue(f"{request.param}_server")
 
 
 @pytest.fixture(scope="module")
