@@ -50,17 +50,54 @@ def _env() -> dict[str, str]:
     return env | {"PYTHONPATH": str(REPO)}
 
 
-def test_serve_without_bundle_says_what_to_do() -> None:
-    p = subprocess.run([sys.executable, "-m", "ropenlp", "serve"], cwd=REPO, env=_env(), capture_output=True,
-                       text=True, timeout=60, check=False)  # fmt: skip
+def test_serve_with_a_missing_bundle_says_so() -> None:
+    p = subprocess.run([sys.executable, "-m", "ropenlp", "serve", "--bundle", "/nonexistent/bundle"], cwd=REPO,
+                       env=_env(), capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert p.returncode == 2
-    assert "--bundle" in p.stderr and "ROPENLP_BUNDLE" in p.stderr and "Traceback" not in p.stderr
+    assert "bundle directory /nonexistent/bundle does not exist" in p.stderr and "Traceback" not in p.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(proc: subprocess.Popen, port: int, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"not ready after {seconds} s"
+        time.sleep(0.05)
+
+
+def test_serve_without_arguments_serves_the_default_bundle() -> None:
+    port = _free_port()
+    env = _env() | {"ROPENLP_PORT": str(port)}  # the only setting: everything else is the default
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "ropenlp", "serve"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _wait_ready(proc, port)
+        started = time.perf_counter() - t0
+        info = httpx.get(f"http://127.0.0.1:{port}/info").json()
+        assert info["name"] == "ropenlp-default-small"
+        r = httpx.post(f"http://127.0.0.1:{port}/ner", json={"texts": ["周杰伦在台北举办了演唱会。"]})
+        assert {(e["text"], e["label"]) for e in r.json()["results"][0]["entities"]} >= {("周杰伦", "name")}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    print(f"\nropenlp serve: ready {started * 1e3:.0f} ms after launch (default bundle)")
 
 
 def test_serve_starts_answers_and_stops(tiny_bundle) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "ropenlp", "serve", "--bundle", str(tiny_bundle), "--port", str(port),
            "--log-format", "json"]  # fmt: skip
@@ -68,16 +105,7 @@ def test_serve_starts_answers_and_stops(tiny_bundle) -> None:
         cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "not ready after 30 s"
-            time.sleep(0.05)
+        _wait_ready(proc, port)
         started = time.perf_counter() - t0
         r = httpx.post(f"http://127.0.0.1:{port}/ner", json={"texts": ["北京"]})
         assert r.status_code == 200 and "x-total-time" in r.headers
