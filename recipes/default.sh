@@ -6,8 +6,8 @@
 #   3. STS-B similarity (CoSENT) from it                                      -> runs/sim_stsb/best
 #   4. BERT-whitening fitted on unlabelled sentences (news titles + STS-B train sentences),
 #      k chosen on STS-B dev                                                  -> stored in runs/sim_stsb/best
-#   5. export: the CPU bundle (int8) shipped in service/bundles/default, and a GPU bundle
-#      (fp16 + fp32) in runs/bundle_gpu
+#   5. export: the CPU bundle (int8 NER + fp32 similarity) shipped in service/bundles/default, a GPU
+#      bundle (fp16 + fp32) in runs/bundle_gpu, an all-int8 bundle for the comparison in runs/bundle_int8
 #   6. evaluation of the bundles (int8, fp32, fp16) on the dev sets, training metrics -> metrics/*.json (committed)
 #
 # Every step resumes (--resume) or is skipped when its output exists, so the script can be rerun after
