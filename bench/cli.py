@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable when run as a script
+from bench.common import split_passthrough  # noqa: E402
+
 log = logging.getLogger("bench.cli")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,11 +117,7 @@ def run_score(cmd: list[str], *, poll_s: float = 0.25) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    extra: list[str] = []
-    if "--" in argv:
-        k = argv.index("--")
-        argv, extra = argv[:k], argv[k + 1 :]
+    argv, extra = split_passthrough(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--task", choices=["ner", "embed"], default="ner")

@@ -33,6 +33,17 @@ PEAK_GFLOPS = {"fp32": 220.0, "int8": 900.0}
 # --------------------------------------------------------------------------------------------
 
 
+def split_passthrough(argv: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(own arguments, arguments after ``--`` that go to the command under test)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        return argv, []
+    k = argv.index("--")
+    return argv[:k], argv[k + 1:]
+
+
 def machine_info() -> dict:
     """CPU model, cores usable by this process, load average (a shared machine shows here), versions."""
     model = platform.processor() or platform.machine()

@@ -57,6 +57,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable when run as a script
 
 from bench.common import (
+    split_passthrough,
     TEXT_SETS,
     chunk,
     load_pairs,
@@ -600,11 +601,7 @@ def make_payloads(
 
 
 def parse_args(argv: list[str] | None):
-    argv = sys.argv[1:] if argv is None else argv
-    extra: list[str] = []
-    if "--" in argv:
-        k = argv.index("--")
-        argv, extra = argv[:k], argv[k + 1 :]
+    argv, extra = split_passthrough(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", type=Path, help="bundle directory (default: the shipped one)")
     p.add_argument("--random", action="store_true", help="export a random-weight bundle and serve that")

@@ -261,6 +261,16 @@ def _check_length(path: Path, max_length: int, max_positions: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _load_checked(loader, path: Path, tokenizer):
+    """The task model in eval mode, its encoder and task configs and training metrics, checked against
+    the bundle's tokenizer and the encoder's position range."""
+    model = _load(loader, path).eval()
+    enc_cfg, cfg = model.encoder.cfg, model.cfg
+    _check_vocab(path, tokenizer, enc_cfg.vocab_size)
+    _check_length(path, cfg.max_length, enc_cfg.max_position_embeddings)
+    return model, enc_cfg, cfg, _metrics(path)
+
+
 def _export_ner(path: Path, staging: Path, *, tokenizer, texts, precisions, tolerance, opset,
                 exporter, per_channel) -> NerTask:
     import torch
@@ -269,10 +279,7 @@ def _export_ner(path: Path, staging: Path, *, tokenizer, texts, precisions, tole
     from export.graphs import NerGraph
     from models.tasks import load_ner
 
-    model = _load(load_ner, path).eval()
-    enc_cfg, cfg, metrics = model.encoder.cfg, model.cfg, _metrics(path)
-    _check_vocab(path, tokenizer, enc_cfg.vocab_size)
-    _check_length(path, cfg.max_length, enc_cfg.max_position_embeddings)
+    model, enc_cfg, cfg, metrics = _load_checked(load_ner, path, tokenizer)
     graph = NerGraph(model).eval()
     batches = parity.ner_batches(tokenizer, texts, max_length=cfg.max_length, stride=cfg.stride)
 
@@ -315,10 +322,7 @@ def _export_similarity(path: Path, staging: Path, *, tokenizer, texts, precision
     from export.graphs import SimilarityGraph
     from models.tasks import load_similarity
 
-    model = _load(load_similarity, path).eval()
-    enc_cfg, cfg, metrics = model.encoder.cfg, model.cfg, _metrics(path)
-    _check_vocab(path, tokenizer, enc_cfg.vocab_size)
-    _check_length(path, cfg.max_length, enc_cfg.max_position_embeddings)
+    model, enc_cfg, cfg, metrics = _load_checked(load_similarity, path, tokenizer)
     graph = SimilarityGraph(model).eval()
     batches = parity.sim_batches(tokenizer, texts, max_length=cfg.max_length)
 
