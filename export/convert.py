@@ -90,13 +90,28 @@ def quantize_int8(src: str | Path, dst: str | Path, *, per_channel: bool = True)
 
     model = onnx.load(str(src))
     head = head_nodes(model)  # names unnamed nodes, so the quantizer can exclude them by name
+    # quantize_dynamic first rewrites every Gemm (the optimiser fuses whitening's MatMul + Add into one)
+    # as MatMul "<name>_MatMul" + Add "<name>_Add", and excludes by the new names.
+    gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
+    excluded = head + [f"{name}_MatMul" for name in head if name in gemms]
     with _quiet():
         quantize_dynamic(
             model, str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-            op_types_to_quantize=["MatMul"], nodes_to_exclude=head,
+            op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
         )
-    return save(onnx.load(str(dst)), dst)
+    quantized = onnx.load(str(dst))
+    leaked = sorted(quantized_nodes(quantized) & set(excluded))
+    if leaked:  # a renaming in a future quantizer must not silently quantize the head again
+        raise RuntimeError(f"int8 quantization reached the task head ({', '.join(leaked)}): its nodes must stay fp32")
+    return save(quantized, dst)
+
+
+def quantized_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the original nodes that the dynamic quantizer turned into integer MatMuls
+    (it names its ``MatMulInteger`` / ``DynamicQuantizeMatMul`` node ``<original>_quant``)."""
+    return {n.name.removesuffix("_quant") for n in model.graph.node
+            if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")}
 
 
 def convert_fp16(src: str | Path, dst: str | Path) -> Path:

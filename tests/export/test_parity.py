@@ -4,6 +4,7 @@ and the fp16 / int8 variants (correctness on ONNX Runtime's CPU provider, not sp
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -116,3 +117,20 @@ def test_fp16_graph_is_fp16_inside(tiny):
     assert onnx.TensorProto.FLOAT16 in types
     parity = tiny.manifest.ner.graphs["fp16"].parity
     assert parity["reference"] == "fp32" and parity["entity_f1"] > 80
+
+
+def test_int8_keeps_the_task_heads_in_fp32(tiny):
+    """Only encoder MatMuls become integer MatMuls: the span projections and the whitening MatMul
+    (fused into a Gemm by the optimiser, which the quantizer splits and renames) keep fp32 kernels."""
+    from export.convert import head_nodes, quantized_nodes
+
+    for task in ("ner", "sim"):
+        int8 = onnx.load(str(tiny.bundle / f"{task}.int8.onnx"))
+        done = quantized_nodes(int8)
+        assert any("/encoder/" in name for name in done)  # the encoder is quantized ...
+        fp32 = onnx.load(str(tiny.bundle / f"{task}.fp32.onnx"))
+        head = set(head_nodes(fp32))
+        assert not {n for n in done if n in head or n.removesuffix("_MatMul") in head}  # ... its head is not
+    floats = {t.name for t in onnx.load(str(tiny.bundle / "sim.int8.onnx")).graph.initializer
+              if t.data_type == onnx.TensorProto.FLOAT}
+    assert "model.whitening.kernel" in floats
