@@ -288,7 +288,8 @@ def _export_ner(path: Path, staging: Path, *, tokenizer, texts, precisions, tole
             return graph(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).numpy()
 
     def decode(outputs):
-        return parity.decode_entities(outputs, batches, texts=texts, labels=cfg.labels, threshold=cfg.threshold)
+        return parity.decode_entities(outputs, batches, texts=texts, labels=cfg.labels,
+                                      threshold=cfg.threshold, decode=cfg.decode)
 
     reference = parity.run_all(torch_run, batches)
     ref_entities = decode(reference)
@@ -311,7 +312,7 @@ def _export_ner(path: Path, staging: Path, *, tokenizer, texts, precisions, tole
     graphs = _export_graphs("ner", graph, staging, precisions=precisions, opset=opset, exporter=exporter,
                             per_channel=per_channel, check=check, encoder_cfg=enc_cfg)
     return NerTask(graphs=graphs, max_length=cfg.max_length, metrics=metrics, labels=list(cfg.labels),
-                   head=cfg.head, threshold=cfg.threshold, stride=cfg.stride)
+                   head=cfg.head, threshold=cfg.threshold, stride=cfg.stride, decode=cfg.decode)
 
 
 def _export_similarity(path: Path, staging: Path, *, tokenizer, texts, precisions, tolerance, opset,

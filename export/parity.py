@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.spans import decode_batch, merge_entities
+from models.spans import Decode, apply_decode, decode_batch, merge_entities
 from models.text import Tokenizer, pad_batch
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,9 @@ EntityKey = tuple[int, int, int, str]  # (text index, start, end, label)
 
 
 def decode_entities(outputs: Sequence[np.ndarray], batches: Sequence[Batch], *, texts: Sequence[str],
-                    labels: Sequence[str], threshold: float) -> set[EntityKey]:
-    """Decode every window and merge per text, as the service does; a set of (text, start, end, label)."""
+                    labels: Sequence[str], threshold: float, decode: Decode = "nested") -> set[EntityKey]:
+    """Decode every window, merge per text and apply ``decode``, as the service does; a set of
+    (text, start, end, label)."""
     per_text: dict[int, list] = {}
     for scores, batch in zip(outputs, batches):
         row_texts = [texts[t] for t in batch.owners]
@@ -157,7 +158,8 @@ def decode_entities(outputs: Sequence[np.ndarray], batches: Sequence[Batch], *, 
                                threshold=threshold)
         for owner, ents in zip(batch.owners, decoded):
             per_text.setdefault(owner, []).append(ents)
-    return {(t, e.start, e.end, e.label) for t, groups in per_text.items() for e in merge_entities(groups)}
+    return {(t, e.start, e.end, e.label) for t, groups in per_text.items()
+            for e in apply_decode(merge_entities(groups), decode)}
 
 
 def entity_agreement(ref: set[EntityKey], got: set[EntityKey]) -> dict[str, float | int]:

@@ -81,6 +81,9 @@ class NerTask(TaskSpec):
     head: Literal["gp", "egp"]
     threshold: float = 0.0
     stride: int = Field(gt=0, description="tokens between the starts of consecutive windows")
+    decode: Literal["nested", "flat"] = Field(
+        "nested", description="flat: only non-overlapping spans (optional: older manifests mean nested)"
+    )
 
     @model_validator(mode="after")
     def _stride_fits(self):

@@ -8,13 +8,20 @@ the span rule itself is one function, :func:`_on_boundaries`). Entities carry ch
 into the original text (end exclusive), taken from the :class:`models.text.Encoding` /
 :class:`models.text.Window` offsets, so spans from different windows of one text are directly
 comparable (:func:`merge_entities`).
+
+Decoding mode (:data:`DECODES`, applied per text *after* windows are merged, by :func:`apply_decode`):
+``"nested"`` keeps every entity; ``"flat"`` keeps a greedy set of non-overlapping ones
+(:func:`non_overlapping`), for models trained on flat data (CLUENER), where an overlap is an error by
+construction.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -226,3 +233,42 @@ def merge_entities(groups: Iterable[Iterable[Entity]]) -> list[Entity]:
             if key not in best or e.score > best[key].score:
                 best[key] = e
     return sorted(best.values(), key=_sort_key)
+
+
+Decode = Literal["nested", "flat"]
+DECODES: tuple[Decode, ...] = ("nested", "flat")
+
+
+def non_overlapping(entities: Iterable[Entity]) -> list[Entity]:
+    """Greedy flat decoding of one text: keep the best-scoring entity, drop every entity sharing a
+    character with it (nested or partially overlapping, any label), repeat. Ties go by (start, end,
+    label); offsets are end-exclusive, so ``[0, 2)`` and ``[2, 4)`` do not overlap. Sorted by
+    (start, end, label).
+
+    Each entity is decided by the better-ranked ones only, so keeping only the entities above a
+    threshold before or after this gives the same result.
+    """
+    starts: list[int] = []  # the kept spans, disjoint and sorted by start (so by end too)
+    ends: list[int] = []
+    kept = []
+    for e in sorted(entities, key=lambda e: (-e.score, e.start, e.end, e.label)):
+        k = bisect.bisect_left(starts, e.end)  # kept spans starting before e ends: starts[:k]
+        if k and ends[k - 1] > e.start:  # the last of them ends furthest right
+            continue
+        starts.insert(k, e.start)
+        ends.insert(k, e.end)
+        kept.append(e)
+    return sorted(kept, key=_sort_key)
+
+
+def check_decode(decode: object) -> Decode:
+    """``decode`` itself when it is one of :data:`DECODES`, else ValueError naming them."""
+    if decode not in DECODES:
+        raise ValueError(f"unknown decode {decode!r}; choose from {', '.join(DECODES)}")
+    return decode  # type: ignore[return-value]
+
+
+def apply_decode(entities: Sequence[Entity], decode: Decode) -> list[Entity]:
+    """The entities of one text (windows already merged) as ``decode`` reports them: ``"nested"``
+    all of them, ``"flat"`` :func:`non_overlapping`."""
+    return non_overlapping(entities) if check_decode(decode) == "flat" else list(entities)

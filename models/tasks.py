@@ -28,6 +28,7 @@ from torch import nn
 from models.global_pointer import HEADS, global_pointer_loss, sparse_global_pointer_loss
 from models.pooling import Pooling, PoolingMode, l2_normalize
 from models.roformer import RoFormerEncoder, read_checkpoint
+from models.spans import DECODES, Decode
 from models.whitening import Whitening
 
 TASK_FILE = "ropenlp.json"
@@ -42,6 +43,7 @@ class NerConfig:
     threshold: float = 0.0
     max_length: int = 256  # tokens per window, [CLS]/[SEP] included
     stride: int = 128  # tokens between window starts
+    decode: Decode = "nested"  # "flat": non-overlapping spans only (models.spans.non_overlapping)
 
     def __post_init__(self):
         if not self.labels:
@@ -52,6 +54,8 @@ class NerConfig:
             raise ValueError(f"NerConfig.head must be one of {sorted(HEADS)}, got {self.head!r}")
         if not 0 < self.stride <= self.max_length - 2:
             raise ValueError(f"NerConfig.stride must be in 1..max_length-2 ({self.max_length - 2}), got {self.stride}")
+        if self.decode not in DECODES:
+            raise ValueError(f"NerConfig.decode must be one of {list(DECODES)}, got {self.decode!r}")
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,14 @@ def _score(
     threshold: Annotated[
         float | None, typer.Option(help="ner: span score threshold. Default: the bundle's.")
     ] = None,
+    decode: Annotated[
+        str | None,
+        typer.Option(
+            metavar="nested|flat",
+            help="ner: nested (every span above the threshold) or flat (greedy non-overlapping spans). "
+            "Default: the bundle's.",
+        ),
+    ] = None,
     window: Annotated[
         int, typer.Option(min=1, help="Records read at a time, length-sorted into batches (bounds memory).")
     ] = 4096,
@@ -246,8 +254,8 @@ def _score(
     options = ScoreOptions(
         task=task.value, input=input, output=output, format=format.value if format else None,
         text_field=text_field, a_field=a_field, b_field=b_field, id_field=id_field, header=header,
-        threshold=threshold, window=window, max_errors=max_errors, resume=resume, overwrite=overwrite,
-        npy=npy, vectors=vectors, fsync_interval=fsync_interval,
+        threshold=threshold, decode=decode, window=window, max_errors=max_errors, resume=resume,
+        overwrite=overwrite, npy=npy, vectors=vectors, fsync_interval=fsync_interval,
     )  # fmt: skip
     try:
         settings = Settings.from_env(**flags)

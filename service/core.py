@@ -15,7 +15,9 @@ Long texts:
   windows ``stride`` tokens apart, from the encoding it already has (``Tokenizer.windows``: each
   text is tokenized once); spans from every window carry offsets into the original text and are
   merged (``merge_entities``: an entity seen by two windows is reported once, with its best
-  score). Nothing is ever truncated.
+  score). Nothing is ever truncated. The decoding mode (``decode``: the bundle's, or per request)
+  is applied to each text after merging: "nested" lists every span, "flat" keeps greedy
+  non-overlapping ones (``models.spans.non_overlapping``).
 * Similarity / embeddings: the encoder was trained on sentences of at most ``max_length`` tokens,
   and a mean of window vectors is not a vector the model was trained to produce, so a longer text
   is **truncated** to its first ``max_length - 2`` tokens — and every result says so
@@ -35,7 +37,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from models.bundle import BundleError, Manifest, load_manifest
-from models.spans import Entity, decode_batch, merge_entities
+from models.spans import DECODES, Decode, Entity, apply_decode, decode_batch, merge_entities
 from models.text import Tokenizer, pad_batch
 from service.errors import (
     EmptyInput,
@@ -214,6 +216,15 @@ def check_texts(value: object, field: str, limits: Limits) -> list[str]:
     return [check_text(t, f"{field}[{k}]", limits) for k, t in enumerate(check_items(value, field, limits))]
 
 
+def check_decode(value: object, field: str = "decode") -> Decode:
+    """One of :data:`models.spans.DECODES`, else :class:`InvalidRequest` naming the field and the choices."""
+    if not isinstance(value, str) or value not in DECODES:
+        raise InvalidRequest(
+            f"{field} must be one of {', '.join(map(repr, DECODES))}, got {value!r}", field=field
+        )
+    return value  # type: ignore[return-value]
+
+
 def _check_number(value: object, field: str, *, integer: bool) -> float:
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok:
@@ -304,8 +315,10 @@ class Engine:
 
     # -- synchronous API --------------------------------------------------------------------
 
-    def ner(self, texts: Sequence[str], threshold: float | None = None) -> NerResult:
-        return self.execute(self.prepare_ner(texts, threshold))
+    def ner(
+        self, texts: Sequence[str], threshold: float | None = None, decode: Decode | None = None
+    ) -> NerResult:
+        return self.execute(self.prepare_ner(texts, threshold, decode))
 
     def embed(self, texts: Sequence[str]) -> EmbedResult:
         return self.execute(self.prepare_embed(texts))
@@ -372,9 +385,13 @@ class Engine:
 
     # -- NER ----------------------------------------------------------------------------------
 
-    def prepare_ner(self, texts: Sequence[str], threshold: float | None = None) -> Job[NerResult]:
+    def prepare_ner(
+        self, texts: Sequence[str], threshold: float | None = None, decode: Decode | None = None
+    ) -> Job[NerResult]:
+        """``threshold`` and ``decode`` ("nested" | "flat") default to the bundle's."""
         spec = self._task("ner")
         texts = check_texts(texts, "texts", self.limits)
+        decode = spec.decode if decode is None else check_decode(decode)
         if threshold is None:
             threshold = spec.threshold
         else:
@@ -410,7 +427,10 @@ class Engine:
             groups: list[list[list[Entity]]] = [[] for _ in unique]
             for u, ents in zip(owner, outputs):
                 groups[u].append(ents)
-            merged = {t: (g[0] if len(g) == 1 else merge_entities(g)) for t, g in zip(unique, groups)}
+            merged = {
+                t: apply_decode(g[0] if len(g) == 1 else merge_entities(g), decode)
+                for t, g in zip(unique, groups)
+            }
             return NerResult([list(merged[t]) for t in texts])
 
         return Job("ner", seqs, finish, tokenize_s=time.perf_counter() - t0)
@@ -515,6 +535,7 @@ class Engine:
                 "labels": list(m.ner.labels),
                 "head": m.ner.head,
                 "threshold": m.ner.threshold,
+                "decode": m.ner.decode,
                 "max_length": self.ner_max_length,
                 "stride": self.ner_stride,
                 "long_texts": "sliding windows, entities merged",
@@ -591,6 +612,7 @@ __all__ = [
     "RankResult",
     "Ranked",
     "Seq",
+    "check_decode",
     "check_items",
     "check_text",
     "check_texts",

@@ -39,6 +39,7 @@ from litestar.plugins.pydantic import PydanticPlugin
 from pydantic import BaseModel, ConfigDict, Field
 
 import ropenlp
+from models.spans import Decode
 from service.batching import Batcher, Timings
 from service.core import Engine, Job
 from service.demo import demo_router
@@ -190,6 +191,11 @@ class _Body(BaseModel):
 class NerRequest(_Body):
     texts: list[str] = Field(description="texts to tag (long ones are windowed, never truncated)")
     threshold: float | None = Field(None, description="span score threshold; default: the bundle's")
+    decode: Decode | None = Field(
+        None,
+        description="nested: every span above the threshold; flat: greedy non-overlapping spans "
+        "(best score first, the rest dropped). Default: the bundle's (see /info)",
+    )
 
 
 class SimilarityRequest(_Body):
@@ -229,7 +235,9 @@ class EntityOut(BaseModel):
 
 
 class NerItem(BaseModel):
-    entities: list[EntityOut] = Field(description="nested spans all listed, sorted by start then end")
+    entities: list[EntityOut] = Field(
+        description="sorted by start then end; nested spans all listed unless decode is flat"
+    )
 
 
 class NerResponse(BaseModel):
@@ -399,8 +407,11 @@ _INFER_SIM = {**_INFER, "responses": error_responses(*INFERENCE_ERRORS, OutOfRan
 
 @post("/ner", **_INFER_NER, summary="Nested named entities")
 async def ner(request: Request, data: JSONBody[NerRequest]) -> Response[NerResponse]:
-    """Entities of every text: character offsets into the original text (end exclusive), nested spans all listed."""
-    result, t = await _svc(request).infer(request, lambda e: e.prepare_ner(data.texts, data.threshold))
+    """Entities of every text: character offsets into the original text (end exclusive); nested spans
+    all listed, or only non-overlapping ones with ``decode: "flat"``."""
+    result, t = await _svc(request).infer(
+        request, lambda e: e.prepare_ner(data.texts, data.threshold, data.decode)
+    )
     body = {"results": [{"entities": [e.to_dict() for e in ents]} for ents in result.entities]}
     return _ok(body, t)
 

@@ -153,6 +153,9 @@ def _evaluate_command(task: str):
         precision: Annotated[str | None, typer.Option(help="Bundle graph variant: fp32, fp16, int8.")] = None,
         threshold: Annotated[float | None, typer.Option(help="ner: decoding threshold (default: the model's).")
                              ] = None,
+        decode: Annotated[str | None, typer.Option(
+            metavar="nested|flat", help="ner: nested (every span above the threshold) or flat (greedy "
+                                        "non-overlapping spans); default: the model's / bundle's.")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda (--model only).")] = "cpu",
         batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 8192,
         threads: Annotated[int, typer.Option(help="CPU threads (0 = default).")] = 0,
@@ -170,12 +173,12 @@ def _evaluate_command(task: str):
         with _user_errors():
             if task == "ner":
                 metrics = ev.evaluate_ner(data, model=model, bundle=bundle, format=format, threshold=threshold,
-                                          device=device, batch_tokens=batch_tokens, precision=precision,
-                                          threads=threads)
+                                          decode=decode, device=device, batch_tokens=batch_tokens,
+                                          precision=precision, threads=threads)
                 table = ev.ner_table(metrics)
             else:
-                if threshold is not None:
-                    raise ValueError("--threshold applies to ner only")
+                if threshold is not None or decode is not None:
+                    raise ValueError("--threshold and --decode apply to ner only")
                 metrics = ev.evaluate_sim(data, model=model, bundle=bundle, format=format, device=device,
                                           batch_tokens=batch_tokens, precision=precision, threads=threads)
                 table = ev.sim_table(metrics)

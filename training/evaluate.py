@@ -56,14 +56,18 @@ def _check_one(model, bundle) -> None:
 
 
 def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle: str | Path | None = None,
-                 format: str = "auto", threshold: float | None = None, device: str = "cpu",
-                 batch_tokens: int = 8192, precision: str | None = None, on_error: str = "raise",
-                 threads: int = 0) -> dict:
-    """Exact-span micro / per-type / nested scores of a checkpoint or bundle on NER files."""
+                 format: str = "auto", threshold: float | None = None, decode: str | None = None,
+                 device: str = "cpu", batch_tokens: int = 8192, precision: str | None = None,
+                 on_error: str = "raise", threads: int = 0) -> dict:
+    """Exact-span micro / per-type / nested scores of a checkpoint or bundle on NER files, decoded at
+    ``threshold`` in mode ``decode`` ("nested" or "flat"); both default to the checkpoint's / bundle's."""
+    from models.spans import check_decode
     from training.ner import gold_spans, pred_spans, summary
     from training.ner_data import align_records, read_ner
 
     _check_one(model, bundle)
+    if decode is not None:
+        check_decode(decode)
     report = ReadReport()
     records = list(read_ner(data, report, format=format))
     report.check(on_error)
@@ -78,22 +82,24 @@ def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle
         net, tokenizer = _checkpoint(load_ner, model, device=device, threads=threads)
         labels, max_length, stride = net.cfg.labels, net.cfg.max_length, net.cfg.stride
         threshold = net.cfg.threshold if threshold is None else threshold
-        entities = predict_entities(net, tokenizer, texts, threshold=threshold, batch_tokens=batch_tokens,
-                                    device=device)
+        decode = net.cfg.decode if decode is None else decode
+        entities = predict_entities(net, tokenizer, texts, threshold=threshold, decode=decode,
+                                    batch_tokens=batch_tokens, device=device)
         source = {"model": str(model)}
     else:
         engine = _engine(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads)
         tokenizer, labels = engine.tokenizer, engine.manifest.ner.labels
         max_length, stride = engine.ner_max_length, engine.ner_stride
         threshold = engine.manifest.ner.threshold if threshold is None else threshold
-        entities = engine.ner(texts, threshold).entities
+        decode = engine.manifest.ner.decode if decode is None else decode
+        entities = engine.ner(texts, threshold, decode).entities
         source = {"bundle": str(bundle), "graph_precision": engine.runtime.precision.get("ner")}
     seconds = time.perf_counter() - t0
     _, stats = align_records(records, tokenizer, labels, max_length=max_length, stride=stride)
     scores = ner_scores(gold_spans(records), pred_spans(entities), labels)
     return {"task": "ner", **source, "data": [str(p) for p in data], "read": report.summary(),
-            "threshold": threshold, "max_length": max_length, "stride": stride, **summary(scores),
-            "scores": scores,
+            "threshold": threshold, "decode": decode, "max_length": max_length, "stride": stride,
+            **summary(scores), "scores": scores,
             "gold_not_targetable": {"misaligned": stats.misaligned, "lost": stats.lost,
                                     "unknown_label": stats.unknown_label, "examples": stats.examples},
             "seconds": round(seconds, 3), "texts_per_s": round(len(texts) / max(seconds, 1e-9), 1)}
@@ -153,7 +159,8 @@ def ner_table(metrics: dict):
     from rich.table import Table
 
     s = metrics["scores"]
-    table = Table(title=f"NER: {_source(metrics)} (threshold {metrics['threshold']:g})")
+    title = f"NER: {_source(metrics)} (threshold {metrics['threshold']:g}, {metrics['decode']} decode)"
+    table = Table(title=title)
     for col in ("type", "precision", "recall", "F1", "gold", "predicted"):
         table.add_column(col, justify="left" if col == "type" else "right")
     for label, v in s["per_type"].items():

@@ -8,7 +8,10 @@ Training examples are the windows of each text (``Tokenizer.encode_windows``, on
 short text); an entity is a target in every window that holds it whole. Evaluation cuts dev texts
 into the same windows the service uses (``NerConfig.max_length`` / ``stride``), decodes every
 window with :func:`models.spans.decode_batch` and merges them with
-:func:`models.spans.merge_entities`, then scores exact spans (:mod:`training.metrics`).
+:func:`models.spans.merge_entities`, then applies the decoding mode (``NerConfig.decode``: "nested"
+keeps every span, "flat" only non-overlapping ones, :func:`models.spans.apply_decode`) and scores
+exact spans (:mod:`training.metrics`). ``ner.decode = "auto"`` picks "flat" when no two gold spans
+of a training text overlap, else "nested".
 
 Output folder (``output.dir``)::
 
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 
 from models.global_pointer import HeadKind
-from models.spans import Entity, decode_batch, merge_entities
+from models.spans import DECODES, Decode, Entity, apply_decode, decode_batch, merge_entities
 from models.tasks import NerConfig, NerModel, load_ner
 from models.text import Tokenizer, pad_batch
 from training.config import OutputConfig, TrainingConfig, load_config, to_dict
@@ -100,6 +103,7 @@ class NerOptions:
     sparse_from: int = 128  # auto: sparse targets when the batch is at least this many tokens long
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
     threshold: float = 0.0  # decoding threshold on span logits (saved with the model)
+    decode: Literal["auto", "nested", "flat"] = "auto"  # auto: flat when no gold spans overlap (saved)
     calibrate_threshold: bool = False  # at the end: best dev F1 over threshold_grid, saved in best/
     threshold_grid: tuple[float, ...] = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
     eval_every_epoch: bool = True  # evaluate at the end of every epoch (else every training.eval_every)
@@ -168,11 +172,13 @@ class NerCollator:
 
 @torch.no_grad()
 def predict_entities(model: NerModel, tokenizer: Tokenizer, texts: Sequence[str], *,
-                     threshold: float | None = None, batch_tokens: int = 8192,
+                     threshold: float | None = None, decode: Decode | None = None, batch_tokens: int = 8192,
                      device: torch.device | str = "cpu") -> list[list[Entity]]:
     """Entities of each text: windows of ``model.cfg.max_length`` every ``stride`` tokens, every span
-    scoring above ``threshold`` (default the model's), windows merged (best score per span)."""
+    scoring above ``threshold`` (default the model's), windows merged (best score per span), then
+    ``decode`` (default the model's; "flat": non-overlapping spans only) applied per text."""
     threshold = model.cfg.threshold if threshold is None else threshold
+    decode = model.cfg.decode if decode is None else decode
     rows = [(t, w) for t, text in enumerate(texts)
             for w in tokenizer.encode_windows(text, max_length=model.cfg.max_length, stride=model.cfg.stride)]
     groups: list[list[list[Entity]]] = [[] for _ in texts]
@@ -187,18 +193,41 @@ def predict_entities(model: NerModel, tokenizer: Tokenizer, texts: Sequence[str]
         for (t, _), ents in zip(part, decoded):
             groups[t].append(ents)
     model.train(was_training)
-    return [g[0] if len(g) == 1 else merge_entities(g) for g in groups]
+    return [apply_decode(g[0] if len(g) == 1 else merge_entities(g), decode) for g in groups]
 
 
 def gold_spans(records: Sequence[NerRecord]) -> list[list[tuple[int, int, str]]]:
     return [[(s.start, s.end, s.label) for s in r.spans] for r in records]
 
 
-def pred_spans(entities: Sequence[Sequence[Entity]], threshold: float | None = None
+def pred_spans(entities: Sequence[Sequence[Entity]], threshold: float | None = None, decode: Decode = "nested"
                ) -> list[list[tuple[int, int, str]]]:
-    """Spans of predicted entities, optionally only those scoring above ``threshold``."""
-    return [[(e.start, e.end, e.label) for e in ents if threshold is None or e.score > threshold]
+    """Spans of predicted entities (windows merged), optionally only those scoring above ``threshold``,
+    then ``decode`` applied: what decoding at ``threshold`` in that mode gives."""
+    return [[(e.start, e.end, e.label)
+             for e in apply_decode([e for e in ents if threshold is None or e.score > threshold], decode)]
             for ents in entities]
+
+
+def overlapping_gold(records: Sequence[NerRecord]) -> tuple[int, int]:
+    """(gold spans sharing a character with another gold span of their text, texts holding any)."""
+    spans = texts = 0
+    for r in records:
+        n = sum(any(a is not b and a.start < b.end and b.start < a.end for b in r.spans) for a in r.spans)
+        spans, texts = spans + n, texts + (n > 0)
+    return spans, texts
+
+
+def choose_decode(option: str, records: Sequence[NerRecord]) -> Decode:
+    """``ner.decode``: "nested" / "flat" as given; "auto": "flat" when no two gold spans of a training
+    text overlap (nested, crossing or the same span under two labels), else "nested"."""
+    if option != "auto":
+        return option  # type: ignore[return-value]
+    spans, texts = overlapping_gold(records)
+    decode: Decode = "nested" if spans else "flat"
+    log.info("ner.decode = auto: %d overlapping gold spans in %d of %d training texts -> %s", spans, texts,
+             len(records), decode)
+    return decode
 
 
 def summary(scores: dict) -> dict:
@@ -209,11 +238,13 @@ def summary(scores: dict) -> dict:
 
 
 def calibrate(gold: Sequence[Sequence[tuple]], entities: Sequence[Sequence[Entity]], grid: Sequence[float],
-              labels: Sequence[str], *, prefer: float = 0.0) -> tuple[float, dict[str, float]]:
+              labels: Sequence[str], *, prefer: float = 0.0, decode: Decode = "nested"
+              ) -> tuple[float, dict[str, float]]:
     """The grid threshold with the best micro F1 (ties: the one closest to ``prefer``), and F1 per
-    threshold. ``entities`` must be decoded at a threshold no higher than ``min(grid)``: merging keeps
-    each span's best window score, so filtering merged entities by score equals decoding higher."""
-    f1 = {t: ner_scores(gold, pred_spans(entities, t), labels)["f1"] for t in sorted(grid)}
+    threshold, decoding in mode ``decode``. ``entities`` must be decoded "nested" at a threshold no
+    higher than ``min(grid)``: merging keeps each span's best window score, so filtering merged
+    entities by score, then applying ``decode`` (:func:`pred_spans`), equals decoding higher."""
+    f1 = {t: ner_scores(gold, pred_spans(entities, t, decode), labels)["f1"] for t in sorted(grid)}
     best = max(f1, key=lambda t: (f1[t], -abs(t - prefer)))
     return best, {f"{t:g}": v for t, v in f1.items()}
 
@@ -254,8 +285,10 @@ def train_ner(cfg: NerRunConfig, *, resume: bool = False) -> FitResult:
                                         resuming=run.resuming)
     encoder = build_encoder(cfg.model, tokenizer.vocab_size)
     check_length(cfg.data.max_length, encoder)
+    decode = choose_decode(cfg.ner.decode, train_recs)
     task_cfg = NerConfig(labels=tuple(labels), head=cfg.model.head, head_size=cfg.model.head_size,
-                         threshold=cfg.ner.threshold, max_length=cfg.data.max_length, stride=cfg.data.stride)
+                         threshold=cfg.ner.threshold, max_length=cfg.data.max_length, stride=cfg.data.stride,
+                         decode=decode)
     model = NerModel(encoder, task_cfg)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder.cfg),
                               data=dataclasses.replace(cfg.data, labels=tuple(labels)))  # as built
@@ -280,12 +313,12 @@ def train_ner(cfg: NerRunConfig, *, resume: bool = False) -> FitResult:
     last: dict = {}
 
     def evaluate() -> dict:
-        ents = predict_entities(model, tokenizer, dev_texts, batch_tokens=cfg.ner.eval_batch_tokens,
-                                device=run.device)
-        scores = ner_scores(gold, pred_spans(ents), labels)
+        ents = predict_entities(model, tokenizer, dev_texts, decode="nested",
+                                batch_tokens=cfg.ner.eval_batch_tokens, device=run.device)
+        by_decode = {d: ner_scores(gold, pred_spans(ents, decode=d), labels) for d in DECODES}
         last.clear()
-        last.update(scores)
-        return summary(scores)
+        last.update(by_decode)
+        return summary(by_decode[decode])
 
     def save_model(folder: Path) -> None:
         model.save(folder, tokenizer_from=tok_path)
@@ -310,34 +343,40 @@ def train_ner(cfg: NerRunConfig, *, resume: bool = False) -> FitResult:
     return result
 
 
-def _checkpoint_metrics(scores: dict, dev_stats, task_cfg: NerConfig) -> dict:
-    """metrics.json beside a checkpoint (the export copies it into the bundle manifest)."""
-    if not scores:
-        return {"threshold": task_cfg.threshold}
+def _checkpoint_metrics(by_decode: dict[str, dict], dev_stats, task_cfg: NerConfig) -> dict:
+    """metrics.json beside a checkpoint (the export copies it into the bundle manifest): the dev
+    scores in the checkpoint's decoding mode, and the dev F1 of every mode at its threshold."""
+    if not by_decode:
+        return {"threshold": task_cfg.threshold, "decode": task_cfg.decode}
+    scores = by_decode[task_cfg.decode]
     return {"dev_f1": scores["f1"], "dev_precision": scores["precision"], "dev_recall": scores["recall"],
             "dev_nested_f1": scores["nested"]["f1"], "dev_macro_f1": macro_f1(scores["per_type"]),
-            "threshold": task_cfg.threshold, "dev": scores,
+            "threshold": task_cfg.threshold, "decode": task_cfg.decode,
+            "dev_f1_by_decode": {d: s["f1"] for d, s in by_decode.items()}, "dev": scores,
             "dev_gold_not_targetable": {"misaligned": dev_stats.misaligned, "lost": dev_stats.lost,
                                         "unknown_label": dev_stats.unknown_label}}
 
 
 def calibrate_checkpoint(path: Path, dev_recs: Sequence[NerRecord], grid: Sequence[float], *,
                          device: torch.device | str = "cpu", batch_tokens: int = 8192, dev_stats=None) -> dict:
-    """Pick the dev-F1-best threshold of ``grid`` for the checkpoint at ``path`` and save it there."""
+    """Pick the dev-F1-best threshold of ``grid`` for the checkpoint at ``path`` (in its decoding mode)
+    and save it there; the dev F1 of every decoding mode at that threshold is recorded too."""
     model = load_ner(path).to(device)
     tokenizer = Tokenizer.load(path)
     ents = predict_entities(model, tokenizer, [r.text for r in dev_recs], threshold=min(grid),
-                            batch_tokens=batch_tokens, device=device)
+                            decode="nested", batch_tokens=batch_tokens, device=device)
     gold = gold_spans(dev_recs)
-    before = model.cfg.threshold
-    best, f1 = calibrate(gold, ents, grid, model.cfg.labels, prefer=before)
+    before, decode = model.cfg.threshold, model.cfg.decode
+    best, f1 = calibrate(gold, ents, grid, model.cfg.labels, prefer=before, decode=decode)
     model.cfg = dataclasses.replace(model.cfg, threshold=best)
     model.save(path)
-    scores = ner_scores(gold, pred_spans(ents, best), model.cfg.labels)
+    by_decode = {d: ner_scores(gold, pred_spans(ents, best, d), model.cfg.labels) for d in DECODES}
     metrics_file = path / METRICS_FILE
     if dev_stats is not None:
-        write_json(metrics_file, _checkpoint_metrics(scores, dev_stats, model.cfg) | {"threshold_f1": f1})
-    log.info("threshold calibrated on dev: %g (F1 %.4f; was %g) - F1 by threshold %s", best, f1[f"{best:g}"],
-             before, f1)
-    return {"threshold": best, "previous": before, "f1_by_threshold": f1, "dev_f1": scores["f1"]}
+        write_json(metrics_file, _checkpoint_metrics(by_decode, dev_stats, model.cfg) | {"threshold_f1": f1})
+    f1_by_decode = {d: s["f1"] for d, s in by_decode.items()}
+    log.info("threshold calibrated on dev (decode %s): %g (F1 %.4f; was %g) - F1 by threshold %s; "
+             "F1 by decode at %g: %s", decode, best, f1[f"{best:g}"], before, f1, best, f1_by_decode)
+    return {"threshold": best, "previous": before, "decode": decode, "f1_by_threshold": f1,
+            "dev_f1": by_decode[decode]["f1"], "dev_f1_by_decode": f1_by_decode}
 

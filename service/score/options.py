@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from models.spans import DECODES
 from service.core import Engine
 from service.score.errors import ResumeError, UsageError
 
@@ -35,6 +36,7 @@ class ScoreOptions:
     id_field: str | None = None  # copied to every output line as "id"
     header: bool | None = None  # csv / tsv: first line names the columns (default True)
     threshold: float | None = None  # ner; default: the bundle's
+    decode: str | None = None  # ner: "nested" | "flat"; default: the bundle's
     window: int = 4096  # records read, sorted by length and batched together
     max_errors: int | None = None  # stop (exit 1) once more error lines than this were written
     resume: bool = False
@@ -89,6 +91,10 @@ def plan_for(o: ScoreOptions, engine: Engine) -> Plan:
             raise UsageError(
                 f"--threshold {o.threshold} is outside [{lo}, {hi}] (the threshold_min/max settings)"
             )
+    if o.decode is not None and o.task != "ner":
+        raise UsageError("--decode is for `score ner`")
+    if o.decode is not None and o.decode not in DECODES:
+        raise UsageError(f"--decode must be one of {', '.join(DECODES)}, got {o.decode!r}")
     engine_task = "similarity" if o.task != "ner" else "ner"
     if engine_task not in engine.tasks:
         raise UsageError(

@@ -1,7 +1,7 @@
 """``--resume``: check that nothing changed, repair the output, find where to go on.
 
 The state file ``OUTPUT.state`` (JSON lines, written by :class:`service.score.outputs.Sink`) holds the
-run's fingerprint (task, format, fields, threshold, ``--npy`` path, bundle manifest hash and
+run's fingerprint (task, format, fields, threshold, decode, ``--npy`` path, bundle manifest hash and
 precision, the engine limits that change results, and the input's path, size, mtime and SHA-256 of
 its first 64 KiB) and checkpoints (records and error lines written, output bytes, input byte offset
 and line after the last record). On resume the fingerprint must match (else a clear refusal listing
@@ -51,6 +51,7 @@ def fingerprint(engine: Engine, o: ScoreOptions, plan: Plan, source: Source) -> 
         "id_field": plan.id_field,
         "header": plan.header,
         "threshold": o.threshold,
+        "decode": o.decode,
         "npy": str(Path(o.npy).resolve()) if o.npy is not None else None,
         "vectors": plan.vectors,
         "input": source.identity,

@@ -46,9 +46,9 @@ def _window_engine(engine: Engine, window: int) -> Engine:
     )  # fmt: skip
 
 
-def _prepare(engine: Engine, task: Task, values: list[Any], threshold: float | None):
+def _prepare(engine: Engine, task: Task, values: list[Any], threshold: float | None, decode: str | None):
     if task == "ner":
-        return engine.prepare_ner(values, threshold)
+        return engine.prepare_ner(values, threshold, decode)
     if task == "similarity":
         return engine.prepare_pairs(values)
     return engine.prepare_embed(values)
@@ -81,18 +81,20 @@ def _results(engine: Engine, task: Task, result: Any) -> list[dict[str, Any] | S
     return [{"_vector": v, "truncated": t} for v, t in zip(result.vectors, result.truncated)]
 
 
-def _prepare_window(wengine: Engine, task: Task, records: list[Record], threshold: float | None):
+def _prepare_window(
+    wengine: Engine, task: Task, records: list[Record], threshold: float | None, decode: str | None
+):
     """Validate + tokenize a window's valid records into one core job (runs on the reader thread);
     a :class:`ServiceError` is returned, for :func:`_score_window` to go one by one."""
     values = [r.value for r in records if r.error is None]
     try:
-        return _prepare(wengine, task, values, threshold) if values else None
+        return _prepare(wengine, task, values, threshold, decode) if values else None
     except ServiceError as e:
         return e
 
 
 def _score_window(
-    engine: Engine, task: Task, records: list[Record], job: Any, threshold: float | None
+    engine: Engine, task: Task, records: list[Record], job: Any, threshold: float | None, decode: str | None
 ) -> None:
     """Run the window's job (prepared by :func:`_prepare_window`) and put each record's result or
     error on it. When the job fails as a whole (an inference error, an entity budget), its records
@@ -109,7 +111,7 @@ def _score_window(
         results = []
         for r in good:
             try:
-                one = engine.execute(_prepare(engine, task, [r.value], threshold))
+                one = engine.execute(_prepare(engine, task, [r.value], threshold, decode))
                 results += _results(engine, task, one)
             except ServiceError as err:
                 results.append(err)
@@ -219,12 +221,12 @@ def _score_windows(
     """The window loop: read and prepare window k+1 while window k is scored and written."""
     done0 = sink.at.records
     wengine = _window_engine(engine, options.window)
-    task, threshold = options.task, options.threshold
+    task, threshold, decode = options.task, options.threshold, options.decode
     windows = _windows(records, options.window - done0 % options.window, options.window)
 
     def read_and_prepare() -> tuple[list[Record], Any] | None:
         w = next(windows, None)
-        return None if w is None else (w, _prepare_window(wengine, task, w, threshold))
+        return None if w is None else (w, _prepare_window(wengine, task, w, threshold, decode))
 
     def summary(complete: bool, stopped: str | None = None) -> Summary:
         return Summary(
@@ -237,7 +239,7 @@ def _score_windows(
         ahead = _Ahead(read_and_prepare)
         while (got := ahead.next()) is not None:
             window, job = got
-            _score_window(engine, task, window, job, threshold)
+            _score_window(engine, task, window, job, threshold, decode)
             sink.write(window)
             progress.update(bytes_read=sink.at.in_offset, records=sink.at.records, errors=sink.at.errors)
             if options.max_errors is not None and sink.at.errors > options.max_errors:

@@ -44,6 +44,7 @@ def test_manifest_fields(tiny):
     assert m.name == "tiny" and m.format_version == 1 and m.lowercase is True
     assert m.ner.labels == list(LABELS) and m.ner.head == "gp" and m.ner.max_length == 24 and m.ner.stride == 12
     assert m.ner.threshold > 0  # the fixture's tuned threshold travelled from ropenlp.json
+    assert m.ner.decode == "nested"  # the checkpoint's (its NerConfig default)
     assert m.ner.graphs["fp32"].outputs == ["scores"]
     assert m.ner.metrics == {"f1": 0.5, "precision": 0.25, "per_label": {"PER": 0.5}, "split": "dev"}  # list dropped
     assert m.similarity.metrics == {}
@@ -55,6 +56,17 @@ def test_manifest_fields(tiny):
     assert [(d.name, d.terms) for d in p.training_data] == [("tiny-random", "CC0-1.0")]
     assert str(tiny.ner.resolve()) in p.base_checkpoint and str(tiny.sim.resolve()) in p.base_checkpoint
     assert set(m.files) == set(m.referenced_files())
+
+
+def test_decode_travels_from_the_checkpoint(tiny, tmp_path):
+    ner = tmp_path / "ner"
+    shutil.copytree(tiny.ner, ner)
+    meta = json.loads((ner / "ropenlp.json").read_text(encoding="utf-8"))
+    (ner / "ropenlp.json").write_text(json.dumps(meta | {"decode": "flat"}), encoding="utf-8")
+    m = export_bundle(tmp_path / "out", ner=ner, precisions=("fp32",))
+    assert m.ner.decode == "flat" and load_manifest(tmp_path / "out").ner.decode == "flat"
+    flat, nested = m.ner.graphs["fp32"].parity, tiny.manifest.ner.graphs["fp32"].parity
+    assert flat["entity_f1"] == 100.0 and 0 < flat["entities"] <= nested["entities"]  # parity as served: flat
 
 
 def test_tokenizer_in_bundle_matches_checkpoint(tiny):

@@ -1,6 +1,7 @@
 """Bundle manifest: write -> load round trip, and every corruption named."""
 
 import json
+import typing
 
 import pytest
 
@@ -15,6 +16,7 @@ from models.bundle import (
     load_manifest,
     write_manifest,
 )
+from models.spans import DECODES
 
 
 def graph(file, precision="fp32", outputs=("scores",)):
@@ -82,6 +84,23 @@ def test_schema_error_names_the_field(bundle):
     (bundle / "bundle.json").write_text(json.dumps(raw))
     with pytest.raises(BundleError, match="ner: .*stride 100 exceeds"):
         load_manifest(bundle)
+
+
+def test_decode_is_optional_and_checked(bundle):
+    path = bundle / "bundle.json"
+    raw = json.loads(path.read_text())
+    assert raw["ner"]["decode"] == "nested" and load_manifest(bundle).ner.decode == "nested"
+    del raw["ner"]["decode"]  # a manifest written before the field existed: still version 1, nested
+    path.write_text(json.dumps(raw))
+    assert load_manifest(bundle).ner.decode == "nested"
+    raw["ner"]["decode"] = "flat"
+    path.write_text(json.dumps(raw))
+    assert load_manifest(bundle).ner.decode == "flat"
+    raw["ner"]["decode"] = "bogus"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="ner.decode: Input should be 'nested' or 'flat'"):
+        load_manifest(bundle)
+    assert typing.get_args(NerTask.model_fields["decode"].annotation) == DECODES  # bundle.py stays numpy-free
 
 
 def test_hash_mismatch(bundle):

@@ -1,4 +1,5 @@
-"""Span decoding (models/spans.py): nested spans, masking, thresholds, batching, window merging."""
+"""Span decoding (models/spans.py): nested spans, masking, thresholds, batching, window merging,
+flat (non-overlapping) decoding."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import numpy as np
 import pytest
 
 from models import spans
-from models.spans import Entity, decode_batch, decode_spans, merge_entities, spans_from_indices
+from models.spans import (
+    Entity,
+    apply_decode,
+    decode_batch,
+    decode_spans,
+    merge_entities,
+    non_overlapping,
+    spans_from_indices,
+)
 from models.text import Tokenizer, char_span_to_token_span
 
 LABELS = ["LOC", "ORG"]
@@ -290,3 +299,76 @@ def test_threshold_count_checked() -> None:
     off = char_offsets(2)
     with pytest.raises(ValueError, match="thresholds"):
         decode_batch(np.zeros((1, 2, 4, 4)), offsets_list=[off], labels=LABELS, texts=["北"], threshold=[0, 1])
+
+
+# --------------------------------------------------------------------------------------------
+# Flat decoding: greedy non-overlapping spans
+# --------------------------------------------------------------------------------------------
+
+
+def E(start: int, end: int, label: str, score: float) -> Entity:
+    return Entity(start, end, label, TEXT[start:end], score)
+
+
+def test_flat_keeps_the_best_of_nested_spans() -> None:
+    inner, outer = E(2, 4, "LOC", 3.0), E(2, 6, "ORG", 5.0)  # 北京 inside 北京大学
+    assert non_overlapping([inner, outer]) == [outer]
+    assert non_overlapping([E(2, 4, "LOC", 6.0), outer]) == [E(2, 4, "LOC", 6.0)]  # the inner one may win
+
+
+def test_flat_drops_partial_overlaps_of_any_label_and_keeps_disjoint_spans() -> None:
+    ents = [E(0, 3, "PER", 1.0), E(2, 5, "LOC", 2.0), E(4, 7, "ORG", 1.5), E(7, 8, "LOC", -1.0)]
+    # 2..5 wins; 0..3 and 4..7 cross it (different labels); 7..8 touches nothing kept
+    assert non_overlapping(ents) == [E(2, 5, "LOC", 2.0), E(7, 8, "LOC", -1.0)]
+
+
+def test_flat_adjacent_spans_do_not_overlap() -> None:
+    ents = [E(2, 4, "LOC", 1.0), E(0, 2, "PER", 2.0), E(4, 6, "ORG", 0.5)]  # [0,2) [2,4) [4,6): end exclusive
+    assert non_overlapping(ents) == sorted(ents, key=lambda e: (e.start, e.end, e.label))
+
+
+def test_flat_same_span_two_labels_keeps_the_better_one() -> None:
+    assert non_overlapping([E(2, 4, "LOC", 1.0), E(2, 4, "ORG", 2.0)]) == [E(2, 4, "ORG", 2.0)]
+
+
+def test_flat_ties_go_by_start_end_label_whatever_the_input_order() -> None:
+    ents = [E(3, 6, "LOC", 1.0), E(2, 4, "ORG", 1.0), E(2, 4, "LOC", 1.0), E(2, 5, "LOC", 1.0)]
+    for order in (ents, ents[::-1], ents[1:] + ents[:1]):
+        assert non_overlapping(order) == [E(2, 4, "LOC", 1.0)]  # (2,4,LOC) < (2,4,ORG) < (2,5,..) < (3,6,..)
+    assert non_overlapping([E(0, 2, "A", 1.0), E(1, 3, "A", 1.0), E(2, 4, "A", 1.0)]) == [
+        E(0, 2, "A", 1.0),
+        E(2, 4, "A", 1.0),
+    ]
+
+
+def test_flat_empty_and_chain() -> None:
+    assert non_overlapping([]) == []
+    # a chain where the best span knocks out its neighbours, which lets the ends survive
+    chain = [E(0, 2, "A", 1.0), E(1, 4, "A", 2.0), E(3, 6, "A", 3.0), E(5, 8, "A", 2.5), E(7, 8, "A", 0.1)]
+    assert non_overlapping(chain) == [E(0, 2, "A", 1.0), E(3, 6, "A", 3.0), E(7, 8, "A", 0.1)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_flat_equals_the_definition_and_commutes_with_a_threshold(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ents = []
+    for _ in range(40):
+        s, n, label = int(rng.integers(0, 30)), int(rng.integers(1, 6)), str(rng.choice(["A", "B"]))
+        ents.append(Entity(s, s + n, label, "", float(rng.integers(-4, 5))))
+    ents = merge_entities([ents])  # one per (start, end, label), as after merging windows
+    kept: list[Entity] = []  # the definition, pairwise
+    for e in sorted(ents, key=lambda e: (-e.score, e.start, e.end, e.label)):
+        if all(e.end <= k.start or k.end <= e.start for k in kept):
+            kept.append(e)
+    got = non_overlapping(ents)
+    assert got == sorted(kept, key=lambda e: (e.start, e.end, e.label))
+    for t in (-2.0, 0.0, 1.5):  # filter-then-flatten = flatten-then-filter (scores are integers: ties)
+        assert non_overlapping([e for e in ents if e.score > t]) == [e for e in got if e.score > t]
+
+
+def test_apply_decode() -> None:
+    ents = [E(2, 4, "LOC", 3.0), E(2, 6, "ORG", 5.0)]
+    assert apply_decode(ents, "nested") == ents and apply_decode(ents, "flat") == [E(2, 6, "ORG", 5.0)]
+    assert spans.DECODES == ("nested", "flat")
+    with pytest.raises(ValueError, match="unknown decode 'bogus'; choose from nested, flat"):
+        apply_decode(ents, "bogus")  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """Task checkpoints: save -> load round trips, HF compatibility of the encoder part, torch-free core."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,20 @@ def test_ner_config_is_checked():
         NerConfig(labels=())
     with pytest.raises(ValueError, match="stride"):
         NerConfig(labels=("A",), max_length=16, stride=15)
+    with pytest.raises(ValueError, match=r"NerConfig.decode must be one of \['nested', 'flat'\], got 'bog"):
+        NerConfig(labels=("A",), decode="bogus")
+
+
+def test_ner_decode_is_saved_and_old_checkpoints_load_as_nested(tmp_path, tiny_vocab):
+    torch.manual_seed(0)
+    cfg = NerConfig(labels=("LOC",), head_size=16, threshold=-1.0, decode="flat")
+    NerModel(RoFormerEncoder(CFG), cfg).save(tmp_path, tokenizer_from=tiny_vocab)
+    assert read_task(tmp_path)["decode"] == "flat"
+    assert load_ner(tmp_path).cfg == cfg
+    meta = read_task(tmp_path)
+    del meta["decode"]  # ropenlp.json as written before the field existed
+    (tmp_path / "ropenlp.json").write_text(json.dumps(meta))
+    assert load_ner(tmp_path).cfg.decode == "nested" and load_ner(tmp_path).cfg.threshold == -1.0
 
 
 def test_similarity_round_trip_with_whitening(tmp_path, tiny_vocab):

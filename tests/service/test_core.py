@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.spans import decode_spans
+from models.spans import decode_spans, non_overlapping
 from service.batching import select_batch
 from service.core import Engine, EntityBudget, Limits, Seq, plan_batches
 from service.errors import (
@@ -51,6 +51,8 @@ def test_validation_errors(tiny_bundle) -> None:
         (lambda: engine.ner(["a"], threshold=11.0), OutOfRange, "threshold"),
         (lambda: engine.ner(["a"], threshold=float("nan")), OutOfRange, "threshold"),
         (lambda: engine.ner(["a"], threshold="1"), InvalidRequest, "threshold"),
+        (lambda: engine.ner(["a"], decode="bogus"), InvalidRequest, "decode"),
+        (lambda: engine.ner(["a"], decode=1), InvalidRequest, "decode"),
         (lambda: engine.similarity_pairs([["a", "b", "c"]]), InvalidRequest, "pairs[0]"),
         (lambda: engine.similarity_pairs([["a", 3]]), InvalidRequest, "pairs[0][1]"),
         (lambda: engine.rank("q", ["a"], top_k=0), OutOfRange, "top_k"),
@@ -95,6 +97,29 @@ def test_long_text_windows_are_merged(tiny_bundle) -> None:
     assert result[0][1].score == pytest.approx(best)
     assert [(e.text, e.label) for e in result[1]] == [("张三", "PER")]
     assert runtime.rows  # ran through the runtime
+
+
+def test_flat_decode_applies_after_windows_are_merged(tiny_bundle) -> None:
+    """decode="flat": the merged entities of each text reduced to non-overlapping ones (best score
+    first, ties by start, end, label); the bundle's decode is the default."""
+    engine, _ = fake_engine(tiny_bundle, ner_max_length=10, ner_stride=4)  # as in the test above
+    text = "我爱的人在是了天安门有和大北京的人是了我爱北京大学的人"
+    nested = engine.ner([text, "我在北京大学"]).entities
+    flat = engine.ner([text, "我在北京大学"], decode="flat").entities
+    assert [(e.start, e.end, e.label) for e in nested[0]][-2:] == [(21, 23, "LOC"), (21, 25, "ORG")]
+    # 北京 at 21 scores 10.06 in a later window, 北京大学 at most 10.03: the merged best scores decide
+    assert [(e.start, e.end, e.label, round(e.score, 2)) for e in flat[0]] == [
+        (7, 10, "LOC", 10.04), (13, 15, "LOC", 10.06), (21, 23, "LOC", 10.06)
+    ]  # fmt: skip
+    assert [(e.text, e.label) for e in nested[1]] == [("北京", "LOC"), ("北京大学", "ORG")]
+    assert [(e.text, e.label) for e in flat[1]] == [("北京", "LOC")]  # same score: (2, 4, LOC) first
+    assert flat == [non_overlapping(ents) for ents in nested]
+    assert engine.ner([text], decode="nested").entities == nested[:1]
+    flat_ner = engine.manifest.ner.model_copy(update={"decode": "flat"})
+    engine.manifest = engine.manifest.model_copy(update={"ner": flat_ner})
+    assert engine.ner([text, "我在北京大学"]).entities == flat
+    assert engine.ner([text], decode="nested").entities == nested[:1]
+    assert engine.info()["tasks"]["ner"]["decode"] == "flat"
 
 
 def test_sync_api_batches_change_nothing(engine: Engine) -> None:

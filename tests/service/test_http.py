@@ -85,6 +85,40 @@ def test_ner_matches_direct_calls_in_input_order(server: str, engine) -> None:
     assert len(default) >= len(results[0].entities)
 
 
+def _overlapping(entities) -> list[tuple]:
+    spans = [(e["start"], e["end"]) for e in entities]
+    return [(a, b) for a in spans for b in spans if a < b and a[0] < b[1] and b[0] < a[1]]
+
+
+def test_ner_flat_decode_returns_no_overlapping_spans(server: str, engine) -> None:
+    texts = ["张三在上海工作", "我爱北京天安门"]
+    nested = post(server, "/ner", {"texts": texts})
+    flat = post(server, "/ner", {"texts": texts, "decode": "flat"})
+    assert nested.status_code == flat.status_code == 200, (nested.text, flat.text)
+    assert httpx.get(server + "/info").json()["tasks"]["ner"]["decode"] == "nested"  # the bundle's default
+    direct = engine.ner(texts).entities  # the default is what it was: every span above the threshold
+    for ents, n, f in zip(direct, nested.json()["results"], flat.json()["results"]):
+        n, f = n["entities"], f["entities"]
+        assert [(e["start"], e["end"], e["label"]) for e in n] == [(e.start, e.end, e.label) for e in ents]
+        assert _overlapping(n) and not _overlapping(f)  # the random tiny model nests a lot at threshold 0
+        assert 0 < len(f) < len(n) and all(e in n for e in f)
+        best = max(n, key=lambda e: e["score"])
+        assert best in f  # the best-scoring span always survives
+        for e in n:  # every span dropped overlaps a kept one scoring at least as high
+            if e not in f:
+                assert any(
+                    k["score"] >= e["score"] and k["start"] < e["end"] and e["start"] < k["end"] for k in f
+                )
+    assert [(e["start"], e["end"], e["label"]) for e in flat.json()["results"][0]["entities"]] == [
+        (0, 1, "PER"), (1, 3, "PER"), (3, 4, "LOC"), (4, 7, "PER")
+    ]  # fmt: skip
+    assert post(server, "/ner", {"texts": texts, "decode": None}).json() == nested.json()  # null: the default
+    for bad in ("bogus", 1):
+        r = post(server, "/ner", {"texts": ["a"], "decode": bad})
+        body = assert_error(r, 422, "invalid_request", "decode")
+        assert "'nested'" in body["error"] and "'flat'" in body["error"], body
+
+
 def test_similarity_and_embed_agree(server: str) -> None:
     texts = ["我爱北京", "我爱上海", "张三", "我爱北京" * 20]
     emb = post(server, "/embed", {"texts": texts})
@@ -117,6 +151,9 @@ def test_openapi_responses_come_from_the_error_table(server: str) -> None:
     assert "too_many_entities" in ner["422"]["description"] and "out_of_range" in ner["422"]["description"]
     assert "text_too_long" in ner["413"]["description"] and "too_many_items" in ner["413"]["description"]
     assert httpx.get(server + "/schema").status_code == 200  # the docs page
+    ner_body = next(iter(schema["paths"]["/ner"]["post"]["requestBody"]["content"].values()))["schema"]
+    props = schema["components"]["schemas"][ner_body["$ref"].rsplit("/", 1)[1]]["properties"]
+    assert "flat" in props["decode"]["description"] and "nested" in json.dumps(props["decode"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -358,6 +358,30 @@ def test_stdin_to_stdout(engine, tmp_path, tiny_bundle) -> None:
     assert p.returncode == 2 and b"--format" in p.stderr
 
 
+def test_decode_flat_like_threshold(engine, tmp_path, tiny_bundle) -> None:
+    """--decode goes where --threshold goes: checked in the plan, passed to core, in the fingerprint."""
+    t = texts(40, seed=9)
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(t) + "\n", encoding="utf-8")
+    out, _ = run(engine, tmp_path, "ner", src, decode="flat", window=16)
+    flat, nested = engine.ner(t, decode="flat").entities, engine.ner(t).entities
+    assert sum(map(len, flat)) < sum(map(len, nested))  # the random tiny model nests: something dropped
+    for o, ents in zip(out, flat):
+        same_entities(o["entities"], ents)
+    with pytest.raises(UsageError, match="--decode must be one of nested, flat, got 'bogus'"):
+        score(engine, ScoreOptions(task="ner", input=str(src), output="-", decode="bogus"))
+    with pytest.raises(UsageError, match="--decode is for `score ner`"):
+        score(engine, ScoreOptions(task="embed", input=str(src), output="-", decode="flat"))
+    kw = {"task": "ner", "input": str(src), "output": str(tmp_path / "out.jsonl"), "window": 16}
+    score(engine, ScoreOptions(**kw))
+    with pytest.raises(ResumeError, match=r"decode: None -> 'flat'"):
+        score(engine, ScoreOptions(**kw, resume=True, decode="flat"))
+    p = cli("ner", "-i", str(src), "-o", "-", "--bundle", str(tiny_bundle), "--decode", "flat")
+    assert p.returncode == 0, p.stderr.decode()
+    for o, ents in zip(map(json.loads, p.stdout.decode().splitlines()), flat):
+        same_entities(o["entities"], ents)
+
+
 def test_score_never_imports_torch() -> None:
     code = (
         "import service.score, sys; "
