@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.config import RESOLVED_FILE, ConfigError, TrainingConfig, config_diff, to_dict, write_resolved
+from training.config import (RESOLVED_FILE, ConfigError, TrainingConfig, config_diff, from_dict, to_dict,
+                             write_resolved)
 from training.data import write_json
 
 log = logging.getLogger(__name__)
@@ -486,6 +487,10 @@ def write_run_config(out_dir: str | Path, cfg: Any, *, resuming: bool) -> Path:
         import tomllib
 
         saved = tomllib.loads((out / RESOLVED_FILE).read_text(encoding="utf-8"))
+        try:  # a key added to the config since the run started: today's default
+            saved = from_dict(type(cfg), saved)
+        except ConfigError:
+            pass  # a key since removed (or renamed): compared as it is, so the diff names it
         changed = config_diff(saved, to_dict(cfg), ignore=RESUMABLE_CHANGES)
         if changed:
             raise ConfigError(f"cannot resume {out}: the config differs from the saved {RESOLVED_FILE} in "

@@ -1,5 +1,6 @@
 """The generic loop's parts: schedule, weight-decay groups, resumable batches."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.config import TrainingConfig
+from training.config import RESOLVED_FILE, ConfigError, TrainingConfig
 from training.loop import (
     Checkpoints,
     EpochBatches,
@@ -15,6 +16,7 @@ from training.loop import (
     lr_factor,
     param_groups,
     setup_torch,
+    write_run_config,
 )
 
 
@@ -139,3 +141,29 @@ def test_fit_logs_checkpoints_and_stops_early(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["stopped_early"] is True
     again = run()  # resuming a run that stopped early trains no further
     assert again.step == 8 and again.stopped_early
+
+
+@dataclasses.dataclass(frozen=True)
+class _Section:
+    a: int = 1
+    added: str = "auto"  # a key that runs started by an older version do not have in their saved config
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunConfig:
+    section: _Section = dataclasses.field(default_factory=_Section)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+
+
+def test_resume_compares_configs_key_by_key_with_defaults_for_new_keys(tmp_path):
+    write_run_config(tmp_path, _RunConfig(), resuming=False)
+    saved = tmp_path / RESOLVED_FILE
+    saved.write_text(saved.read_text().replace('added = "auto"\n', ""))  # as an older version wrote it
+    write_run_config(tmp_path, _RunConfig(training=TrainingConfig(threads=3)), resuming=True)  # may change
+    with pytest.raises(ConfigError, match=r"section\.added"):
+        write_run_config(tmp_path, _RunConfig(section=_Section(added="flat")), resuming=True)
+    with pytest.raises(ConfigError, match=r"training\.lr"):
+        write_run_config(tmp_path, _RunConfig(training=TrainingConfig(lr=1.0)), resuming=True)
+    saved.write_text(saved.read_text().replace("[section]\n", "[section]\nremoved = 2\n"))
+    with pytest.raises(ConfigError, match=r"section\.removed"):
+        write_run_config(tmp_path, _RunConfig(), resuming=True)
