@@ -455,7 +455,11 @@ def _dataset(d: Dataset | Mapping[str, str] | tuple[str, str]) -> Dataset:
 
 
 def _describe_checkpoints(checkpoints: Mapping[str, Path]) -> str:
-    paths = {task: str(p.resolve()) for task, p in checkpoints.items()}
+    """The checkpoints' paths, relative to the working directory when under it (no machine layout in a
+    shipped manifest: ``runs/ner_cluener/best``, not ``/home/me/ropenlp/runs/...``)."""
+    here = Path.cwd().resolve()
+    paths = {task: (p.resolve().relative_to(here).as_posix() if p.resolve().is_relative_to(here) else str(p.resolve()))
+             for task, p in checkpoints.items()}
     if len(set(paths.values())) == 1:
         return next(iter(paths.values()))
     return "; ".join(f"{task}: {p}" for task, p in paths.items())

@@ -233,3 +233,9 @@ def test_cli_precision_syntax():
         "ner": ["int8"], "similarity": ["fp32"]}
     assert _parse_precisions(["ner=int8", "fp16"], ["ner", "similarity"]) == {
         "ner": ["int8"], "similarity": ["fp16"]}
+
+
+def test_provenance_paths_are_relative_under_the_working_directory(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny.ner.parent)
+    m = export_bundle(tmp_path / "b", ner=tiny.ner.relative_to(tiny.ner.parent), precisions=("fp32",))
+    assert m.provenance.base_checkpoint == tiny.ner.name  # no machine layout in a shipped manifest
