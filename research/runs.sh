@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The experiments behind the README's "What was tried" table (issue: default models), one command each.
+# Run from the repository root after recipes/default.sh's MLM stages (runs/mlm_small, runs/mlm_long).
+# Each training run takes one thread (two run side by side on 2 cores); times are in the README.
+#
+#   research/runs.sh [DATA_ROOT]          # trains what is missing (--resume), then evaluates every run
+#
+# Every NER run is evaluated on CLUENER dev with both decodings (its own threshold, calibrated on dev for
+# the decoding it chose); the JSON goes to metrics/research/. research/summarise.py prints the table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${1:-../shared/data}"
+RUN="${RUN:-.venv/bin/ropenlp}"
+PY="${PY:-.venv/bin/python}"
+SMALL=(--model.init runs/mlm_small/model)   # the 0.85-epoch encoder (stage 1 only)
+
+train() { local out=$1; shift; mkdir -p "$out"; "$RUN" train "$@" --data.root "$DATA" --output.dir "$out" --resume \
+          >> "$out/train.out" 2>&1; }
+
+# CLUENER, Efficient GlobalPointer, 5 epochs: pre-trained encoder vs the same architecture from random weights
+train runs/ner_cluener_e5 ner recipes/ner_cluener.toml "${SMALL[@]}" --training.epochs 5 --training.patience 3
+train runs/ner_cluener_scratch_e5 ner recipes/ner_cluener.toml "${SMALL[@]}" --training.epochs 5 --training.patience 3 \
+    --model.random_init true
+# plain GlobalPointer head; entropy-invariant attention scale log_512(n)/sqrt(d)
+train runs/ner_cluener_gp ner recipes/ner_cluener.toml "${SMALL[@]}" --training.epochs 5 --training.patience 3 \
+    --model.head gp
+train runs/ner_cluener_eis ner recipes/ner_cluener.toml "${SMALL[@]}" --training.epochs 5 --training.patience 3 \
+    --model.encoder.entropy_invariant_scale true
+# longer fine-tuning, and an exponential moving average of the weights
+train runs/ner_cluener_e12 ner recipes/ner_cluener.toml "${SMALL[@]}" --training.epochs 12 --training.patience 4
+train runs/ner_cluener_e12_ema ner recipes/ner_cluener.toml "${SMALL[@]}" --training.epochs 12 --training.patience 4 \
+    --ner.ema_decay 0.999
+# similarity pooling (first-last-avg is the recipe's)
+train runs/sim_stsb_cls sim recipes/sim_stsb.toml "${SMALL[@]}" --model.pooling cls
+train runs/sim_stsb_mean sim recipes/sim_stsb.toml "${SMALL[@]}" --model.pooling mean
+train runs/sim_stsb_fla sim recipes/sim_stsb.toml "${SMALL[@]}"
+
+mkdir -p metrics/research
+for r in ner_cluener_e5 ner_cluener_scratch_e5 ner_cluener_gp ner_cluener_eis ner_cluener_e12 ner_cluener_e12_ema \
+         ner_cluener; do
+    [ -d "runs/$r/best" ] || continue
+    for d in nested flat; do
+        "$RUN" evaluate ner --model "runs/$r/best" --data "$DATA/cluener/dev.json" --decode "$d" \
+            --out "metrics/research/${r}_${d}.json" > /dev/null
+    done
+    cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
+    cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
+done
+for r in sim_stsb_cls sim_stsb_mean sim_stsb_fla; do
+    [ -d "runs/$r/best" ] || continue
+    "$RUN" evaluate sim --model "runs/$r/best" --data "$DATA/stsb_zh/dev.tsv" --out "metrics/research/$r.json" > /dev/null
+    cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
+    cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
+done
+# length generalisation: dev texts joined 4, 8, 16 at a time, one 512-token window each
+"$PY" research/length_generalisation.py --model runs/ner_cluener_e5/best --model runs/ner_cluener_eis/best \
+    --data "$DATA/cluener/dev.json" --join 1,4,8,16 --out metrics/research/length_generalisation.json
+"$PY" research/summarise.py

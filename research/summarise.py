@@ -1,0 +1,96 @@
+"""The README's "What was tried" tables, from the evaluations research/runs.sh committed in metrics/research/.
+
+    python research/summarise.py          # prints Markdown; writes metrics/research/summary.json
+
+Training wall times come from each run's step log (``runs/NAME/log.jsonl``: the sum of step and evaluation
+seconds, one thread) while the run folder exists, else from the summary written last time.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DIR = ROOT / "metrics" / "research"
+NER_RUNS = ["ner_cluener_scratch_e5", "ner_cluener_e5", "ner_cluener_gp", "ner_cluener_eis", "ner_cluener_e12",
+            "ner_cluener_e12_ema", "ner_cluener"]
+SIM_RUNS = ["sim_stsb_cls", "sim_stsb_mean", "sim_stsb_fla"]
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def wall_minutes(run: str, previous: dict) -> float | None:
+    log = ROOT / "runs" / run / "log.jsonl"
+    if not log.is_file():
+        return previous.get(run, {}).get("wall_min")
+    seconds = sum(json.loads(line).get("seconds", 0.0) for line in log.read_text(encoding="utf-8").splitlines() if line)
+    return round(seconds / 60, 1)
+
+
+def encoder_of(cfg: dict) -> str:
+    model = cfg["model"]
+    if model.get("random_init"):
+        return "random init"
+    init = Path(model.get("init") or "").parent.name or "from scratch"
+    return {"mlm_small": "MLM 0.85 ep", "mlm_long": "MLM 2.35 ep"}.get(init, init)
+
+
+def main() -> int:
+    previous = _json(DIR / "summary.json") or {}
+    summary: dict[str, dict] = {}
+    rows = ["| run | encoder | head | epochs | attention scale | EMA | decode | threshold | F1 nested | F1 flat | "
+            "wall (1 thread) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in NER_RUNS:
+        cfg_file = DIR / f"{run}.config.toml"
+        nested, flat = _json(DIR / f"{run}_nested.json"), _json(DIR / f"{run}_flat.json")
+        if not cfg_file.is_file() or nested is None or flat is None:
+            continue
+        cfg = tomllib.loads(cfg_file.read_text(encoding="utf-8"))
+        train = _json(DIR / f"{run}.train.json") or {}
+        decode = (train.get("calibration") or {}).get("decode", cfg["ner"].get("decode", "nested"))
+        row = {"encoder": encoder_of(cfg), "head": cfg["model"]["head"].upper(), "epochs": cfg["training"]["epochs"],
+               "scale": "log512(n)/sqrt(d)" if cfg["model"]["encoder"].get("entropy_invariant_scale") else "1/sqrt(d)",
+               "ema": cfg["ner"].get("ema_decay", 0.0), "decode": decode, "threshold": nested["threshold"],
+               "f1_nested": round(100 * nested["f1"], 2), "f1_flat": round(100 * flat["f1"], 2),
+               "wall_min": wall_minutes(run, previous)}
+        summary[run] = row
+        rows.append(f"| `{run}` | {row['encoder']} | {row['head']} | {row['epochs']:g} | {row['scale']} | "
+                    f"{row['ema'] or '-'} | {decode} | {row['threshold']:g} | {row['f1_nested']:.2f} | "
+                    f"{row['f1_flat']:.2f} | {row['wall_min']} min |")
+    print("\n".join(rows))
+
+    rows = ["| run | encoder | pooling | STS-B dev Spearman (no whitening) | wall (1 thread) |", "|---|---|---|---|---|"]
+    for run in SIM_RUNS:
+        cfg_file, ev = DIR / f"{run}.config.toml", _json(DIR / f"{run}.json")
+        if not cfg_file.is_file() or ev is None:
+            continue
+        cfg = tomllib.loads(cfg_file.read_text(encoding="utf-8"))
+        row = {"encoder": encoder_of(cfg), "pooling": cfg["model"]["pooling"],
+               "spearman": round(ev["spearman_mean"], 2), "wall_min": wall_minutes(run, previous)}
+        summary[run] = row
+        rows.append(f"| `{run}` | {row['encoder']} | {row['pooling']} | {row['spearman']:.2f} | {row['wall_min']} min |")
+    print("\n" + "\n".join(rows))
+
+    length = _json(DIR / "length_generalisation.json")
+    if length:
+        joins = length["joins"]
+        some = next(iter(length["models"].values()))["by_join"]
+        rows = ["| model | attention scale | " + " | ".join(
+                    f"{n} joined (~{some[str(n)]['mean_tokens']:.0f} tokens)" for n in joins) + " |",
+                "|---|---|" + "---|" * len(joins)]
+        for path, m in length["models"].items():
+            scale = "log512(n)/sqrt(d)" if m["entropy_invariant_scale"] else "1/sqrt(d)"
+            rows.append(f"| `{path}` | {scale} | " + " | ".join(f"{m['by_join'][str(n)]['f1']:.2f}" for n in joins) + " |")
+        summary["length_generalisation"] = {p: {n: m["by_join"][str(n)]["f1"] for n in joins}
+                                            for p, m in length["models"].items()}
+        print("\n" + "\n".join(rows))
+    (DIR / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
