@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from service.settings import DEFAULT_BUNDLE, Settings, SettingsError
+from service.settings import DEFAULT_BUNDLE, Settings, SettingsError, shipped_bundles
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,12 @@ def require_bundle(settings: Settings) -> None:
         raise NoBundle(
             f"no bundle given and the default bundle is not installed ({DEFAULT_BUNDLE} has no bundle.json): "
             "pass --bundle DIR or set ROPENLP_BUNDLE=DIR (a directory written by `ropenlp export`)"
+        )
+    if settings.bundle is not None and not settings.bundle_dir.is_dir():
+        shipped = ", ".join(shipped_bundles()) or "none installed"
+        raise NoBundle(
+            f"bundle directory {settings.bundle} does not exist, and it is not the name of a bundle shipped "
+            f"with ropenlp ({shipped})"
         )
 
 

@@ -18,7 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "ROPENLP_"
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "bundles" / "default"
+BUNDLES_DIR = Path(__file__).resolve().parent / "bundles"  # the bundles shipped with ropenlp, by name
+DEFAULT_BUNDLE = BUNDLES_DIR / "default"
+
+
+def shipped_bundles() -> list[str]:
+    """Names of the bundles shipped with ropenlp (``default``, ``medical``): ``--bundle NAME`` serves one."""
+    return sorted(d.name for d in BUNDLES_DIR.iterdir() if (d / "bundle.json").is_file()) if BUNDLES_DIR.is_dir() else []
 
 
 class SettingsError(ValueError):
@@ -30,7 +36,9 @@ class Settings(BaseModel):
 
     # the model
     bundle: Path | None = Field(
-        None, description="bundle directory; default: the bundle shipped in service/bundles/default"
+        None,
+        description="bundle directory, or the name of a bundle shipped with ropenlp (default, medical); "
+        "default: the shipped 'default' bundle",
     )
     provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto: CUDA when a session really gets it, else CPU"
@@ -97,7 +105,13 @@ class Settings(BaseModel):
 
     @property
     def bundle_dir(self) -> Path:
-        return self.bundle if self.bundle is not None else DEFAULT_BUNDLE
+        """The bundle given (a directory wins over a shipped bundle of the same name), else the default."""
+        if self.bundle is None:
+            return DEFAULT_BUNDLE
+        name = str(self.bundle)
+        if not self.bundle.exists() and name in shipped_bundles():
+            return BUNDLES_DIR / name
+        return self.bundle
 
     @classmethod
     def env_name(cls, field: str) -> str:

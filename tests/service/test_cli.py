@@ -115,3 +115,20 @@ def test_serve_starts_answers_and_stops(tiny_bundle) -> None:
     assert proc.returncode == 0, err
     assert '"logger": "ropenlp.access"' in err and '"route": "/ner"' in err  # JSON access log
     print(f"\nropenlp serve: ready {started * 1e3:.0f} ms after launch (tiny bundle)")
+
+
+def test_a_shipped_bundle_by_name(tmp_path, monkeypatch) -> None:
+    import service.settings as settings_module
+    from service.cli import NoBundle, require_bundle
+
+    (tmp_path / "medical").mkdir()
+    (tmp_path / "medical" / "bundle.json").write_text("{}")
+    (tmp_path / "notes").mkdir()  # no bundle.json: not a bundle
+    monkeypatch.setattr(settings_module, "BUNDLES_DIR", tmp_path)
+    assert settings_module.shipped_bundles() == ["medical"]
+    monkeypatch.chdir(tmp_path / "notes")
+    assert Settings(bundle=Path("medical")).bundle_dir == tmp_path / "medical"
+    (tmp_path / "notes" / "medical").mkdir()  # a directory of that name wins over the shipped bundle
+    assert Settings(bundle=Path("medical")).bundle_dir == Path("medical")
+    with pytest.raises(NoBundle, match=r"bundle directory nope does not exist.*shipped with ropenlp \(medical\)"):
+        require_bundle(Settings(bundle=Path("nope")))
