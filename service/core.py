@@ -37,7 +37,8 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from models.bundle import BundleError, Manifest, load_manifest
-from models.spans import DECODES, Decode, Entity, apply_decode, decode_batch, merge_entities
+from models import spans
+from models.spans import Decode, Entity, apply_decode, decode_batch, merge_entities
 from models.text import Tokenizer, pad_batch
 from service.errors import (
     EmptyInput,
@@ -218,11 +219,12 @@ def check_texts(value: object, field: str, limits: Limits) -> list[str]:
 
 def check_decode(value: object, field: str = "decode") -> Decode:
     """One of :data:`models.spans.DECODES`, else :class:`InvalidRequest` naming the field and the choices."""
-    if not isinstance(value, str) or value not in DECODES:
+    try:
+        return spans.check_decode(value)
+    except ValueError:
         raise InvalidRequest(
-            f"{field} must be one of {', '.join(map(repr, DECODES))}, got {value!r}", field=field
-        )
-    return value  # type: ignore[return-value]
+            f"{field} must be one of {', '.join(map(repr, spans.DECODES))}, got {value!r}", field=field
+        ) from None
 
 
 def _check_number(value: object, field: str, *, integer: bool) -> float:
