@@ -5,8 +5,9 @@
 #
 #   research/runs.sh [DATA_ROOT]          # trains what is missing (--resume), then evaluates every run
 #
-# Every NER run is evaluated on CLUENER dev with both decodings (its own threshold, calibrated on dev for
-# the decoding it chose); the JSON goes to metrics/research/. research/summarise.py prints the table.
+# Every NER run is evaluated on CLUENER dev with both decodings, each at its dev-best threshold of one grid
+# (evaluate --threshold-grid), so runs compare at their best; the JSON goes to metrics/research/.
+# research/summarise.py prints the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
@@ -41,7 +42,7 @@ for r in ner_cluener_e5 ner_cluener_scratch_e5 ner_cluener_gp ner_cluener_eis ne
     [ -d "runs/$r/best" ] || continue
     for d in nested flat; do
         "$RUN" evaluate ner --model "runs/$r/best" --data "$DATA/cluener/dev.json" --decode "$d" \
-            --out "metrics/research/${r}_${d}.json" > /dev/null
+            --threshold-grid=-2,-1.5,-1,-0.5,-0.25,0,0.25,0.5,1 --out "metrics/research/${r}_${d}.json" > /dev/null
     done
     cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
     cp "runs/$r/metrics.json" "metrics/research/$r.train.json"

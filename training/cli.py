@@ -156,6 +156,9 @@ def _evaluate_command(task: str):
         decode: Annotated[str | None, typer.Option(
             metavar="nested|flat", help="ner: nested (every span above the threshold) or flat (greedy "
                                         "non-overlapping spans); default: the model's / bundle's.")] = None,
+        threshold_grid: Annotated[str | None, typer.Option(
+            metavar="T1,T2,...", help="ner: score every threshold of the list and report the best (tuned on "
+                                      "this data: for comparing models, each at its best).")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda (--model only).")] = "cpu",
         batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 8192,
         threads: Annotated[int, typer.Option(help="CPU threads (0 = default).")] = 0,
@@ -172,13 +175,20 @@ def _evaluate_command(task: str):
             raise typer.Exit(EXIT_ERROR)
         with _user_errors():
             if task == "ner":
+                grid = None
+                if threshold_grid is not None:
+                    try:
+                        grid = [float(t) for t in threshold_grid.split(",") if t.strip()]
+                    except ValueError:
+                        raise ValueError(f"--threshold-grid must be numbers separated by commas, got "
+                                         f"{threshold_grid!r}") from None
                 metrics = ev.evaluate_ner(data, model=model, bundle=bundle, format=format, threshold=threshold,
                                           decode=decode, device=device, batch_tokens=batch_tokens,
-                                          precision=precision, threads=threads)
+                                          precision=precision, threads=threads, threshold_grid=grid)
                 table = ev.ner_table(metrics)
             else:
-                if threshold is not None or decode is not None:
-                    raise ValueError("--threshold and --decode apply to ner only")
+                if threshold is not None or decode is not None or threshold_grid is not None:
+                    raise ValueError("--threshold, --threshold-grid and --decode apply to ner only")
                 metrics = ev.evaluate_sim(data, model=model, bundle=bundle, format=format, device=device,
                                           batch_tokens=batch_tokens, precision=precision, threads=threads)
                 table = ev.sim_table(metrics)

@@ -58,11 +58,15 @@ def _check_one(model, bundle) -> None:
 def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle: str | Path | None = None,
                  format: str = "auto", threshold: float | None = None, decode: str | None = None,
                  device: str = "cpu", batch_tokens: int = 8192, precision: str | None = None,
-                 on_error: str = "raise", threads: int = 0) -> dict:
+                 on_error: str = "raise", threads: int = 0, threshold_grid: Sequence[float] | None = None) -> dict:
     """Exact-span micro / per-type / nested scores of a checkpoint or bundle on NER files, decoded at
-    ``threshold`` in mode ``decode`` ("nested" or "flat"); both default to the checkpoint's / bundle's."""
+    ``threshold`` in mode ``decode`` ("nested" or "flat"); both default to the checkpoint's / bundle's.
+
+    ``threshold_grid``: instead of one threshold, score every grid value and report the best
+    (``training.ner.calibrate``: one prediction pass at the lowest). Tuned on the data it reports on,
+    so an optimistic figure, for comparing models each at its best threshold (the JSON says so)."""
     from models.spans import check_decode
-    from training.ner import gold_spans, pred_spans, summary
+    from training.ner import calibrate, gold_spans, pred_spans, summary
     from training.ner_data import align_records, read_ner
 
     _check_one(model, bundle)
@@ -74,6 +78,11 @@ def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle
     if not records:
         raise ValueError(f"no records in {', '.join(map(str, data))}")
     texts = [r.text for r in records]
+    if threshold_grid is not None:
+        if threshold is not None:
+            raise ValueError("give --threshold or --threshold-grid, not both")
+        if not threshold_grid:
+            raise ValueError("--threshold-grid needs at least one value")
     t0 = time.perf_counter()
     if model is not None:
         from models.tasks import load_ner
@@ -83,8 +92,9 @@ def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle
         labels, max_length, stride = net.cfg.labels, net.cfg.max_length, net.cfg.stride
         threshold = net.cfg.threshold if threshold is None else threshold
         decode = net.cfg.decode if decode is None else decode
-        entities = predict_entities(net, tokenizer, texts, threshold=threshold, decode=decode,
-                                    batch_tokens=batch_tokens, device=device)
+        entities = predict_entities(net, tokenizer, texts, threshold=min(threshold_grid or [threshold]),
+                                    decode="nested" if threshold_grid else decode, batch_tokens=batch_tokens,
+                                    device=device)
         source = {"model": str(model)}
     else:
         engine = _engine(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads)
@@ -92,13 +102,20 @@ def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle
         max_length, stride = engine.ner_max_length, engine.ner_stride
         threshold = engine.manifest.ner.threshold if threshold is None else threshold
         decode = engine.manifest.ner.decode if decode is None else decode
-        entities = engine.ner(texts, threshold, decode).entities
+        entities = engine.ner(texts, min(threshold_grid or [threshold]),
+                              "nested" if threshold_grid else decode).entities
         source = {"bundle": str(bundle), "graph_precision": engine.runtime.precision.get("ner")}
     seconds = time.perf_counter() - t0
     _, stats = align_records(records, tokenizer, labels, max_length=max_length, stride=stride)
-    scores = ner_scores(gold_spans(records), pred_spans(entities), labels)
+    grid = {}
+    if threshold_grid:  # entities were decoded nested at the lowest value: filter, then decode (calibrate)
+        threshold, grid = calibrate(gold_spans(records), entities, threshold_grid, labels, prefer=threshold,
+                                    decode=decode)
+        entities = [[e for e in ents if e.score > threshold] for ents in entities]
+    scores = ner_scores(gold_spans(records), pred_spans(entities, None, decode), labels)
     return {"task": "ner", **source, "data": [str(p) for p in data], "read": report.summary(),
             "threshold": threshold, "decode": decode, "max_length": max_length, "stride": stride,
+            **({"threshold_tuned_on_this_data": True, "f1_by_threshold": grid} if grid else {}),
             **summary(scores), "scores": scores,
             "gold_not_targetable": {"misaligned": stats.misaligned, "lost": stats.lost,
                                     "unknown_label": stats.unknown_label, "examples": stats.examples},

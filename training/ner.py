@@ -218,13 +218,18 @@ def overlapping_gold(records: Sequence[NerRecord]) -> tuple[int, int]:
     return spans, texts
 
 
+FLAT_DATA_SHARE = 0.01  # "auto": flat when at most 1 % of the training texts have overlapping gold spans
+
+
 def choose_decode(option: str, records: Sequence[NerRecord]) -> Decode:
-    """``ner.decode``: "nested" / "flat" as given; "auto": "flat" when no two gold spans of a training
-    text overlap (nested, crossing or the same span under two labels), else "nested"."""
+    """``ner.decode``: "nested" / "flat" as given; "auto": "flat" when at most :data:`FLAT_DATA_SHARE` of the
+    training texts have two gold spans that overlap (nested, crossing or the same span under two labels),
+    else "nested". The tolerance is for annotation slips in flat data: CLUENER's 9,674 training texts have
+    one such text, CMeEE's 13,500 have 1,501."""
     if option != "auto":
         return option  # type: ignore[return-value]
     spans, texts = overlapping_gold(records)
-    decode: Decode = "nested" if spans else "flat"
+    decode: Decode = "nested" if texts > FLAT_DATA_SHARE * len(records) else "flat"
     log.info("ner.decode = auto: %d overlapping gold spans in %d of %d training texts -> %s", spans, texts,
              len(records), decode)
     return decode

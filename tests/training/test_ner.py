@@ -197,6 +197,8 @@ def test_decode_auto_counts_overlapping_gold():
                      rec((1, 3, "A"), (1, 3, "B"))]  # nesting, crossing, one span under two labels
     assert overlapping_gold(nested) == (6, 3) and choose_decode("auto", nested) == "nested"
     assert choose_decode("flat", nested) == "flat" and choose_decode("nested", flat) == "nested"
+    slips = [rec((0, 4, "A"), (0, 2, "B"))] + [rec((0, 2, "A"))] * 99  # 1 % of the texts: still flat data
+    assert choose_decode("auto", slips) == "flat" and choose_decode("auto", slips[:99]) == "nested"
 
 
 def _flatten_file(src, dst) -> None:
@@ -311,3 +313,23 @@ def test_head_has_its_own_learning_rate():
 def test_a_dev_file_used_for_training_is_refused(ner_data, tiny_vocab, tmp_path):
     with pytest.raises(ValueError, match="listed in data.train and data.dev"):
         train_ner(tiny_config(ner_data, tmp_path / "x", tiny_vocab, **{"data.dev": ["train.json"]}))
+
+
+def test_evaluate_threshold_grid_reports_each_threshold_and_scores_at_the_best(trained, ner_data, tmp_path):
+    out, _ = trained
+    grid = [-1.0, -0.5, 0.0, 0.5]
+    for decode in ("nested", "flat"):
+        m = evaluate_ner([str(ner_data / "dev.json")], model=out / "best", decode=decode, threshold_grid=grid)
+        assert m["threshold_tuned_on_this_data"] and set(m["f1_by_threshold"]) == {"-1", "-0.5", "0", "0.5"}
+        for t in grid:  # each grid value equals a plain evaluation at that threshold
+            plain = evaluate_ner([str(ner_data / "dev.json")], model=out / "best", decode=decode, threshold=t)
+            assert m["f1_by_threshold"][f"{t:g}"] == plain["f1"]
+        assert m["f1"] == max(m["f1_by_threshold"].values()) and m["f1"] == m["f1_by_threshold"][f"{m['threshold']:g}"]
+    args = ["evaluate", "ner", "--model", str(out / "best"), "--data", str(ner_data / "dev.json")]
+    res = CliRunner().invoke(app, [*args, "--threshold-grid", "-1,0", "--out", str(tmp_path / "g.json")])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads((tmp_path / "g.json").read_text())["f1_by_threshold"]) == {"-1", "0"}
+    bad = CliRunner().invoke(app, [*args, "--threshold-grid", "a,b"])
+    assert bad.exit_code == 2 and "--threshold-grid must be numbers" in bad.output
+    both = CliRunner().invoke(app, [*args, "--threshold-grid", "0", "--threshold", "0"])
+    assert both.exit_code == 2 and "not both" in both.output
