@@ -42,25 +42,24 @@ def encoder_of(cfg: dict) -> str:
 def main() -> int:
     previous = _json(DIR / "summary.json") or {}
     summary: dict[str, dict] = {}
-    rows = ["| run | encoder | head | epochs | attention scale | EMA | decode | threshold | F1 nested | F1 flat | "
-            "wall (1 thread) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | encoder | head | epochs | attention scale | EMA | F1 nested decode (threshold) | "
+            "F1 flat decode (threshold) | wall (1 thread) |", "|---|---|---|---|---|---|---|---|---|"]
     for run in NER_RUNS:
         cfg_file = DIR / f"{run}.config.toml"
         nested, flat = _json(DIR / f"{run}_nested.json"), _json(DIR / f"{run}_flat.json")
         if not cfg_file.is_file() or nested is None or flat is None:
             continue
         cfg = tomllib.loads(cfg_file.read_text(encoding="utf-8"))
-        train = _json(DIR / f"{run}.train.json") or {}
-        decode = (train.get("calibration") or {}).get("decode", cfg["ner"].get("decode", "nested"))
         row = {"encoder": encoder_of(cfg), "head": cfg["model"]["head"].upper(), "epochs": cfg["training"]["epochs"],
                "scale": "log512(n)/sqrt(d)" if cfg["model"]["encoder"].get("entropy_invariant_scale") else "1/sqrt(d)",
-               "ema": cfg["ner"].get("ema_decay", 0.0), "decode": decode, "threshold": nested["threshold"],
-               "f1_nested": round(100 * nested["f1"], 2), "f1_flat": round(100 * flat["f1"], 2),
+               "ema": cfg["ner"].get("ema_decay", 0.0),
+               "f1_nested": round(100 * nested["f1"], 2), "threshold_nested": nested["threshold"],
+               "f1_flat": round(100 * flat["f1"], 2), "threshold_flat": flat["threshold"],
                "wall_min": wall_minutes(run, previous)}
         summary[run] = row
         rows.append(f"| `{run}` | {row['encoder']} | {row['head']} | {row['epochs']:g} | {row['scale']} | "
-                    f"{row['ema'] or '-'} | {decode} | {row['threshold']:g} | {row['f1_nested']:.2f} | "
-                    f"{row['f1_flat']:.2f} | {row['wall_min']} min |")
+                    f"{row['ema'] or '-'} | {row['f1_nested']:.2f} ({row['threshold_nested']:g}) | "
+                    f"**{row['f1_flat']:.2f}** ({row['threshold_flat']:g}) | {row['wall_min']} min |")
     print("\n".join(rows))
 
     rows = ["| run | encoder | pooling | STS-B dev Spearman (no whitening) | wall (1 thread) |", "|---|---|---|---|---|"]
