@@ -1,7 +1,7 @@
 """Length generalisation of NER checkpoints: dev F1 on texts joined into ever longer documents.
 
     python research/length_generalisation.py --model runs/ner_cluener/best --model runs/ner_cluener_eis/best \
-        --data ../shared/data/cluener/dev.json --join 1,4,8,16 --out metrics/length_generalisation.json
+        --data ../shared/data/cluener/dev.json --join 1,2,4,8 --decode flat --out metrics/research/length_generalisation.json
 
 Every ``N`` consecutive dev records are joined into one text (gold spans shifted), and each joined text is
 scored in ONE window of ``--max-length`` tokens (no windowing, so attention really spans the whole text):
@@ -53,8 +53,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", required=True, help="NER checkpoint (repeat to compare)")
     ap.add_argument("--data", required=True, help="labelled NER file (CLUENER json lines, CMeEE, ...)")
-    ap.add_argument("--join", default="1,4,8,16", help="records joined per text (comma list)")
+    ap.add_argument("--join", default="1,2,4,8", help="records joined per text (comma list)")
     ap.add_argument("--max-length", type=int, default=512, help="tokens of the single window (<= 512)")
+    ap.add_argument("--decode", choices=["nested", "flat"], help="decoding for every model (default: each one's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", help="metrics JSON")
     args = ap.parse_args(argv)
@@ -69,9 +70,10 @@ def main(argv=None) -> int:
     for path in args.model:
         net, tok = load_ner(path).eval(), Tokenizer.load(tokenizer_file(path))
         trained = net.cfg.max_length
-        net.cfg = dataclasses.replace(net.cfg, max_length=args.max_length, stride=args.max_length // 2)
+        net.cfg = dataclasses.replace(net.cfg, max_length=args.max_length, stride=args.max_length // 2,
+                                      decode=args.decode or net.cfg.decode)
         row = {"entropy_invariant_scale": net.encoder.cfg.entropy_invariant_scale, "trained_max_length": trained,
-               "threshold": net.cfg.threshold, "by_join": {}}
+               "threshold": net.cfg.threshold, "decode": net.cfg.decode, "by_join": {}}
         for n in joins:
             texts, gold = joined(records, n)
             lengths = [len(tok.encode(t).ids) for t in texts]

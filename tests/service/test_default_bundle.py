@@ -42,9 +42,13 @@ def test_finds_the_obvious_entities(engine, text, expected):
         assert text[e.start:e.end] == e.text
 
 
-def test_finds_an_organisation(engine):
-    (entities,) = engine.ner(["他的父亲在中国人民银行工作。"]).entities
-    assert any(e.text == "中国人民银行" and e.label in {"company", "organization", "government"} for e in entities)
+@pytest.mark.parametrize("text, org", [
+    ("张伟在北京大学读书，他的父亲在银行工作。", "北京大学"),
+    ("他在阿里巴巴集团工作了五年。", "阿里巴巴集团"),
+])
+def test_finds_an_organisation(engine, text, org):
+    (entities,) = engine.ner([text]).entities
+    assert any(e.text == org and e.label in {"company", "organization", "government"} for e in entities)
 
 
 def test_similarity_ranks_the_paraphrase_first(engine):
@@ -53,3 +57,33 @@ def test_similarity_ranks_the_paraphrase_first(engine):
     assert ranked.results[-1].text == "我想去北京大学"
     close, far = engine.similarity_pairs([("我想买一部手机", "我要买个新手机"), ("我想买一部手机", "今天天气很好")]).scores
     assert close > far + 0.3
+
+
+MEDICAL = DEFAULT.parent / "medical"
+
+
+@pytest.fixture(scope="module")
+def medical():
+    return Engine.load(MEDICAL)
+
+
+def test_medical_bundle_validates_and_fits_the_budget_with_the_default():
+    m = load_manifest(MEDICAL)  # schema, format version, every file present, SHA-256 equal
+    assert m.similarity is None and m.ner.pick("cpu").precision == "int8"
+    assert {"dis", "sym", "dru", "bod", "pro"} <= set(m.ner.labels)  # CMeEE's 9 types
+    assert m.ner.decode == "nested"  # nested spans are the point of this model
+    assert all(d.terms for d in m.provenance.training_data)
+    total = sum(f.stat().st_size for d in (DEFAULT, MEDICAL) for f in d.iterdir())
+    assert total < 30 * 2**20  # both shipped bundles together
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("患者出现发热、咳嗽等症状，诊断为肺炎，给予阿莫西林治疗。",
+     {("发热", "sym"), ("咳嗽", "sym"), ("肺炎", "dis"), ("阿莫西林", "dru")}),
+    ("糖尿病患者应定期检查血糖。", {("糖尿病", "dis")}),
+    ("幽门螺杆菌感染是胃溃疡的主要病因。", {("胃溃疡", "dis")}),
+])
+def test_medical_finds_the_obvious_entities(medical, text, expected):
+    (entities,) = medical.ner([text]).entities
+    assert expected <= {(e.text, e.label) for e in entities}
+    assert all(text[e.start:e.end] == e.text for e in entities)
