@@ -1,6 +1,6 @@
 """Length generalisation of NER checkpoints: dev F1 on texts joined into ever longer documents.
 
-    python research/length_generalisation.py --model runs/ner_cluener/best --model runs/ner_cluener_eis/best \
+    python research/length_generalisation.py --model runs/ner_cluener_e5/best --model runs/ner_cluener_eis/best \
         --data ../shared/data/cluener/dev.json --join 1,2,4,8 --decode flat --out metrics/research/length_generalisation.json
 
 Every ``N`` consecutive dev records are joined into one text (gold spans shifted), and each joined text is
