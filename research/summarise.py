@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DIR = ROOT / "metrics" / "research"
 NER_RUNS = ["ner_cluener_scratch_e5", "ner_cluener_e5", "ner_cluener_gp", "ner_cluener_eis", "ner_cluener_e12",
-            "ner_cluener"]
+            "ner_cluener_e12_ema", "ner_cluener"]
 SIM_RUNS = ["sim_stsb_cls", "sim_stsb_mean", "sim_stsb_fla"]
 
 
@@ -42,8 +42,8 @@ def encoder_of(cfg: dict) -> str:
 def main() -> int:
     previous = _json(DIR / "summary.json") or {}
     summary: dict[str, dict] = {}
-    rows = ["| run | encoder | head | epochs | attention scale | F1 nested decode (threshold) | "
-            "F1 flat decode (threshold) | wall (1 thread) |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | encoder | head | epochs | attention scale | EMA | F1 nested decode (threshold) | "
+            "F1 flat decode (threshold) | wall (1 thread) |", "|---|---|---|---|---|---|---|---|---|"]
     for run in NER_RUNS:
         cfg_file = DIR / f"{run}.config.toml"
         nested, flat = _json(DIR / f"{run}_nested.json"), _json(DIR / f"{run}_flat.json")
@@ -54,10 +54,10 @@ def main() -> int:
                "scale": "log512(n)/sqrt(d)" if cfg["model"]["encoder"].get("entropy_invariant_scale") else "1/sqrt(d)",
                "f1_nested": round(100 * nested["f1"], 2), "threshold_nested": nested["threshold"],
                "f1_flat": round(100 * flat["f1"], 2), "threshold_flat": flat["threshold"],
-               "wall_min": wall_minutes(run, previous)}
+               "wall_min": wall_minutes(run, previous), "ema": cfg["ner"].get("ema_decay", 0.0)}
         summary[run] = row
         rows.append(f"| `{run}` | {row['encoder']} | {row['head']} | {row['epochs']:g} | {row['scale']} | "
-                    f"{row['f1_nested']:.2f} ({row['threshold_nested']:g}) | "
+                    f"{row['ema'] or '-'} | {row['f1_nested']:.2f} ({row['threshold_nested']:g}) | "
                     f"**{row['f1_flat']:.2f}** ({row['threshold_flat']:g}) | {row['wall_min']} min |")
     print("\n".join(rows))
 
