@@ -34,13 +34,16 @@ train runs/ner_cluener_e12 ner recipes/ner_cluener.toml "${SMALL[@]}" --training
     --model.head gp
 train runs/ner_cluener_e12_ema ner recipes/ner_cluener.toml "${SMALL[@]}" --training.epochs 12 --training.patience 4 \
     --model.head gp --ner.ema_decay 0.999
+# the shipped recipe without the EMA (from the 2.35-epoch encoder)
+train runs/ner_cluener_noema ner recipes/ner_cluener.toml --ner.ema_decay 0.0
 # similarity pooling (first-last-avg is the recipe's)
 train runs/sim_stsb_cls sim recipes/sim_stsb.toml "${SMALL[@]}" --model.pooling cls
 train runs/sim_stsb_mean sim recipes/sim_stsb.toml "${SMALL[@]}" --model.pooling mean
 train runs/sim_stsb_fla sim recipes/sim_stsb.toml "${SMALL[@]}"
 
 mkdir -p metrics/research
-for r in ner_cluener_e5 ner_cluener_scratch_e5 ner_cluener_gp ner_cluener_eis ner_cluener_e12 ner_cluener_e12_ema ner_cluener; do
+for r in ner_cluener_e5 ner_cluener_scratch_e5 ner_cluener_gp ner_cluener_eis ner_cluener_e12 ner_cluener_e12_ema ner_cluener_noema \
+         ner_cluener; do
     [ -d "runs/$r/best" ] || continue
     for d in nested flat; do
         "$RUN" evaluate ner --model "runs/$r/best" --data "$DATA/cluener/dev.json" --decode "$d" \

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DIR = ROOT / "metrics" / "research"
 NER_RUNS = ["ner_cluener_scratch_e5", "ner_cluener_e5", "ner_cluener_gp", "ner_cluener_eis", "ner_cluener_e12",
-            "ner_cluener_e12_ema", "ner_cluener"]
+            "ner_cluener_e12_ema", "ner_cluener_noema", "ner_cluener"]
 SIM_RUNS = ["sim_stsb_cls", "sim_stsb_mean", "sim_stsb_fla"]
 
 
