@@ -93,8 +93,7 @@ def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle
         threshold = net.cfg.threshold if threshold is None else threshold
         decode = net.cfg.decode if decode is None else decode
         entities = predict_entities(net, tokenizer, texts, threshold=min(threshold_grid or [threshold]),
-                                    decode="nested" if threshold_grid else decode, batch_tokens=batch_tokens,
-                                    device=device)
+                                    decode="nested", batch_tokens=batch_tokens, device=device)
         source = {"model": str(model)}
     else:
         engine = _engine(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads)
@@ -102,17 +101,17 @@ def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle
         max_length, stride = engine.ner_max_length, engine.ner_stride
         threshold = engine.manifest.ner.threshold if threshold is None else threshold
         decode = engine.manifest.ner.decode if decode is None else decode
-        entities = engine.ner(texts, min(threshold_grid or [threshold]),
-                              "nested" if threshold_grid else decode).entities
+        entities = engine.ner(texts, min(threshold_grid or [threshold]), "nested").entities
         source = {"bundle": str(bundle), "graph_precision": engine.runtime.precision.get("ner")}
     seconds = time.perf_counter() - t0
     _, stats = align_records(records, tokenizer, labels, max_length=max_length, stride=stride)
     grid = {}
-    if threshold_grid:  # entities were decoded nested at the lowest value: filter, then decode (calibrate)
+    # entities are decoded nested at the lowest threshold asked for; pred_spans filters by score, then applies
+    # ``decode`` per merged text (what decoding at that threshold in that mode gives)
+    if threshold_grid:
         threshold, grid = calibrate(gold_spans(records), entities, threshold_grid, labels, prefer=threshold,
                                     decode=decode)
-        entities = [[e for e in ents if e.score > threshold] for ents in entities]
-    scores = ner_scores(gold_spans(records), pred_spans(entities, None, decode), labels)
+    scores = ner_scores(gold_spans(records), pred_spans(entities, threshold, decode), labels)
     return {"task": "ner", **source, "data": [str(p) for p in data], "read": report.summary(),
             "threshold": threshold, "decode": decode, "max_length": max_length, "stride": stride,
             **({"threshold_tuned_on_this_data": True, "f1_by_threshold": grid} if grid else {}),
