@@ -294,7 +294,12 @@ serve_and_check() {  # serve_and_check TAG
     local code
     code="$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$name")"
     [ "$code" = 0 ] || { "$DOCKER" logs --tail 20 "$name"; die "$1: exit code $code after SIGTERM (want 0)"; }
-    "$DOCKER" logs "$name" 2>&1 | grep -q 'Application shutdown complete' || die "$1: no graceful shutdown in the log"
+    # read the whole log first: `docker logs | grep -q` under pipefail fails at random when grep exits
+    # at the match and docker logs is killed by SIGPIPE writing the lines after it
+    local log
+    log="$("$DOCKER" logs "$name" 2>&1)"
+    grep -q 'Application shutdown complete' <<<"$log" \
+        || { tail -n 20 <<<"$log"; die "$1: no graceful shutdown in the log"; }
     ok "SIGTERM: graceful shutdown, exit code $code"
     "$DOCKER" rm "$name" >/dev/null
     CONTAINER=""
