@@ -27,6 +27,16 @@ def shipped_bundles() -> list[str]:
     return sorted(d.name for d in BUNDLES_DIR.iterdir() if (d / "bundle.json").is_file()) if BUNDLES_DIR.is_dir() else []
 
 
+def resolve_bundle(bundle: str | Path | None) -> Path:
+    """``--bundle`` as given: a directory wins over a shipped bundle of the same name; no bundle = the default."""
+    if bundle is None:
+        return DEFAULT_BUNDLE
+    path = Path(bundle)
+    if not path.exists() and str(bundle) in shipped_bundles():
+        return BUNDLES_DIR / str(bundle)
+    return path
+
+
 class SettingsError(ValueError):
     """Invalid settings: the message names the variable / flag and the problem."""
 
@@ -106,12 +116,7 @@ class Settings(BaseModel):
     @property
     def bundle_dir(self) -> Path:
         """The bundle given (a directory wins over a shipped bundle of the same name), else the default."""
-        if self.bundle is None:
-            return DEFAULT_BUNDLE
-        name = str(self.bundle)
-        if not self.bundle.exists() and name in shipped_bundles():
-            return BUNDLES_DIR / name
-        return self.bundle
+        return resolve_bundle(self.bundle)
 
     @classmethod
     def env_name(cls, field: str) -> str:

@@ -148,7 +148,8 @@ def _evaluate_command(task: str):
         format: Annotated[str, typer.Option(help="ner: auto, cluener, cmeee, bio, bioes; sim: auto, tsv, "
                                                  "jsonl.")] = "auto",
         out: Annotated[str | None, typer.Option(help="Write the metrics JSON here.")] = None,
-        bundle: Annotated[str | None, typer.Option(help="An ONNX bundle instead of --model (service.core.Engine).")
+        bundle: Annotated[str | None, typer.Option(help="An ONNX bundle directory, or the name of a shipped bundle "
+                                                          "(default, medical), instead of --model.")
                           ] = None,
         precision: Annotated[str | None, typer.Option(help="Bundle graph variant: fp32, fp16, int8.")] = None,
         threshold: Annotated[float | None, typer.Option(help="ner: decoding threshold (default: the model's).")

@@ -26,9 +26,10 @@ UNLIMITED = 1 << 40
 def _engine(bundle: str | Path, *, batch_tokens: int, precision: str | None, provider: str = "cpu",
             threads: int = 0):
     from service.core import Engine, Limits
+    from service.settings import resolve_bundle
 
     limits = Limits(max_items=UNLIMITED, max_chars=UNLIMITED, max_entities=UNLIMITED, batch_tokens=batch_tokens)
-    return Engine.load(bundle, limits=limits, precision=precision, provider=provider,
+    return Engine.load(resolve_bundle(bundle), limits=limits, precision=precision, provider=provider,
                        intra_op_threads=threads, inter_op_threads=1)
 
 

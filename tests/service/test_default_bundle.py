@@ -1,5 +1,6 @@
 """The shipped default bundle: it loads, validates (manifest, hashes, graph IO) and finds the obvious."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,17 @@ def test_medical_finds_the_obvious_entities(medical, text, expected):
     (entities,) = medical.ner([text]).entities
     assert expected <= {(e.text, e.label) for e in entities}
     assert all(text[e.start:e.end] == e.text for e in entities)
+
+
+def test_evaluate_a_shipped_bundle_by_name(tmp_path):
+    from training.evaluate import evaluate_ner  # `ropenlp evaluate ner --bundle medical`
+
+    text = "患者出现发热、咳嗽等症状，诊断为肺炎，给予阿莫西林治疗。"
+    gold = [("发热", "sym"), ("咳嗽", "sym"), ("肺炎", "dis"), ("阿莫西林", "dru")]
+    entities = [{"start_idx": text.index(s), "end_idx": text.index(s) + len(s) - 1, "type": t, "entity": s}
+                for s, t in gold]
+    data = tmp_path / "dev.jsonl"
+    data.write_text(json.dumps({"text": text, "entities": entities}, ensure_ascii=False) + "\n", encoding="utf-8")
+    metrics = evaluate_ner([str(data)], bundle="medical")
+    assert metrics["bundle"] == "medical" and metrics["graph_precision"] == "int8"
+    assert metrics["gold"] == 4 and metrics["recall"] == 1.0  # the four found by the test above
