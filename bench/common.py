@@ -88,10 +88,21 @@ def machine_info() -> dict:
 
 
 def random_checkpoint(
-    task: str, out: Path, *, layers: int, hidden: int, vocab_size: int = 8000, texts: Sequence[str] = ()
+    task: str,
+    out: Path,
+    *,
+    layers: int,
+    hidden: int,
+    vocab_size: int = 8000,
+    texts: Sequence[str] = (),
+    like: Path | None = None,
 ) -> Path:
     """A random-weight task checkpoint (for speed measurements only). The vocabulary holds the characters
-    of the parity sample and of ``texts`` (so real text tokenizes as it would with a real vocabulary)."""
+    of the parity sample and of ``texts`` (so real text tokenizes as it would with a real vocabulary).
+
+    ``like``: a bundle whose task settings the random model copies (NER head, labels, window length and
+    stride; similarity pooling and length), so its graphs cost what the bundle's do; the encoder's size
+    is ``layers`` x ``hidden`` (a bundle does not record it)."""
     import torch
 
     from export.parity import SAMPLE_TEXTS
@@ -111,13 +122,28 @@ def random_checkpoint(
         num_attention_heads=max(1, hidden // 64),
         intermediate_size=4 * hidden,
     )
+    ner = NerConfig(
+        labels=("PER", "LOC", "ORG", "GPE", "TIME", "NUM", "PRODUCT", "EVENT"), head="egp", max_length=256, stride=128
+    )
+    sim = SimilarityConfig(pooling="cls", max_length=64)
+    if like is not None:
+        from models.bundle import load_manifest
+
+        m = load_manifest(like, verify_hashes=False)
+        if m.ner is not None:
+            ner = NerConfig(
+                labels=tuple(m.ner.labels),
+                head=m.ner.head,
+                max_length=m.ner.max_length,
+                stride=m.ner.stride,
+                decode=m.ner.decode or "nested",
+            )
+        if m.similarity is not None:
+            sim = SimilarityConfig(pooling=m.similarity.pooling, max_length=m.similarity.max_length)
     if task == "ner":
-        labels = ("PER", "LOC", "ORG", "GPE", "TIME", "NUM", "PRODUCT", "EVENT")
-        model = NerModel(
-            RoFormerEncoder(cfg), NerConfig(labels=labels, head="egp", max_length=256, stride=128)
-        )
+        model = NerModel(RoFormerEncoder(cfg), ner)
     else:
-        model = SimilarityModel(RoFormerEncoder(cfg), SimilarityConfig(pooling="cls", max_length=64))
+        model = SimilarityModel(RoFormerEncoder(cfg), sim)
     model.save(out, tokenizer_from=out / "vocab.txt")
     return out
 
@@ -129,12 +155,16 @@ def random_bundle(
     hidden: int,
     precisions: Sequence[str] = ("fp32", "int8"),
     texts: Sequence[str] = (),
+    like: Path | None = None,
 ) -> tuple[Path, dict[str, Path]]:
-    """A two-task bundle of random models under ``workdir``: (bundle dir, {task: checkpoint dir})."""
+    """A two-task bundle of random models under ``workdir``: (bundle dir, {task: checkpoint dir}); ``like``
+    as in :func:`random_checkpoint`."""
     from export.onnx import export_bundle
 
     ckpts = {
-        task: random_checkpoint(task, workdir / f"ckpt-{task}", layers=layers, hidden=hidden, texts=texts)
+        task: random_checkpoint(
+            task, workdir / f"ckpt-{task}", layers=layers, hidden=hidden, texts=texts, like=like
+        )
         for task in ("ner", "similarity")
     }
     bundle = workdir / "bundle"

@@ -392,7 +392,9 @@ def resolve_inputs(args, workdir: Path) -> tuple[dict[str, Path], dict[str, Path
 
     if args.random:
         sample = [t for s in args.sets for t in load_texts(s, long_chars=args.long_chars)[0]]
-        bundle, ckpts = random_bundle(workdir, layers=args.layers, hidden=args.hidden, texts=sample)
+        bundle, ckpts = random_bundle(
+            workdir, layers=args.layers, hidden=args.hidden, texts=sample, like=args.like
+        )
         return {"fp32": bundle, "int8": bundle}, ckpts
     bundles: dict[str, Path] = {}
     if args.bundle_fp32:
@@ -514,6 +516,9 @@ def parse_args(argv: list[str] | None):
     src.add_argument("--random", action="store_true", help="export a random-weight bundle and measure that")
     src.add_argument("--layers", type=int, default=4, help="--random: encoder layers")
     src.add_argument("--hidden", type=int, default=256, help="--random: hidden size")
+    src.add_argument(
+        "--like", type=Path, help="--random: copy this bundle's task settings (NER head, labels, windows; pooling)"
+    )
     src.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"subset of {','.join(ALL_VARIANTS)}")
     run = p.add_argument_group("cells")
     run.add_argument("--sets", default="cluener,stsb,cmeee-long", help=f"text sets: {', '.join(TEXT_SETS)}")
@@ -616,7 +621,7 @@ def main(argv: list[str] | None = None) -> dict:
         "mode": "profile" if args.profile else "variants",
         "bundles": {p: str(b) for p, b in bundles.items()}
         if not args.random
-        else f"random {args.layers} layers x {args.hidden}",
+        else f"random {args.layers} layers x {args.hidden}" + (f", like {args.like}" if args.like else ""),
         "checkpoints": {t: str(c) for t, c in ckpts.items()} if not args.random else "random",
         "encoder": {t: c["encoder"] for t, c in configs.items()},
         "threads": args.threads,
