@@ -4,7 +4,7 @@
 #   1. MLM pre-training of a small RoFormer, stage 1 (recipes/mlm_small.toml, 0.85 epoch)   -> runs/mlm_small/model
 #   2. stage 2 (recipes/mlm_long.toml, 1.5 more epochs, one thread), beside
 #      the nested medical NER (CMeEE, 9 types) fine-tuned from stage 1 (one thread)         -> runs/ner_cmeee/best
-#   3. CLUENER NER (10 types, Efficient GlobalPointer, flat decoding) from stage 2, beside
+#   3. CLUENER NER (10 types, GlobalPointer + EMA, flat decoding) from stage 2, beside
 #      STS-B similarity (CoSENT) from stage 2                                               -> runs/ner_cluener/best
 #                                                                                           -> runs/sim_stsb/best
 #   4. similarity dev scores before whitening; BERT-whitening fitted on unlabelled sentences

@@ -36,6 +36,10 @@ train runs/ner_cluener_e12_ema ner recipes/ner_cluener.toml "${SMALL[@]}" --trai
     --model.head gp --ner.ema_decay 0.999
 # the shipped recipe without the EMA (from the 2.35-epoch encoder)
 train runs/ner_cluener_noema ner recipes/ner_cluener.toml --ner.ema_decay 0.0
+# CMeEE (nested), from the 0.85-epoch encoder like the shipped runs/ner_cmeee (Efficient GlobalPointer, no EMA):
+# plain GlobalPointer, without and with an EMA of the weights (the two CLUENER winners)
+train runs/ner_cmeee_gp ner recipes/ner_cmeee.toml --model.head gp
+train runs/ner_cmeee_gp_ema ner recipes/ner_cmeee.toml --model.head gp --ner.ema_decay 0.999
 # similarity pooling (first-last-avg is the recipe's)
 train runs/sim_stsb_cls sim recipes/sim_stsb.toml "${SMALL[@]}" --model.pooling cls
 train runs/sim_stsb_mean sim recipes/sim_stsb.toml "${SMALL[@]}" --model.pooling mean
@@ -49,6 +53,13 @@ for r in ner_cluener_e5 ner_cluener_scratch_e5 ner_cluener_gp ner_cluener_eis ne
         "$RUN" evaluate ner --model "runs/$r/best" --data "$DATA/cluener/dev.json" --decode "$d" \
             --threshold-grid=-2,-1.5,-1,-0.5,-0.25,0,0.25,0.5,1 --out "metrics/research/${r}_${d}.json" > /dev/null
     done
+    cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
+    cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
+done
+for r in ner_cmeee ner_cmeee_gp ner_cmeee_gp_ema; do
+    [ -d "runs/$r/best" ] || continue
+    "$RUN" evaluate ner --model "runs/$r/best" --data "$DATA/cmeee/dev.jsonl" --decode nested \
+        --threshold-grid=-1,-0.5,-0.25,0,0.25,0.5,1 --out "metrics/research/${r}_nested.json" > /dev/null
     cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
     cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
 done
