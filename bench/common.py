@@ -107,7 +107,7 @@ def random_checkpoint(
 
     from export.parity import SAMPLE_TEXTS
     from models.roformer import RoFormerConfig, RoFormerEncoder
-    from models.tasks import NerConfig, NerModel, SimilarityConfig, SimilarityModel
+    from models.tasks import NerModel, SimilarityModel
 
     chars = sorted({c for t in (*SAMPLE_TEXTS, *texts) for c in t.lower() if not c.isspace()})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars[: vocab_size - 5]
@@ -122,30 +122,33 @@ def random_checkpoint(
         num_attention_heads=max(1, hidden // 64),
         intermediate_size=4 * hidden,
     )
-    ner = NerConfig(
-        labels=("PER", "LOC", "ORG", "GPE", "TIME", "NUM", "PRODUCT", "EVENT"), head="egp", max_length=256, stride=128
-    )
-    sim = SimilarityConfig(pooling="cls", max_length=64)
+    task_cfg = _random_task_config(task, like)
+    if task == "ner":
+        model = NerModel(RoFormerEncoder(cfg), task_cfg)
+    else:
+        model = SimilarityModel(RoFormerEncoder(cfg), task_cfg)
+    model.save(out, tokenizer_from=out / "vocab.txt")
+    return out
+
+
+def _random_task_config(task: str, like: Path | None):
+    """A random model's task settings: those of the bundle ``like`` when given, else fixed ones."""
+    from models.tasks import NerConfig, SimilarityConfig
+
+    spec = None
     if like is not None:
         from models.bundle import load_manifest
 
-        m = load_manifest(like, verify_hashes=False)
-        if m.ner is not None:
-            ner = NerConfig(
-                labels=tuple(m.ner.labels),
-                head=m.ner.head,
-                max_length=m.ner.max_length,
-                stride=m.ner.stride,
-                decode=m.ner.decode or "nested",
-            )
-        if m.similarity is not None:
-            sim = SimilarityConfig(pooling=m.similarity.pooling, max_length=m.similarity.max_length)
+        spec = load_manifest(like, verify_hashes=False).tasks.get(task)
     if task == "ner":
-        model = NerModel(RoFormerEncoder(cfg), ner)
-    else:
-        model = SimilarityModel(RoFormerEncoder(cfg), sim)
-    model.save(out, tokenizer_from=out / "vocab.txt")
-    return out
+        if spec is None:
+            labels = ("PER", "LOC", "ORG", "GPE", "TIME", "NUM", "PRODUCT", "EVENT")
+            return NerConfig(labels=labels, head="egp", max_length=256, stride=128)
+        return NerConfig(labels=tuple(spec.labels), head=spec.head, max_length=spec.max_length, stride=spec.stride,
+                         decode=spec.decode)
+    if spec is None:
+        return SimilarityConfig(pooling="cls", max_length=64)
+    return SimilarityConfig(pooling=spec.pooling, max_length=spec.max_length)
 
 
 def random_bundle(

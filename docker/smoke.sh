@@ -297,14 +297,13 @@ serve_and_check() {  # serve_and_check TAG
     # read the whole log first: `docker logs | grep -q` under pipefail fails at random when grep exits
     # at the match and docker logs is killed by SIGPIPE writing the lines after it; and give the
     # daemon's log copier a few seconds to write the container's last lines after it has exited
-    local log="" _
+    local log="" shut_down="" _
     for _ in $(seq 10); do
         log="$("$DOCKER" logs "$name" 2>&1)"
-        grep -q 'Application shutdown complete' <<<"$log" && break
+        grep -q 'Application shutdown complete' <<<"$log" && { shut_down=1; break; }
         sleep 0.5
     done
-    grep -q 'Application shutdown complete' <<<"$log" \
-        || { tail -n 20 <<<"$log"; die "$1: no graceful shutdown in the log"; }
+    [ -n "$shut_down" ] || { tail -n 20 <<<"$log"; die "$1: no graceful shutdown in the log"; }
     ok "SIGTERM: graceful shutdown, exit code $code"
     "$DOCKER" rm "$name" >/dev/null
     CONTAINER=""

@@ -29,7 +29,10 @@ def _json(path: Path) -> dict | None:
 def wall_minutes(run: str, previous: dict) -> float | None:
     log = ROOT / "runs" / run / "log.jsonl"
     if not log.is_file():
-        return previous.get(run, {}).get("wall_min")
+        if run in previous:
+            return previous[run].get("wall_min")
+        seconds = (_json(DIR / f"{run}.train.json") or {}).get("seconds")  # the run's own total
+        return round(seconds / 60, 1) if seconds else None
     seconds = sum(json.loads(line).get("seconds", 0.0) for line in log.read_text(encoding="utf-8").splitlines() if line)
     return round(seconds / 60, 1)
 
@@ -71,13 +74,9 @@ def main() -> int:
         if not cfg_file.is_file() or ev is None:
             continue
         cfg = tomllib.loads(cfg_file.read_text(encoding="utf-8"))
-        train = _json(DIR / f"{run}.train.json") or {}
-        wall = wall_minutes(run, previous)
-        if wall is None and train.get("seconds"):
-            wall = round(train["seconds"] / 60, 1)
         row = {"encoder": encoder_of(cfg), "head": cfg["model"]["head"].upper(), "epochs": cfg["training"]["epochs"],
                "ema": cfg["ner"].get("ema_decay", 0.0), "f1": round(100 * ev["f1"], 2), "threshold": ev["threshold"],
-               "nested_f1": round(100 * ev["nested_f1"], 2), "wall_min": wall}
+               "nested_f1": round(100 * ev["nested_f1"], 2), "wall_min": wall_minutes(run, previous)}
         summary[run] = row
         rows.append(f"| `{run}` | {row['encoder']} | {row['head']} | {row['epochs']:g} | {row['ema'] or '-'} | "
                     f"**{row['f1']:.2f}** ({row['threshold']:g}) | {row['nested_f1']:.2f} | {row['wall_min']} min |")
