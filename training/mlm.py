@@ -33,8 +33,10 @@ from models.roformer import ACTIVATIONS, RoFormerConfig, RoFormerEncoder, read_c
 from models.text import Tokenizer, pad_batch
 from training.config import OutputConfig, TrainingConfig, load_config, to_dict
 from training.data import ReadReport, TextRecord, TextSource, is_heldout, read_texts
+from training.electra import ElectraConfig, RoFormerForElectra, evaluate_electra
 from training.encoders import VocabConfig, check_length, encoder_overrides, tokenizer_for
 from training.loop import EpochBatches, FitResult, finish_run, fit, open_run, to_device, write_run_config
+from training.prefetch import Prefetch
 from training.vocab import unk_rate
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class MlmDataConfig:
     heldout_fraction: float = 0.005  # of distinct texts (by content hash), for eval loss/accuracy
     max_length: int = 128  # tokens per sequence, [CLS] and [SEP]s included
     pack: Literal["fill", "lines", "none"] = "fill"  # how lines share sequences: see pack_sequences
+    prefetch: int = 4  # batches built ahead on a background thread; 0 = in the training thread
+    cache_dir: str = ""  # packed sequences saved here (keyed by files, vocabulary, packing); "" = none
     on_error: Literal["raise", "skip"] = "raise"  # unreadable records: stop, or skip them and report
 
     def __post_init__(self):
@@ -85,6 +89,12 @@ class MaskingConfig:
     mask_prob: float = 0.15
     replace_mask: float = 0.8
     replace_random: float = 0.1
+    # "mlm": predict the masked tokens; "electra": a small generator fills them in and the encoder
+    # tells replaced from original at every token (training/electra.py)
+    objective: Literal["mlm", "electra"] = "mlm"
+    # whole-word masking: words (jieba's segmentation of each sequence) are chosen with mask_prob and
+    # all their characters masked together, as Chinese-BERT-wwm / MacBERT do; otherwise characters
+    whole_word: bool = False
 
     def __post_init__(self):
         if not 0 < self.mask_prob < 1:
@@ -99,6 +109,7 @@ class MlmConfig:
     vocab: VocabConfig = field(default_factory=VocabConfig)
     model: MlmModelConfig = field(default_factory=MlmModelConfig)
     mlm: MaskingConfig = field(default_factory=MaskingConfig)
+    electra: ElectraConfig = field(default_factory=ElectraConfig)  # used with mlm.objective = "electra"
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: OutputConfig = field(default_factory=lambda: OutputConfig(dir="runs/mlm"))
 
@@ -207,9 +218,19 @@ class RoFormerForMlm(nn.Module):
         return model
 
 
-def build_model(cfg: MlmModelConfig, vocab_size: int) -> RoFormerForMlm:
-    if cfg.init:
-        model = RoFormerForMlm.from_pretrained(cfg.init, **encoder_overrides(cfg.encoder))
+def build_model(cfg: MlmModelConfig, vocab_size: int, *, objective: str = "mlm",
+                electra: ElectraConfig = ElectraConfig()) -> RoFormerForMlm | RoFormerForElectra:
+    """The MLM model, or (``objective = "electra"``) the generator + discriminator pair: from
+    ``cfg.init`` (a new stage of a saved run; a plain RoFormer folder gets a new head / generator) or new."""
+    overrides = encoder_overrides(cfg.encoder)
+    if objective == "electra":
+        if cfg.init:
+            model = RoFormerForElectra.from_pretrained(cfg.init, electra, **overrides)
+        else:
+            enc = cfg.encoder if cfg.encoder.vocab_size else dataclasses.replace(cfg.encoder, vocab_size=vocab_size)
+            model = RoFormerForElectra.build(RoFormerEncoder(enc), electra)
+    elif cfg.init:
+        model = RoFormerForMlm.from_pretrained(cfg.init, **overrides)
     else:
         enc = cfg.encoder
         if enc.vocab_size == 0:
@@ -227,14 +248,21 @@ def build_model(cfg: MlmModelConfig, vocab_size: int) -> RoFormerForMlm:
 
 
 def mask_tokens(input_ids: torch.Tensor, *, special_ids: Sequence[int], mask_id: int, vocab_size: int,
-                generator: torch.Generator | None = None, cfg: MaskingConfig = MaskingConfig()
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None, cfg: MaskingConfig = MaskingConfig(),
+                word_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking: ``(inputs, targets)``; targets hold the original id where a token is to be
     predicted and -100 elsewhere. Special tokens (padding, [CLS], [SEP], [UNK], [MASK]) are never
-    chosen, and random replacements are never special tokens."""
+    chosen, and random replacements are never special tokens.
+
+    ``word_ids`` (B, T): the index of each token's word within its row (whole-word masking): a word
+    is chosen with ``mask_prob`` and then all its tokens are, so ``mask_prob`` of the tokens are
+    still chosen on average; the 80/10/10 replacement stays per token."""
     special = torch.tensor(sorted(set(special_ids)), dtype=input_ids.dtype)
     candidates = ~torch.isin(input_ids, special)  # (B, T)
-    chosen = (torch.rand(input_ids.shape, generator=generator) < cfg.mask_prob) & candidates
+    draw = torch.rand(input_ids.shape, generator=generator)  # (B, T): per token, or per word index
+    if word_ids is not None:
+        draw = draw.gather(1, word_ids)  # (B, T): every token of a word gets its word's draw
+    chosen = (draw < cfg.mask_prob) & candidates
     targets = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
     r = torch.rand(input_ids.shape, generator=generator)
     to_mask = chosen & (r < cfg.replace_mask)
@@ -244,6 +272,49 @@ def mask_tokens(input_ids: torch.Tensor, *, special_ids: Sequence[int], mask_id:
     inputs = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
     inputs = torch.where(to_random, random_ids, inputs)
     return inputs, targets
+
+
+class WordSegmenter:
+    """Word index of every token of a packed sequence, from jieba's segmentation of its text.
+
+    The text is rebuilt from the tokens (character vocabulary: a token is a character, ``##`` pieces
+    continue the one before); special tokens are their own words and end any word."""
+
+    def __init__(self, tokenizer: Tokenizer, special_ids: Sequence[int]):
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        jieba.initialize()
+        self._tokenize = jieba.tokenize
+        special = set(special_ids)
+        self.pieces = []  # id -> (text, is_special, continues the token before)
+        for i in range(tokenizer.vocab_size):
+            tok = tokenizer.id_to_token(i) or ""
+            if i in special or (tok.startswith("[") and tok.endswith("]")):
+                self.pieces.append(("\n", True, False))
+            elif tok.startswith("##") and len(tok) > 2:
+                self.pieces.append((tok[2:], False, True))
+            else:
+                self.pieces.append((tok, False, False))
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        """(T,) token ids -> (T,) word index of each token (0-based, non-decreasing)."""
+        texts, starts, cont, special = [], [], [], []
+        pos = 0
+        for i in ids.tolist():
+            text, is_special, continues = self.pieces[i]
+            texts.append(text)
+            starts.append(pos)
+            special.append(is_special)
+            cont.append(continues)
+            pos += len(text)
+        word_starts = {start for _, start, _ in self._tokenize("".join(texts))}
+        first = np.array([s or (st in word_starts and not c) for st, s, c in zip(starts, special, cont)])
+        after_special = np.zeros(len(first), dtype=bool)
+        after_special[1:] = np.asarray(special[:-1])
+        first |= after_special
+        first[0] = True
+        return np.cumsum(first) - 1
 
 
 class MlmCollator:
@@ -256,12 +327,20 @@ class MlmCollator:
         self.special_ids = sorted({tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id,
                                    tokenizer.mask_id})
         self.vocab_size = tokenizer.vocab_size
+        self.words = WordSegmenter(tokenizer, self.special_ids) if cfg.whole_word else None
 
     def __call__(self, seqs: list[np.ndarray], generator: torch.Generator) -> dict[str, torch.Tensor]:
         ids, mask = pad_batch(seqs, pad_id=self.pad_id)
+        word_ids = None
+        if self.words is not None:
+            word_ids = np.zeros(ids.shape, dtype=np.int64)  # padding: word 0, never a candidate
+            for row, seq in enumerate(seqs):
+                word_ids[row, : len(seq)] = self.words(np.asarray(seq))
+            word_ids = torch.from_numpy(word_ids)
         ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)  # (B, T)
         inputs, targets = mask_tokens(ids, special_ids=self.special_ids, mask_id=self.mask_id,
-                                      vocab_size=self.vocab_size, generator=generator, cfg=self.cfg)
+                                      vocab_size=self.vocab_size, generator=generator, cfg=self.cfg,
+                                      word_ids=word_ids)
         return {"input_ids": inputs, "attention_mask": mask, "targets": targets}
 
 
@@ -326,6 +405,43 @@ def pack_sequences(lines: Iterable[tuple[str, np.ndarray]], *, max_length: int, 
     return seqs
 
 
+def sequence_cache(data: MlmDataConfig, vocab_path: Path) -> Path:
+    """Where the packed sequences of this data, vocabulary and packing are cached: the key hashes every
+    source file's path, size and mtime, the vocabulary file and the packing settings."""
+    import hashlib
+
+    from training.data import expand_paths
+
+    h = hashlib.sha256(Path(vocab_path).read_bytes())
+    h.update(json.dumps([data.max_length, data.pack, data.heldout_fraction]).encode())
+    for source in data.sources:
+        h.update(json.dumps(dataclasses.asdict(source), sort_keys=True).encode())
+        for path in expand_paths(source.paths, root=data.root):
+            st = path.stat()
+            h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return Path(data.cache_dir) / f"packed-{h.hexdigest()[:16]}.npz"
+
+
+def save_sequences(path: Path, train: Sequence[np.ndarray], held: Sequence[np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    arrays = {}
+    for name, seqs in (("train", train), ("held", held)):
+        arrays[name] = np.concatenate(seqs) if len(seqs) else np.zeros(0, np.int32)
+        arrays[name + "_lengths"] = np.asarray([len(s) for s in seqs], dtype=np.int64)
+    np.savez(tmp, **arrays)
+    tmp.rename(path)
+
+
+def load_sequences(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    with np.load(path) as z:
+        out = []
+        for name in ("train", "held"):
+            flat, lengths = z[name], z[name + "_lengths"]
+            out.append(np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else [])
+    return out[0], out[1]
+
+
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
@@ -362,6 +478,14 @@ def evaluate_mlm(model: RoFormerForMlm, batches: Sequence[dict], device: torch.d
 # --------------------------------------------------------------------------------------------
 
 
+def evaluate_pretraining(model: RoFormerForMlm | RoFormerForElectra, batches: Sequence[dict],
+                         device: torch.device | str = "cpu") -> dict:
+    """Held-out metrics of either objective (see :func:`evaluate_mlm`, :func:`training.electra.evaluate_electra`)."""
+    if isinstance(model, RoFormerForElectra):
+        return evaluate_electra(model, batches, device)
+    return evaluate_mlm(model, batches, device)
+
+
 def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     """Pre-train as configured; writes everything under ``cfg.output.dir`` (see :func:`training.loop.fit`)."""
     if not cfg.data.sources:
@@ -384,7 +508,8 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     if unk is not None:
         log.info("held-out %s", unk)
 
-    model = build_model(cfg.model, tokenizer.vocab_size).to(run.device)
+    model = build_model(cfg.model, tokenizer.vocab_size, objective=cfg.mlm.objective,
+                        electra=cfg.electra).to(run.device)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=model.cfg))  # as built
     write_run_config(out, cfg, resuming=run.resuming)
     check_length(cfg.data.max_length, model.encoder)
@@ -393,11 +518,20 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
         return pack_sequences(tokenize_records(tokenizer, recs), max_length=cfg.data.max_length,
                               cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, pack=cfg.data.pack)
 
-    train_seqs, held_seqs = sequences(train_recs), sequences(held_recs)
+    cache = sequence_cache(cfg.data, vocab_path) if cfg.data.cache_dir else None
+    if cache is not None and cache.is_file():
+        train_seqs, held_seqs = load_sequences(cache)
+        log.info("packed sequences from %s", cache)
+    else:
+        train_seqs, held_seqs = sequences(train_recs), sequences(held_recs)
+        if cache is not None:
+            save_sequences(cache, train_seqs, held_seqs)
     n_tokens = sum(len(s) for s in train_seqs)
     collate = MlmCollator(tokenizer, cfg.mlm)
     batches = EpochBatches(train_seqs, collate=collate, batch_size=cfg.training.batch_size,
                            batch_tokens=cfg.training.batch_tokens, seed=cfg.training.seed)
+    if cfg.data.prefetch:
+        batches = Prefetch(batches, depth=cfg.data.prefetch)
     per_epoch = batches.steps_per_epoch
     total = cfg.training.total_steps(per_epoch)
     log.info("%d training sequences (%s tokens, %d steps per epoch), %d held-out sequences; %d steps; "
@@ -408,7 +542,7 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
 
     result = fit(model, batches, cfg.training, out_dir=out, total_steps=total, device=run.device,
                  save_model=lambda d: model.save_pretrained(d, tokenizer_file=vocab_path),
-                 evaluate=(lambda: evaluate_mlm(model, held_batches, run.device)) if held_batches else None,
+                 evaluate=(lambda: evaluate_pretraining(model, held_batches, run.device)) if held_batches else None,
                  metric="loss", resume_from=run.resume_from)
     finish_run(run, result, {
         "data": {"read": report.summary(), "train_texts": len(train_recs), "heldout_texts": len(held_recs),

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Encoder v3 (issue 14): the experiments behind docs "Encoder v3" tables, one command each, from the repository root.
+#
+#   research/pretrain_v3.sh speed [DATA_ROOT]       # tokens/s of each objective and training option (40 steps each)
+#   research/pretrain_v3.sh objectives [DATA_ROOT]  # MLM vs whole-word MLM vs ELECTRA at equal CPU time, then
+#                                                   # the same short CLUENER fine-tune of each
+#   research/pretrain_v3.sh collect [DATA_ROOT]     # evaluations + metrics/research/ JSON of whatever ran
+#
+# One thread per run (two run side by side on 2 cores). All runs share one vocabulary, built once from the
+# training texts (runs/pretrain_vocab.txt) and one cache of packed sequences (runs/cache). JSON goes to
+# metrics/research/; research/summarise.py prints the tables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHAT="${1:?speed or objectives}"
+DATA="${2:-../shared/data}"
+RUN="${RUN:-.venv/bin/ropenlp}"
+VOCAB=runs/pretrain_vocab.txt
+# equal CPU time: 30 minutes at one thread, in steps of batch 64 x 128 tokens, from the speed runs' medians
+STEPS_MLM="${STEPS_MLM:-1300}"; STEPS_WWM="${STEPS_WWM:-1300}"; STEPS_ELECTRA="${STEPS_ELECTRA:-690}"
+
+pretrain() { local out=$1; shift; mkdir -p "$out"; "$RUN" train mlm recipes/pretrain_v3.toml --data.root "$DATA" \
+             --vocab.path "$VOCAB" --output.dir "$out" --resume "$@" >> "$out/train.out" 2>&1; }
+finetune() { local out=$1 init=$2; mkdir -p "$out"; "$RUN" train ner recipes/ner_cluener.toml --data.root "$DATA" \
+             --model.init "$init" --training.epochs 5 --training.patience 3 --training.threads 1 --output.dir "$out" \
+             --resume >> "$out/train.out" 2>&1; }
+
+if [ ! -f "$VOCAB" ]; then   # the vocabulary of the v3 texts: 8,000 pieces, min count 5 (a 1-step run builds it)
+    pretrain runs/pt_vocab --training.max_steps 1 --training.eval_every 0
+    cp runs/pt_vocab/vocab.txt "$VOCAB"
+fi
+SPEED=(--training.max_steps 40 --training.eval_every 0 --training.checkpoint_every 0 --training.warmup_steps 5
+       --training.warmup_ratio 0)
+MLM=(--mlm.objective mlm --mlm.replace_mask 0.8 --mlm.replace_random 0.1)
+case "$WHAT" in
+speed)
+    pretrain runs/spd_mlm "${SPEED[@]}" "${MLM[@]}"
+    pretrain runs/spd_wwm "${SPEED[@]}" "${MLM[@]}" --mlm.whole_word true
+    pretrain runs/spd_electra "${SPEED[@]}"
+    pretrain runs/spd_mlm_fp32 "${SPEED[@]}" "${MLM[@]}" --training.precision fp32
+    pretrain runs/spd_mlm_noprefetch "${SPEED[@]}" "${MLM[@]}" --data.prefetch 0
+    pretrain runs/spd_mlm_unpacked "${SPEED[@]}" "${MLM[@]}" --data.pack none
+    pretrain runs/spd_mlm_6x384 "${SPEED[@]}" "${MLM[@]}" --model.encoder.hidden_size 384 \
+        --model.encoder.num_hidden_layers 6 --model.encoder.num_attention_heads 6 --model.encoder.intermediate_size 1536
+    pretrain runs/spd_electra_6x384 "${SPEED[@]}" --model.encoder.hidden_size 384 --model.encoder.num_hidden_layers 6 \
+        --model.encoder.num_attention_heads 6 --model.encoder.intermediate_size 1536 --electra.generator_hidden 192 \
+        --electra.generator_heads 3 --electra.generator_intermediate 768
+    ;;
+objectives)
+    pretrain runs/obj_mlm --training.max_steps "$STEPS_MLM" "${MLM[@]}"
+    pretrain runs/obj_wwm --training.max_steps "$STEPS_WWM" "${MLM[@]}" --mlm.whole_word true
+    pretrain runs/obj_electra --training.max_steps "$STEPS_ELECTRA"
+    for r in obj_mlm obj_wwm obj_electra; do finetune "runs/ner_$r" "runs/$r/model"; done
+    ;;
+collect)
+    mkdir -p metrics/research
+    for r in spd_mlm spd_wwm spd_electra spd_mlm_fp32 spd_mlm_noprefetch spd_mlm_unpacked spd_mlm_6x384 spd_electra_6x384 \
+             obj_mlm obj_wwm obj_electra; do
+        [ -f "runs/$r/metrics.json" ] || continue
+        cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
+        cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
+        # tokens/s: the median over the steps after the first 5 (warm-up of the allocator and the prefetch queue);
+        # seconds: the run's total step time (one thread)
+        "${PY:-.venv/bin/python}" - "runs/$r/log.jsonl" "metrics/research/$r.speed.json" <<'PYEOF'
+import json, statistics, sys
+steps = [json.loads(x) for x in open(sys.argv[1], encoding="utf-8") if x.strip()]
+steps = [s for s in steps if "tokens_per_s" in s]
+late = [s for s in steps if s["step"] > 5] or steps
+json.dump({"steps": len(steps), "median_tokens_per_s": round(statistics.median(s["tokens_per_s"] for s in late)),
+           "median_step_s": round(statistics.median(s["seconds"] for s in late), 3),
+           "step_seconds_total": round(sum(s["seconds"] for s in steps), 1)}, open(sys.argv[2], "w"), indent=2)
+PYEOF
+    done
+    grid=(--threshold-grid=-2,-1.5,-1,-0.5,-0.25,0,0.25,0.5,1)
+    for r in ner_obj_mlm ner_obj_wwm ner_obj_electra; do
+        [ -d "runs/$r/best" ] || continue
+        cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
+        cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
+        [ -f "metrics/research/${r}_flat.json" ] || "$RUN" evaluate ner --model "runs/$r/best" \
+            --data "$DATA/cluener/dev.json" --decode flat "${grid[@]}" --threads 1 --out "metrics/research/${r}_flat.json"
+    done
+    ;;
+*) echo "unknown: $WHAT (speed, objectives, collect)" >&2; exit 2 ;;
+esac
