@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from models.precisions import describe
+from models.precisions import REFERENCE, describe
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def export_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="The bundle directory to write.")],
     precision: Annotated[list[str], typer.Option(
         "--precision", "-p", help=f"{describe()}. Repeat or separate with commas; TASK=P for one task only "
-        "(e.g. -p ner=int8 -p similarity=fp32).")] = ["fp32"],  # noqa: B006
+        "(e.g. -p ner=int8 -p similarity=fp32).")] = [REFERENCE],  # noqa: B006
     sample_file: Annotated[Path | None, typer.Option(
         "--sample-file", help="Texts for the parity check: one per line, or JSONL with a \"text\" field.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Bundle name (default: the directory name).")] = None,

@@ -1,6 +1,6 @@
 """PyTorch task checkpoints -> one ONNX bundle directory (``models.bundle`` is the contract).
 
-``export_bundle(out, ner=CKPT, similarity=CKPT, precisions=("fp32", "int8"))`` writes::
+``export_bundle(out, ner=CKPT, similarity=CKPT, precisions=[...])`` writes::
 
     OUT/
       bundle.json          manifest: tasks, graphs (IO names, opset, parity), metrics, provenance, SHA-256
@@ -40,6 +40,7 @@ from models.bundle import (
 )
 from models.card import write_model_card
 from models.precisions import NAMES as PRECISIONS
+from models.precisions import REFERENCE
 from models.tasks import TASK_FILE, read_task, tokenizer_file
 from models.text import Tokenizer
 
@@ -59,7 +60,7 @@ def export_bundle(
     out: str | Path,
     checkpoints: Mapping[str, str | Path] | None = None,
     *,
-    precisions: Iterable[str] | Mapping[str, Iterable[str]] = ("fp32",),
+    precisions: Iterable[str] | Mapping[str, Iterable[str]] = (REFERENCE,),
     sample_texts: Sequence[str] | None = None,
     name: str | None = None,
     training_data: Iterable[Dataset | Mapping[str, str] | tuple[str, str]] = (),

@@ -47,6 +47,7 @@ PRECISIONS: dict[str, PrecisionKind] = {
     )
 }  # fmt: skip
 NAMES: tuple[str, ...] = tuple(PRECISIONS)
+REFERENCE = next(p.name for p in PRECISIONS.values() if p.reference == PYTORCH)  # what the others are checked against
 # The type of a precision name in the manifest and the settings (pydantic reads the choices from it).
 Precision = Literal[NAMES]  # type: ignore[valid-type]
 
