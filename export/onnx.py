@@ -278,7 +278,8 @@ def _export_task(exp: TaskExporter, path: Path, staging: Path, *, tokenizer: Tok
         parity = exp.parity(model, graph, tokenizer, texts)
     files = variants.build(graph, staging, prefix=exp.file_prefix, task=exp.kind, output=exp.output,
                            output_axes=exp.output_axes, precisions=precisions, opset=opset, exporter=exporter,
-                           encoder_cfg=enc_cfg, options=variants.BuildOptions(per_channel=per_channel))
+                           encoder_cfg=enc_cfg,
+                           options=variants.BuildOptions(per_channel=per_channel, calibration=parity.feeds))
     with stage(f"the parity check of the {exp.kind} graphs on ONNX Runtime"):
         report = variants.check(files, parity, tolerance=tolerance, texts=len(texts))
     for p, r in report.items():

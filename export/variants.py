@@ -34,6 +34,7 @@ class Parity:
     compare: Callable[[Any, Any], dict[str, Any]]  # (reference outputs, outputs) -> measures
     finite: Callable[[Any], Sequence[np.ndarray]]  # outputs -> the arrays that must hold no NaN / +inf
     what: str  # what is compared, for messages ("scores", "sentence vectors")
+    feeds: Sequence[dict[str, np.ndarray]] = ()  # the sample as model feeds (calibration of a variant)
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,16 @@
 Torch-free (pydantic + stdlib). Layout::
 
     BUNDLE/
-      bundle.json           the manifest below (format_version, tasks, provenance, file hashes)
-      tokenizer.json        one tokenizer shared by every task of the bundle
-      ner.<precision>.onnx  GlobalPointer scores, one graph per precision variant
-      sim.<precision>.onnx  whitened, L2-normalised sentence vectors
+      bundle.json                 the manifest below (format_version, tasks, provenance, file hashes)
+      tokenizer.json              one tokenizer shared by every task of the bundle
+      <prefix>.<precision>.onnx   per task, one graph per precision variant (ner.int8.onnx: GlobalPointer
+                                  scores; sim.fp32.onnx: whitened, L2-normalised sentence vectors)
+      MODEL_CARD.md               written from the manifest (models.card); not hashed
 
-A task may carry several precision variants of its graph (int8 for CPU, fp16 for GPU, fp32 for
-both); the runtime picks one for its execution provider with ``TaskSpec.pick``.
+``tasks`` maps a name to its spec, a union discriminated by ``kind`` over the registered kinds
+(:func:`register_task_spec`; the name is the kind). Format 1 held each task under a top-level key of
+its name: still read. A task may carry several precision variants of its graph (the precision registry,
+``models.precisions``); the runtime picks one for its execution provider with ``TaskSpec.pick``.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ class Classifier(nn.Module):
 
         path.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(path)
-        save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()}, str(path / "head.safetensors"))
+        head = {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}
+        save_file(head, str(path / "head.safetensors"))
         (path / "ropenlp.json").write_text(json.dumps({"task": "classify", "labels": list(self.cfg.labels),
                                                        "max_length": self.cfg.max_length}))
         shutil.copyfile(vocab, path / "vocab.txt")
@@ -86,7 +87,8 @@ def load_classifier(path: Path) -> Classifier:
     from models.roformer import RoFormerEncoder
 
     meta = json.loads((path / "ropenlp.json").read_text())
-    model = Classifier(RoFormerEncoder.from_pretrained(path), ClassifierConfig(tuple(meta["labels"]), meta["max_length"]))
+    cfg = ClassifierConfig(tuple(meta["labels"]), meta["max_length"])
+    model = Classifier(RoFormerEncoder.from_pretrained(path), cfg)
     model.head.load_state_dict(load_file(str(path / "head.safetensors")))
     return model
 
@@ -217,7 +219,8 @@ class Classify(Operation):
     def prepare(self, task: ClassifyServing, q: ClassifyQuery) -> Job:
         texts = check_texts(q.texts, "texts", task.limits)
         L, sep = task.spec.max_length, np.array([task.tokenizer.sep_id], dtype=np.int64)
-        rows = [np.concatenate([ids[: L - 1], sep]) if len(ids) > L else ids for ids in task.tokenizer.encode_ids(texts)]
+        encoded = task.tokenizer.encode_ids(texts)
+        rows = [np.concatenate([ids[: L - 1], sep]) if len(ids) > L else ids for ids in encoded]
         return Job(self.name, self.task, [Seq(ids) for ids in rows])
 
     def finish(self, task: ClassifyServing, job: Job, outputs: list[np.ndarray]) -> ClassifyResult:

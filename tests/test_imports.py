@@ -78,7 +78,8 @@ def test_layers_import_one_way(graph) -> None:
         for imp in imports
         if _top(imp) in RULES.get(_top(mod), ()) or (imp.startswith("ropenlp.") and _top(mod) != "ropenlp")
     ]
-    bad += [f"{mod} imports {imp}" for mod in TORCH_FREE for imp in graph[mod] if _top(imp) in ("torch", "transformers")]
+    bad += [f"{mod} imports {imp}" for mod in TORCH_FREE for imp in graph[mod]
+            if _top(imp) in ("torch", "transformers")]
     assert not bad, "\n".join(bad)
 
 

@@ -48,8 +48,8 @@ class NerExporter(TaskExporter):
                     **parity.entity_agreement(decode(ref), decode(got))}
 
         return Parity(reference=parity.run_all(torch_run, batches),
-                      run=lambda f: parity.run_all(parity.onnx_runner(f), batches),
-                      compare=compare, finite=lambda outputs: outputs, what="scores")
+                      run=lambda f: parity.run_all(parity.onnx_runner(f), batches), compare=compare,
+                      finite=lambda outputs: outputs, what="scores", feeds=[b.feeds for b in batches])
 
     def spec(self, model, graphs, metrics) -> NerTask:
         cfg = model.cfg

@@ -48,7 +48,7 @@ class SimilarityExporter(TaskExporter):
             return {"max_abs_diff": parity.max_abs_diff([got], [ref]), **parity.cosine_diffs(ref, got)}
 
         return Parity(reference=run(torch_run), run=lambda f: run(parity.onnx_runner(f)), compare=compare,
-                      finite=lambda out: [out], what="sentence vectors")
+                      finite=lambda out: [out], what="sentence vectors", feeds=[b.feeds for b in batches])
 
     def spec(self, model, graphs, metrics) -> SimilarityTask:
         return SimilarityTask(graphs=graphs, max_length=model.cfg.max_length, metrics=metrics,

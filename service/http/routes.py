@@ -51,7 +51,8 @@ def _ms(seconds: float) -> str:
 
 
 def timing_headers(t: Timings) -> dict[str, str]:
-    return {"x-tokenize-time": _ms(t.tokenize_s), "x-queue-time": _ms(t.queue_s), "x-inference-time": _ms(t.inference_s)}
+    return {"x-tokenize-time": _ms(t.tokenize_s), "x-queue-time": _ms(t.queue_s),
+            "x-inference-time": _ms(t.inference_s)}
 
 
 def inference_route(op: Operation, guard: ApiKeyGuard) -> HTTPRouteHandler:
@@ -63,7 +64,8 @@ def inference_route(op: Operation, guard: ApiKeyGuard) -> HTTPRouteHandler:
 
     # the typed signature Litestar reads (body model, response model), from the operation
     handler.__annotations__ = {
-        "request": Request, "data": JSONBody[op.query], "service": NamedDependency[Service], "return": Response[op.response],
+        "request": Request, "data": JSONBody[op.query], "service": NamedDependency[Service],
+        "return": Response[op.response],
     }  # fmt: skip
     handler.__name__ = handler.__qualname__ = op.name
     handler.__doc__ = op.__doc__
