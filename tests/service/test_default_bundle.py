@@ -102,3 +102,15 @@ def test_evaluate_a_shipped_bundle_by_name(tmp_path):
     metrics = evaluate_ner([str(data)], bundle="medical")
     assert metrics["bundle"] == "medical" and metrics["graph_precision"] == "int8"
     assert metrics["gold"] == 4 and metrics["recall"] == 1.0  # the four found by the test above
+
+
+@pytest.mark.parametrize("name", ["default", "medical"])
+def test_shipped_bundles_have_their_model_card(name):
+    """The cards are generated from the unchanged (format 1) manifests and kept in sync with them."""
+    from models.card import CARD, model_card
+
+    bundle = DEFAULT.parent / name
+    m = load_manifest(bundle)
+    assert m.format_version == 1 and CARD not in m.files  # the card is not hashed: adding it changed nothing
+    assert (bundle / CARD).read_text(encoding="utf-8") == model_card(m)
+    assert "## Data and terms" in model_card(m) and "## Limits" in model_card(m)
