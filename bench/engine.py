@@ -183,9 +183,9 @@ class Variant:
         self.acc = {}
         t0 = time.perf_counter()
         if task == "ner":
-            job = self.engine.prepare_ner(texts, threshold)
+            job = self.engine.prepare("ner", self.engine.query("ner", texts=texts, threshold=threshold))
         else:
-            job = self.engine.prepare_embed(texts)
+            job = self.engine.prepare("embed", self.engine.query("embed", texts=texts))
         t1 = time.perf_counter()
         job.finish = self.timed("finish", job.finish)
         result = self.engine.execute(job)
@@ -265,9 +265,10 @@ def load_variants(args, bundles: dict[str, Path], ckpts: dict[str, Path], limits
 
 def call_costs(engine, task: str, texts: list[str], configs: dict[str, dict]) -> dict:
     """Rows, model batches, padded / real tokens and matmul FLOPs of one Engine request."""
-    from service.core import plan_batches
+    from models.batches import plan_batches
 
-    job = engine.prepare_ner(texts) if task == "ner" else engine.prepare_embed(texts)
+    op = "ner" if task == "ner" else "embed"
+    job = engine.prepare(op, engine.query(op, texts=texts))
     lengths = [len(s) for s in job.seqs]
     batches = plan_batches(lengths, engine.limits.batch_tokens)
     shapes = [(len(b), max(lengths[k] for k in b)) for b in batches]  # (rows, padded length)
@@ -284,10 +285,10 @@ def call_costs(engine, task: str, texts: list[str], configs: dict[str, dict]) ->
         flops = sum(encoder_flops(enc, B, T) for B, T in shapes)
         if task == "ner":
             flops += sum(
-                ner_head_flops(cfg["head"], enc["hidden_size"], len(m.ner.labels), B, T) for B, T in shapes
+                ner_head_flops(cfg["head"], enc["hidden_size"], len(m.tasks["ner"].labels), B, T) for B, T in shapes
             )
         else:
-            s = m.similarity
+            s = m.tasks["similarity"]
             flops += sim_head_flops(s.pooling, enc["hidden_size"], s.dim, s.whitening, len(lengths))
         out["flops"] = flops
     return out
@@ -426,7 +427,7 @@ def calibrate_threshold(engine, texts: list[str], per_text: float) -> float:
     from export.parity import ner_batches, span_mask
 
     batches = ner_batches(
-        engine.tokenizer, texts, max_length=engine.ner_max_length, stride=engine.ner_stride, batch_size=16
+        engine.tokenizer, texts, max_length=engine.task("ner").max_length, stride=engine.task("ner").stride, batch_size=16
     )
     valid = []
     for b in batches:

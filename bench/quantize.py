@@ -148,7 +148,7 @@ def ner_output_comparison(bundle: Path, manifest, batches, texts, args, workdir:
     from export.parity import span_mask
     from models.spans import decode_batch, spans_from_indices
 
-    spec = manifest.ner
+    spec = manifest.tasks["ner"]
     dense_path = bundle / spec.graphs["fp32"].file
     dense = ort_session(dense_path, args.threads)
     valid = []

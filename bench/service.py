@@ -500,10 +500,10 @@ def engine_calls(
         def run(r: int):
             batch = chunk(items, n, r)
             if task == "ner":
-                return engine.ner(batch, threshold)
+                return engine.run("ner", texts=batch, threshold=threshold)
             if task == "embed":
-                return engine.embed(batch)
-            return engine.similarity_pairs(batch)
+                return engine.run("embed", texts=batch)
+            return engine.run("similarity", pairs=batch)
 
         return run
 

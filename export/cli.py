@@ -12,17 +12,19 @@ from typing import Annotated
 
 import typer
 
+from models.precisions import REFERENCE, describe
+
 log = logging.getLogger(__name__)
 
 
 def export_command(
     model: Annotated[list[Path], typer.Option(
-        "--model", "-m", help="A task checkpoint directory (NER or similarity, detected from its ropenlp.json). "
-        "Give it twice for a bundle with both tasks.")],
+        "--model", "-m", help="A task checkpoint directory (its task detected from its ropenlp.json). "
+        "Repeat it for a bundle with several tasks.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The bundle directory to write.")],
     precision: Annotated[list[str], typer.Option(
-        "--precision", "-p", help="fp32, fp16 (GPU) or int8 (CPU); repeat or separate with commas; "
-        "TASK=P for one task only (e.g. -p ner=int8 -p similarity=fp32).")] = ["fp32"],  # noqa: B006
+        "--precision", "-p", help=f"{describe()}. Repeat or separate with commas; TASK=P for one task only "
+        "(e.g. -p ner=int8 -p similarity=fp32).")] = [REFERENCE],  # noqa: B006
     sample_file: Annotated[Path | None, typer.Option(
         "--sample-file", help="Texts for the parity check: one per line, or JSONL with a \"text\" field.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Bundle name (default: the directory name).")] = None,
@@ -60,7 +62,7 @@ def _run(models, out, precisions, sample_file, name, data, notes, tolerance, ove
         task = detect_task(path)
         if task in by_task:
             raise ExportError(f"two {task} checkpoints given ({by_task[task]} and {path}): "
-                              "a bundle holds at most one NER and one similarity model")
+                              "a bundle holds at most one model per task")
         by_task[task] = path
     datasets = []
     for item in data:
@@ -70,8 +72,7 @@ def _run(models, out, precisions, sample_file, name, data, notes, tolerance, ove
         datasets.append((dname.strip(), terms.strip()))
     return export_bundle(
         out,
-        ner=by_task.get("ner"),
-        similarity=by_task.get("similarity"),
+        by_task,
         precisions=_parse_precisions(precisions, list(by_task)),
         sample_texts=read_sample_file(sample_file) if sample_file is not None else None,
         name=name,

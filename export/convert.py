@@ -1,7 +1,8 @@
 """The ONNX side of the export (torch-free): offline optimisation, dynamic int8, fp16, graph facts.
 
 Read top to bottom: graph facts (IO names, opset, IR cap) -> optimize (fp32) -> quantize_int8 (CPU)
--> convert_fp16 (GPU).
+-> convert_fp16 (GPU) -> the builders the precision registry names (``models.precisions``:
+``build_int8``, ``build_fp16``; each ``(src, dst, options) -> dst``).
 
 * ``optimize``: ONNX Runtime's transformer optimiser with ``model_type='bert'`` and ``opt_level=1``
   (basic, provider-independent rewrites; the result serves CPU and CUDA). For RoFormer it fuses
@@ -172,3 +173,18 @@ def _quiet():
             yield
     finally:
         logging.disable(previous)
+
+
+# --------------------------------------------------------------------------------------------
+# Builders: what models.precisions.PRECISIONS[name].builder names
+# --------------------------------------------------------------------------------------------
+
+
+def build_int8(src: Path, dst: Path, options) -> Path:
+    """The int8 variant (``options``: ``export.variants.BuildOptions``)."""
+    return quantize_int8(src, dst, per_channel=options.per_channel)
+
+
+def build_fp16(src: Path, dst: Path, options) -> Path:
+    """The fp16 variant."""
+    return convert_fp16(src, dst)

@@ -1,6 +1,7 @@
 """The torch side of the export: what each ONNX graph computes, and ``torch.onnx.export`` of it.
 
-Read top to bottom: graph IO names -> NerGraph -> SimilarityGraph -> to_onnx.
+Read top to bottom: graph IO names -> NerGraph -> SimilarityGraph -> to_onnx (any wrapper: each task's
+exporter in ``export.tasks`` names its output and its dynamic axes).
 
 Every graph takes ``input_ids`` and ``attention_mask`` (int64, dynamic ``batch`` and ``seq`` axes):
 
@@ -89,22 +90,25 @@ def example_inputs(vocab_size: int, *, batch: int = 2, seq: int = 7) -> tuple[to
 
 
 def to_onnx(
-    graph: NerGraph | SimilarityGraph,
+    graph: nn.Module,
     path: str | Path,
     *,
+    output: str,
+    output_axes: dict[int, str],
     opset: int = DEFAULT_OPSET,
     exporter: Exporter = "legacy",
 ) -> Path:
-    """Export a graph wrapper to ``path`` with dynamic batch/seq axes; returns the path."""
+    """Export a graph wrapper (``graph.model.encoder`` is its RoFormer encoder) to ``path`` with dynamic
+    batch/seq input axes and output ``output`` (its dynamic axes ``output_axes``, e.g. ``{0: "batch"}``);
+    returns the path."""
     path = Path(path)
     graph = graph.eval().requires_grad_(False)
-    output = NER_OUTPUT if isinstance(graph, NerGraph) else SIM_OUTPUT
     args = example_inputs(graph.model.encoder.cfg.vocab_size)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings and the legacy exporter's deprecation notice
         if exporter == "legacy":
             axes = {name: {0: "batch", 1: "seq"} for name in INPUTS}
-            axes[output] = {0: "batch", 2: "seq", 3: "seq"} if output == NER_OUTPUT else {0: "batch"}
+            axes[output] = dict(output_axes)
             torch.onnx.export(
                 graph, args, str(path), dynamo=False, opset_version=opset,
                 input_names=INPUTS, output_names=[output], dynamic_axes=axes,

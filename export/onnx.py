@@ -1,59 +1,54 @@
 """PyTorch task checkpoints -> one ONNX bundle directory (``models.bundle`` is the contract).
 
-``export_bundle(out, ner=CKPT, similarity=CKPT, precisions=("fp32", "int8"))`` writes::
+``export_bundle(out, ner=CKPT, similarity=CKPT, precisions=[...])`` writes::
 
     OUT/
       bundle.json          manifest: tasks, graphs (IO names, opset, parity), metrics, provenance, SHA-256
-      tokenizer.json       the checkpoints' tokenizer (both tasks must share the vocabulary)
-      ner.<precision>.onnx
-      sim.<precision>.onnx
+      tokenizer.json       the checkpoints' tokenizer (every task must share the vocabulary)
+      <prefix>.<precision>.onnx   per task and precision (ner.int8.onnx, sim.fp32.onnx, ...)
+      MODEL_CARD.md        data, terms, metrics, limits, from the manifest (``models.card``)
 
-Steps per task: load the checkpoint -> ``torch.onnx.export`` (export.graphs) -> ORT optimiser
-(fp32) -> dynamic int8 / fp16 from the optimised graph (export.convert) -> parity on sample texts
-(export.parity): fp32 against PyTorch, fails the export above ``tolerance``; int8 / fp16 against
-fp32, recorded. The bundle is assembled in a staging directory next to OUT and moved into place
-only when everything passed, so a failed export never leaves a half-written bundle.
+Any registered task kind is a keyword (``export.tasks``: ``ner``, ``similarity``, ...). Steps per task,
+the same for every kind: load the checkpoint (its exporter) -> ``torch.onnx.export`` of the exporter's
+graph -> the precision registry's variants (``models.precisions``: the optimised fp32 reference, then
+each variant from its reference, ``export.variants``) -> parity on sample texts: the reference against
+PyTorch fails the export above ``tolerance``; the others against their reference, recorded. The
+bundle is assembled in a staging directory next to OUT and moved into place only when everything
+passed, so a failed export never leaves a half-written bundle.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 import ropenlp
+from export.errors import ExportError, stage
+from export.tasks import EXPORTERS, TaskExporter
 from models.bundle import (
     FORMAT_VERSION,
     MANIFEST,
     Dataset,
-    GraphSpec,
     Manifest,
-    NerTask,
-    Precision,
     Provenance,
-    SimilarityTask,
+    TaskSpec,
     write_manifest,
 )
+from models.card import write_model_card
+from models.precisions import NAMES as PRECISIONS
+from models.precisions import REFERENCE
 from models.tasks import TASK_FILE, read_task, tokenizer_file
 from models.text import Tokenizer
 
 log = logging.getLogger(__name__)
 
-PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
-FILE_PREFIX = {"ner": "ner", "similarity": "sim"}
 METRICS_FILE = "metrics.json"
 DEFAULT_TOLERANCE = 1e-3
-
-
-class ExportError(RuntimeError):
-    """An export that cannot produce a correct bundle: the message names the checkpoint or graph and why."""
+__all__ = ["DEFAULT_TOLERANCE", "PRECISIONS", "ExportError", "detect_task", "export_bundle"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,10 +58,9 @@ class ExportError(RuntimeError):
 
 def export_bundle(
     out: str | Path,
+    checkpoints: Mapping[str, str | Path] | None = None,
     *,
-    ner: str | Path | None = None,
-    similarity: str | Path | None = None,
-    precisions: Iterable[str] | Mapping[str, Iterable[str]] = ("fp32",),
+    precisions: Iterable[str] | Mapping[str, Iterable[str]] = (REFERENCE,),
     sample_texts: Sequence[str] | None = None,
     name: str | None = None,
     training_data: Iterable[Dataset | Mapping[str, str] | tuple[str, str]] = (),
@@ -77,13 +71,17 @@ def export_bundle(
     exporter: str = "legacy",
     per_channel: bool = True,
     overwrite: bool = False,
+    **by_task: str | Path | None,
 ) -> Manifest:
-    """Export the NER and/or similarity checkpoint into one bundle at ``out``; return its manifest.
+    """Export task checkpoints into one bundle at ``out``; return its manifest.
 
-    ``precisions``: any of fp32, fp16, int8 (fp32 is always built as the reference; it is shipped
-    only when asked for), for every task, or per task as ``{"ner": [...], "similarity": [...]}``
-    (e.g. int8 NER beside an fp32 similarity model whose whitening amplifies int8 noise). ``sample_texts``: texts for the parity checks (default ``SAMPLE_TEXTS``).
-    ``tolerance``: the largest fp32-vs-PyTorch difference accepted. Raises ``ExportError``.
+    The checkpoints: ``checkpoints`` ``{task: path}`` and / or one keyword per task (``ner=...``,
+    ``similarity=...``: any kind in ``export.tasks``). ``precisions``: any of the precision registry's
+    (``models.precisions``; each variant's reference is built too, and shipped only when asked for), for
+    every task, or per task as ``{"ner": [...], "similarity": [...]}`` (e.g. int8 NER beside an fp32
+    similarity model whose whitening amplifies int8 noise). ``sample_texts``: texts for the parity checks
+    (default ``SAMPLE_TEXTS``). ``tolerance``: the largest reference-vs-PyTorch difference accepted.
+    Raises ``ExportError``.
     """
     from export.graphs import DEFAULT_OPSET
     from export.parity import SAMPLE_TEXTS
@@ -93,13 +91,17 @@ def export_bundle(
         raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset >= 17")
     if exporter not in ("legacy", "dynamo"):
         raise ExportError(f"unknown exporter {exporter!r}: choose legacy or dynamo")
-    checkpoints = {task: Path(p) for task, p in (("ner", ner), ("similarity", similarity)) if p is not None}
-    if not checkpoints:
-        raise ExportError("nothing to export: give an NER checkpoint, a similarity checkpoint, or both")
-    for task, path in checkpoints.items():
+    given = {**(checkpoints or {}), **{k: v for k, v in by_task.items() if v is not None}}
+    unknown = sorted(set(given) - set(EXPORTERS))
+    if unknown:
+        raise ExportError(f"no exporter for task(s) {unknown} (known: {', '.join(EXPORTERS)})")
+    paths = {task: Path(given[task]) for task in EXPORTERS if task in given}  # registry order
+    if not paths:
+        raise ExportError(f"nothing to export: give a checkpoint of at least one task ({', '.join(EXPORTERS)})")
+    for task, path in paths.items():
         _check_checkpoint(task, path)
-    wanted = _precisions_by_task(precisions, list(checkpoints))
-    tokenizer, tokenizer_json = _shared_tokenizer(checkpoints)
+    wanted = _precisions_by_task(precisions, list(paths))
+    tokenizer, tokenizer_json = _shared_tokenizer(paths)
     datasets = [_dataset(d) for d in training_data]
     texts = [t for t in (sample_texts if sample_texts is not None else SAMPLE_TEXTS) if t.strip()]
     if not texts:
@@ -112,27 +114,24 @@ def export_bundle(
     staging.mkdir(parents=True)
     try:
         tokenizer.save(staging / "tokenizer.json")
-        common = {"tokenizer": tokenizer, "texts": texts, "tolerance": tolerance,
-                  "opset": opset or DEFAULT_OPSET, "exporter": exporter, "per_channel": per_channel}
-        tasks: dict[str, Any] = {}
-        if "ner" in checkpoints:
-            tasks["ner"] = _export_ner(checkpoints["ner"], staging, precisions=wanted["ner"], **common)
-        if "similarity" in checkpoints:
-            tasks["similarity"] = _export_similarity(checkpoints["similarity"], staging,
-                                                     precisions=wanted["similarity"], **common)
+        tasks = {task: _export_task(EXPORTERS[task], path, staging, tokenizer=tokenizer, texts=texts,
+                                    precisions=wanted[task], tolerance=tolerance, opset=opset or DEFAULT_OPSET,
+                                    exporter=exporter, per_channel=per_channel)
+                 for task, path in paths.items()}  # fmt: skip
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             name=name or out.name,
             lowercase=_lowercase(tokenizer_json),
-            **tasks,
+            tasks=tasks,
             provenance=Provenance(
-                base_checkpoint=base_checkpoint or _describe_checkpoints(checkpoints),
+                base_checkpoint=base_checkpoint or _describe_checkpoints(paths),
                 training_data=datasets,
                 ropenlp_version=ropenlp.__version__,
                 notes=notes,
             ),
         )
         manifest = write_manifest(staging, manifest)
+        write_model_card(staging, manifest)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -144,7 +143,8 @@ def export_bundle(
 
 
 def detect_task(path: str | Path) -> str:
-    """'ner' or 'similarity' from a checkpoint's ``ropenlp.json``; ExportError when it is not a task checkpoint."""
+    """The task of a checkpoint, from its ``ropenlp.json``; ExportError when it is not a task checkpoint of a
+    kind with an exporter."""
     path = Path(path)
     if not path.is_dir():
         raise ExportError(f"{path}: no such checkpoint directory")
@@ -152,10 +152,10 @@ def detect_task(path: str | Path) -> str:
         task = read_task(path).get("task")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"{path / TASK_FILE}: not valid JSON: {e}") from None
-    if task not in ("ner", "similarity"):
+    if task not in EXPORTERS:
         found = "missing" if not (path / TASK_FILE).is_file() else f"task = {task!r}"
-        raise ExportError(f"{path}: not a ropenlp task checkpoint ({TASK_FILE} {found}; "
-                          "expected a directory written by NerModel.save or SimilarityModel.save)")
+        raise ExportError(f"{path}: not a ropenlp task checkpoint ({TASK_FILE} {found}; expected a directory "
+                          f"written by a task model's save: {', '.join(EXPORTERS)})")
     return task
 
 
@@ -165,7 +165,7 @@ def detect_task(path: str | Path) -> str:
 
 
 def _precisions_by_task(precisions: Iterable[str] | Mapping[str, Iterable[str]],
-                        tasks: list[str]) -> dict[str, list[Precision]]:
+                        tasks: list[str]) -> dict[str, list[str]]:
     """The precisions to ship per task: one list for every task, or a mapping task -> list."""
     if not isinstance(precisions, Mapping):
         return {task: _check_precisions(precisions) for task in tasks}
@@ -178,7 +178,7 @@ def _precisions_by_task(precisions: Iterable[str] | Mapping[str, Iterable[str]],
     return {task: _check_precisions(precisions[task]) for task in tasks}
 
 
-def _check_precisions(precisions: Iterable[str]) -> list[Precision]:
+def _check_precisions(precisions: Iterable[str]) -> list[str]:
     given = list(dict.fromkeys(precisions))
     bad = [p for p in given if p not in PRECISIONS]
     if bad or not given:
@@ -187,18 +187,20 @@ def _check_precisions(precisions: Iterable[str]) -> list[Precision]:
 
 
 def _check_checkpoint(task: str, path: Path) -> None:
-    """The directory holds a checkpoint of that task. A similarity model may also be a plain Hugging Face
-    RoFormer / RoFormer-Sim directory (no ``ropenlp.json``): ``load_similarity`` picks its pooling."""
-    if task == "similarity" and path.is_dir() and not (path / TASK_FILE).exists():
-        found = "similarity"
+    """The directory holds a checkpoint of that task (or, for a kind that accepts one, a plain Hugging
+    Face RoFormer directory without ``ropenlp.json``)."""
+    exp = EXPORTERS[task]
+    if exp.plain_checkpoint and path.is_dir() and not (path / TASK_FILE).exists():
+        found = task
     else:
         found = detect_task(path)
     if found != task:
         raise ExportError(f"{path}: a {found} checkpoint was given as the {task} model")
     if not (path / "config.json").is_file():
         raise ExportError(f"{path}: config.json is missing (a checkpoint holds the encoder in Hugging Face format)")
-    if task == "ner" and not (path / "head.safetensors").is_file():
-        raise ExportError(f"{path}: head.safetensors is missing (the GlobalPointer weights)")
+    for f in exp.required_files:
+        if not (path / f).is_file():
+            raise ExportError(f"{path}: {f} is missing (the {task} head's weights)")
 
 
 def _shared_tokenizer(checkpoints: Mapping[str, Path]) -> tuple[Tokenizer, dict]:
@@ -257,136 +259,32 @@ def _check_length(path: Path, max_length: int, max_positions: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Per task
+# One task, the same way for every kind
 # --------------------------------------------------------------------------------------------
 
 
-def _load_checked(loader, path: Path, tokenizer):
-    """The task model in eval mode, its encoder and task configs and training metrics, checked against
-    the bundle's tokenizer and the encoder's position range."""
-    model = _load(loader, path).eval()
-    enc_cfg, cfg = model.encoder.cfg, model.cfg
+def _export_task(exp: TaskExporter, path: Path, staging: Path, *, tokenizer: Tokenizer, texts: list[str],
+                 precisions: list[str], tolerance: float, opset: int, exporter: str, per_channel: bool) -> TaskSpec:
+    """Load, check against the tokenizer and the encoder's positions, export, build and check the variants,
+    and the task's manifest spec."""
+    from export import variants
+
+    model = _load(exp, path).eval()
+    enc_cfg = model.encoder.cfg
     _check_vocab(path, tokenizer, enc_cfg.vocab_size)
-    _check_length(path, cfg.max_length, enc_cfg.max_position_embeddings)
-    return model, enc_cfg, cfg, _metrics(path)
-
-
-def _export_ner(path: Path, staging: Path, *, tokenizer, texts, precisions, tolerance, opset,
-                exporter, per_channel) -> NerTask:
-    import torch
-
-    from export import parity
-    from export.graphs import NerGraph
-    from models.tasks import load_ner
-
-    model, enc_cfg, cfg, metrics = _load_checked(load_ner, path, tokenizer)
-    graph = NerGraph(model).eval()
-    batches = parity.ner_batches(tokenizer, texts, max_length=cfg.max_length, stride=cfg.stride)
-
-    def torch_run(batch):
-        with torch.no_grad():
-            return graph(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).numpy()
-
-    def decode(outputs):
-        return parity.decode_entities(outputs, batches, texts=texts, labels=cfg.labels,
-                                      threshold=cfg.threshold, decode=cfg.decode)
-
-    reference = parity.run_all(torch_run, batches)
-    ref_entities = decode(reference)
-
-    def check(files: dict[str, Path]) -> dict[str, dict]:
-        fp32 = parity.run_all(parity.onnx_runner(files["fp32"]), batches)
-        diff = parity.max_abs_diff_spans(fp32, reference, batches)
-        _fail_above(diff, tolerance, files["fp32"], "scores")
-        fp32_entities = decode(fp32)
-        report = {"fp32": {"reference": "pytorch", "max_abs_diff": diff, "texts": len(texts),
-                           **parity.entity_agreement(ref_entities, fp32_entities)}}
-        for p in ("int8", "fp16"):
-            if p in files:
-                got = parity.run_all(parity.onnx_runner(files[p]), batches)
-                _check_finite(got, files[p])
-                report[p] = {"reference": "fp32", "max_abs_diff": parity.max_abs_diff_spans(got, fp32, batches),
-                             "texts": len(texts), **parity.entity_agreement(fp32_entities, decode(got))}
-        return report
-
-    graphs = _export_graphs("ner", graph, staging, precisions=precisions, opset=opset, exporter=exporter,
-                            per_channel=per_channel, check=check, encoder_cfg=enc_cfg)
-    return NerTask(graphs=graphs, max_length=cfg.max_length, metrics=metrics, labels=list(cfg.labels),
-                   head=cfg.head, threshold=cfg.threshold, stride=cfg.stride, decode=cfg.decode)
-
-
-def _export_similarity(path: Path, staging: Path, *, tokenizer, texts, precisions, tolerance, opset,
-                       exporter, per_channel) -> SimilarityTask:
-    import torch
-
-    from export import parity
-    from export.graphs import SimilarityGraph
-    from models.tasks import load_similarity
-
-    model, enc_cfg, cfg, metrics = _load_checked(load_similarity, path, tokenizer)
-    graph = SimilarityGraph(model).eval()
-    batches = parity.sim_batches(tokenizer, texts, max_length=cfg.max_length)
-
-    def torch_run(batch):
-        with torch.no_grad():
-            return graph(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).numpy()
-
-    reference = np.concatenate(parity.run_all(torch_run, batches))  # (N, k), one row per text
-
-    def check(files: dict[str, Path]) -> dict[str, dict]:
-        fp32 = np.concatenate(parity.run_all(parity.onnx_runner(files["fp32"]), batches))
-        diff = parity.max_abs_diff([fp32], [reference])
-        _fail_above(diff, tolerance, files["fp32"], "sentence vectors")
-        report = {"fp32": {"reference": "pytorch", "max_abs_diff": diff, "texts": len(texts),
-                           **parity.cosine_diffs(reference, fp32)}}
-        for p in ("int8", "fp16"):
-            if p in files:
-                got = np.concatenate(parity.run_all(parity.onnx_runner(files[p]), batches))
-                _check_finite([got], files[p])
-                report[p] = {"reference": "fp32", "max_abs_diff": parity.max_abs_diff([got], [fp32]),
-                             "texts": len(texts), **parity.cosine_diffs(fp32, got)}
-        return report
-
-    graphs = _export_graphs("similarity", graph, staging, precisions=precisions, opset=opset, exporter=exporter,
-                            per_channel=per_channel, check=check, encoder_cfg=enc_cfg)
-    return SimilarityTask(graphs=graphs, max_length=cfg.max_length, metrics=metrics, pooling=cfg.pooling,
-                          dim=model.dim, whitening=model.whitening is not None)
-
-
-def _export_graphs(task: str, graph, staging: Path, *, precisions, opset, exporter, per_channel, check,
-                   encoder_cfg) -> dict[str, GraphSpec]:
-    """Export, optimise and convert one task's graph; run ``check``; GraphSpecs of the shipped files."""
-    from export import convert
-    from export.graphs import to_onnx
-
-    prefix = FILE_PREFIX[task]
-    raw = staging / f"{prefix}.raw.onnx"
-    files = {"fp32": staging / f"{prefix}.fp32.onnx"}
-    with _stage(f"torch.onnx.export ({exporter} exporter) of the {task} graph"):
-        to_onnx(graph, raw, opset=opset, exporter=exporter)
-    with _stage(f"ONNX Runtime's optimiser on {files['fp32'].name}"):
-        convert.optimize(raw, files["fp32"], num_heads=encoder_cfg.num_attention_heads,
-                         hidden_size=encoder_cfg.hidden_size)
-    raw.unlink()
-    if "int8" in precisions:
-        with _stage(f"dynamic int8 quantization of {prefix}.fp32.onnx"):
-            files["int8"] = convert.quantize_int8(files["fp32"], staging / f"{prefix}.int8.onnx",
-                                                  per_channel=per_channel)
-    if "fp16" in precisions:
-        with _stage(f"fp16 conversion of {prefix}.fp32.onnx"):
-            files["fp16"] = convert.convert_fp16(files["fp32"], staging / f"{prefix}.fp16.onnx")
-    with _stage(f"the parity check of the {task} graphs on ONNX Runtime"):
-        report = check(files)
+    _check_length(path, model.cfg.max_length, enc_cfg.max_position_embeddings)
+    graph = exp.graph(model).eval()
+    with stage(f"PyTorch on the sample texts ({exp.kind})"):
+        parity = exp.parity(model, graph, tokenizer, texts)
+    files = variants.build(graph, staging, prefix=exp.file_prefix, task=exp.kind, output=exp.output,
+                           output_axes=exp.output_axes, precisions=precisions, opset=opset, exporter=exporter,
+                           encoder_cfg=enc_cfg,
+                           options=variants.BuildOptions(per_channel=per_channel, calibration=parity.feeds))
+    with stage(f"the parity check of the {exp.kind} graphs on ONNX Runtime"):
+        report = variants.check(files, parity, tolerance=tolerance, texts=len(texts))
     for p, r in report.items():
-        log.info("%s %s parity: %s", task, p, ", ".join(f"{k}={_fmt(v)}" for k, v in r.items()))
-    if "fp32" not in precisions:
-        files.pop("fp32").unlink()
-    specs = {}
-    for p, f in files.items():
-        inputs, outputs = convert.graph_io(f)
-        specs[p] = GraphSpec(file=f.name, precision=p, opset=convert.opset_of(f), inputs=inputs, outputs=outputs,
-                             parity=report[p])
-    return specs
+        log.info("%s %s parity: %s", exp.kind, p, ", ".join(f"{k}={_fmt(v)}" for k, v in r.items()))
+    return exp.spec(model, variants.specs(files, report, keep=precisions), _metrics(path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,34 +292,11 @@ def _export_graphs(task: str, graph, staging: Path, *, precisions, opset, export
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _stage(what: str):
-    """Turn a third-party failure (exporter, optimiser, quantizer, converter) into an ExportError naming the stage."""
+def _load(exp: TaskExporter, path: Path):
     try:
-        yield
-    except ExportError:
-        raise
-    except Exception as e:  # these tools raise many kinds of errors
-        raise ExportError(f"{what} failed: {type(e).__name__}: {e}") from e
-
-
-def _load(loader, path: Path):
-    try:
-        return loader(path)
+        return exp.load(path)
     except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
         raise ExportError(f"{path}: cannot load the checkpoint: {e}") from e
-
-
-def _fail_above(diff: float, tolerance: float, file: Path, what: str) -> None:
-    if not diff <= tolerance:  # also catches NaN
-        raise ExportError(f"{file.name}: fp32 ONNX {what} differ from PyTorch by up to {diff:.3g} on the sample "
-                          f"texts (tolerance {tolerance:g}): the exported graph is not faithful")
-
-
-def _check_finite(outputs: Sequence[np.ndarray], file: Path) -> None:
-    for out in outputs:
-        if np.isnan(out).any() or np.isposinf(out).any():
-            raise ExportError(f"{file.name}: the graph produced NaN or +inf on the sample texts")
 
 
 def _metrics(path: Path) -> dict:

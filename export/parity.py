@@ -7,7 +7,7 @@ What goes into ``GraphSpec.parity``:
 
 * fp32 vs PyTorch: ``max_abs_diff`` over unmasked outputs only (NER: spans i <= j on real tokens;
   similarity: every vector component), plus for NER the entity agreement with PyTorch.
-* int8 / fp16 vs the fp32 graph: NER ``entity_f1`` (x100, agreement of the decoded entity sets,
+* every other variant vs its reference (``models.precisions``; fp32 for int8 and fp16): NER ``entity_f1`` (x100, agreement of the decoded entity sets,
   100 when both are empty), ``entities_changed`` (symmetric difference) and ``max_abs_diff``;
   similarity ``cosine_max_abs_diff`` / ``cosine_mean_abs_diff`` over all sample pairs.
 """

@@ -3,13 +3,16 @@
 Torch-free (pydantic + stdlib). Layout::
 
     BUNDLE/
-      bundle.json           the manifest below (format_version, tasks, provenance, file hashes)
-      tokenizer.json        one tokenizer shared by every task of the bundle
-      ner.<precision>.onnx  GlobalPointer scores, one graph per precision variant
-      sim.<precision>.onnx  whitened, L2-normalised sentence vectors
+      bundle.json                 the manifest below (format_version, tasks, provenance, file hashes)
+      tokenizer.json              one tokenizer shared by every task of the bundle
+      <prefix>.<precision>.onnx   per task, one graph per precision variant (ner.int8.onnx: GlobalPointer
+                                  scores; sim.fp32.onnx: whitened, L2-normalised sentence vectors)
+      MODEL_CARD.md               written from the manifest (models.card); not hashed
 
-A task may carry several precision variants of its graph (int8 for CPU, fp16 for GPU, fp32 for
-both); the runtime picks one for its execution provider with ``TaskSpec.pick``.
+``tasks`` maps a name to its spec, a union discriminated by ``kind`` over the registered kinds
+(:func:`register_task_spec`; the name is the kind). Format 1 held each task under a top-level key of
+its name: still read. A task may carry several precision variants of its graph (the precision registry,
+``models.precisions``); the runtime picks one for its execution provider with ``TaskSpec.pick``.
 """
 
 from __future__ import annotations
@@ -18,19 +21,16 @@ import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
-FORMAT_VERSION = 1
+from models.precisions import Precision, preference
+
+FORMAT_VERSION = 2  # what this ropenlp writes: tasks under "tasks", keyed by name
+READS = (1, 2)  # what it reads: version 1 holds each task under a top-level key of its name ("ner", ...)
 MANIFEST = "bundle.json"
-Precision = Literal["fp32", "fp16", "int8"]
-TaskName = Literal["ner", "similarity"]
-# Which variant a provider prefers, best first.
-PREFERENCE: dict[str, tuple[Precision, ...]] = {
-    "cpu": ("int8", "fp32", "fp16"),
-    "cuda": ("fp16", "fp32", "int8"),
-}
 
 
 class BundleError(ValueError):
@@ -51,6 +51,13 @@ class GraphSpec(_Strict):
 
 
 class TaskSpec(_Strict):
+    """What every task of a bundle has: its kind (the registry's name), graphs per precision, window length,
+    metrics. A kind subclasses it with its own fields and a ``kind: Literal["name"] = "name"``, and
+    registers with :func:`register_task_spec`."""
+
+    limits: ClassVar[tuple[str, ...]] = ()  # what its results are bounded by, for the model card
+
+    kind: str
     graphs: dict[Precision, GraphSpec]
     max_length: int = Field(gt=2, description="tokens per window, [CLS] and [SEP] included")
     metrics: dict[str, float | int | str | dict] = Field(default_factory=dict)
@@ -64,19 +71,30 @@ class TaskSpec(_Strict):
             raise ValueError("a task needs at least one graph")
         return self
 
-    def pick(self, provider: str, precision: Precision | None = None) -> GraphSpec:
+    def pick(self, provider: str, precision: str | None = None) -> GraphSpec:
         """The graph to run: the requested precision, else the provider's preferred one present."""
         if precision is not None:
             if precision not in self.graphs:
                 raise BundleError(f"no {precision} graph in this bundle (has: {', '.join(self.graphs)})")
             return self.graphs[precision]
-        for p in PREFERENCE.get(provider, PREFERENCE["cpu"]):
+        for p in preference(provider):
             if p in self.graphs:
                 return self.graphs[p]
         raise BundleError("no graph")  # unreachable: validated non-empty
 
+    def settings(self) -> dict[str, object]:
+        """The task's own settings (everything but graphs and metrics): for model cards and /info."""
+        return self.model_dump(mode="json", exclude={"kind", "graphs", "metrics"})
+
 
 class NerTask(TaskSpec):
+    limits = (
+        "Long texts are cut into overlapping windows of max_length tokens (stride apart) and the entities "
+        "merged; an entity longer than a window cannot be found.",
+        "Span scores are not probabilities: the threshold was tuned on the development data.",
+    )
+
+    kind: Literal["ner"] = "ner"
     labels: list[str] = Field(min_length=1)
     head: Literal["gp", "egp"]
     threshold: float = 0.0
@@ -93,6 +111,13 @@ class NerTask(TaskSpec):
 
 
 class SimilarityTask(TaskSpec):
+    limits = (
+        "Texts longer than max_length tokens are truncated (every result says so); scores of truncated "
+        "texts describe their beginning only.",
+        "Cosine scores rank pairs; they are not calibrated probabilities of paraphrase.",
+    )
+
+    kind: Literal["similarity"] = "similarity"
     pooling: Literal["cls", "mean", "first-last-avg", "linear"]
     dim: int = Field(gt=0, description="dimension of the whitened, normalised vectors")
     whitening: bool
@@ -116,26 +141,70 @@ class Manifest(_Strict):
     name: str
     tokenizer: str = "tokenizer.json"
     lowercase: bool = True
-    ner: NerTask | None = None
-    similarity: SimilarityTask | None = None
+    tasks: dict[str, TaskSpec] = Field(description="task name -> spec; the spec's kind is the name")
     provenance: Provenance = Field(default_factory=Provenance)
     files: dict[str, str] = Field(default_factory=dict, description="file name -> SHA-256 hex")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, raw):
+        """Format 1 (and keyword construction): each task under a top-level key of its kind's name."""
+        if not isinstance(raw, dict) or not any(k in TASK_SPECS for k in raw):
+            return raw
+        raw = dict(raw)
+        tasks = dict(raw.get("tasks") or {})
+        for kind in TASK_SPECS:
+            spec = raw.pop(kind, None)
+            if spec is not None:
+                tasks[kind] = {"kind": kind, **spec} if isinstance(spec, dict) else spec
+        raw["tasks"] = tasks
+        return raw
+
     @model_validator(mode="after")
     def _has_task(self):
-        if self.ner is None and self.similarity is None:
-            raise ValueError("a bundle needs at least one task (ner or similarity)")
+        if not self.tasks:
+            raise ValueError(f"a bundle needs at least one task ({', '.join(TASK_SPECS)})")
+        for name, spec in self.tasks.items():
+            if spec.kind != name:
+                raise ValueError(f"tasks[{name!r}] is of kind {spec.kind!r}: a task is named after its kind")
         return self
-
-    @property
-    def tasks(self) -> dict[str, TaskSpec]:
-        return {name: t for name, t in (("ner", self.ner), ("similarity", self.similarity)) if t is not None}
 
     def referenced_files(self) -> list[str]:
         names = [self.tokenizer]
         for task in self.tasks.values():
             names += [g.file for g in task.graphs.values()]
         return names
+
+
+# --------------------------------------------------------------------------------------------
+# The registry of task kinds a manifest can hold
+# --------------------------------------------------------------------------------------------
+
+TASK_SPECS: dict[str, type[TaskSpec]] = {}
+
+
+def register_task_spec(spec: type[TaskSpec]) -> type[TaskSpec]:
+    """Add a kind of task (its spec class, with ``kind: Literal["name"] = "name"``) to the manifest schema.
+
+    The manifest's ``tasks`` then validate as a union discriminated by ``kind`` over every registered spec.
+    The serving and export sides register under the same name (``service.tasks``, ``export.tasks``).
+    """
+    kind = spec.model_fields["kind"].default
+    if not isinstance(kind, str) or get_args(spec.model_fields["kind"].annotation) != (kind,):
+        raise TypeError(f"{spec.__name__}.kind must be declared as kind: Literal[{kind!r}] = {kind!r}")
+    if TASK_SPECS.get(kind, spec) is not spec:
+        raise ValueError(f"a task kind {kind!r} is registered already ({TASK_SPECS[kind].__name__})")
+    TASK_SPECS[kind] = spec
+    specs = tuple(TASK_SPECS.values())
+    union = specs[0] if len(specs) == 1 else Annotated[Union[specs], Field(discriminator="kind")]  # noqa: UP007
+    Manifest.model_fields["tasks"] = FieldInfo.from_annotation(dict[str, union])
+    Manifest.model_fields["tasks"].description = "task name -> spec; the spec's kind is the name"
+    Manifest.model_rebuild(force=True)
+    return spec
+
+
+register_task_spec(NerTask)
+register_task_spec(SimilarityTask)
 
 
 def sha256(path: Path) -> str:
@@ -153,7 +222,7 @@ def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Manifest:
     if missing:
         raise BundleError(f"{bundle_dir}: cannot write manifest, missing file(s): {', '.join(missing)}")
     files = {f: sha256(bundle_dir / f) for f in sorted(set(manifest.referenced_files()))}
-    manifest = manifest.model_copy(update={"files": files})
+    manifest = manifest.model_copy(update={"files": files, "format_version": FORMAT_VERSION})
     (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -173,14 +242,15 @@ def load_manifest(bundle_dir: str | Path, *, verify_hashes: bool = True) -> Mani
     if not isinstance(raw, dict):
         raise BundleError(f"{path}: expected a JSON object")
     version = raw.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READS:
         raise BundleError(
-            f"{path}: format_version {version!r} is not supported (this ropenlp reads version {FORMAT_VERSION})"
+            f"{path}: format_version {version!r} is not supported (this ropenlp reads versions "
+            f"{', '.join(map(str, READS))})"
         )
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(f"{_where(err['loc']) or '<root>'}: {err['msg']}" for err in e.errors())
         raise BundleError(f"{path}: invalid manifest: {problems}") from None
     for name in manifest.referenced_files():
         if not (bundle_dir / name).is_file():
@@ -205,3 +275,11 @@ def check_graph_io(graph: GraphSpec, *, inputs: list[str], outputs: list[str]) -
             raise BundleError(
                 f"{graph.file}: graph {kind} {sorted(got)} do not match the manifest's {sorted(want)}"
             )
+
+
+def _where(loc: tuple) -> str:
+    """A validation error's location, the union's tag left out: ``tasks.ner.stride``, not ``tasks.ner.ner.stride``."""
+    parts = list(loc)
+    if len(parts) >= 3 and parts[0] == "tasks" and parts[2] == parts[1]:
+        del parts[2]
+    return ".".join(map(str, parts))

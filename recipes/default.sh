@@ -15,8 +15,8 @@
 #
 # Every step resumes (--resume) or is skipped when its output exists, so the script can be rerun after
 # an interruption. Training texts only: the dev files are used for model selection and reporting.
-# Wall times on 2 CPU cores are in the README ("Models"). research/runs.sh has the experiments behind
-# the choices (README "What was tried").
+# Wall times on 2 CPU cores are in docs/models.md. research/runs.sh has the experiments behind
+# the choices (docs/research.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"

@@ -2,9 +2,10 @@
 
 Three layers, one direction::
 
-    http.py      parse, call, render; the error table; metrics; API key   (Litestar)
+    http/        parse, call, render; the error table; metrics; API key   (Litestar)
       -> batching.py  bounded queue, token-budget batches, one worker thread (server only)
-      -> core.py      validate, tokenize (windows), batch, decode, merge    (HTTP-free; the CLI calls it)
+      -> core.py      the engine: an operation's job by token budget       (HTTP-free; the CLI calls it)
+           tasks/     one module per task kind: validate, tokenize (windows), decode, merge, render
       -> runtime.py   ONNX Runtime sessions behind the ``Runtime`` protocol
 
 ``settings.py`` (``ROPENLP_*`` variables / ``ropenlp serve`` flags), ``errors.py`` (one class per

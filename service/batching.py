@@ -1,11 +1,14 @@
 """Dynamic batching for the server: the sequences of concurrent requests share batches.
 
-Flow of one request (:meth:`Batcher.execute`)::
+Flow of one request (:meth:`Batcher.execute` of an operation's name and typed query)::
 
-    admit (or Overloaded at once) -> prepare in a thread (validate + tokenize, core)
+    admit (or Overloaded at once) -> core.prepare in a thread (validate + tokenize)
     -> submit its rows to the queue -> the gatherer groups rows of several requests into one batch
-    -> ONE worker thread runs Engine.run_batch -> rows go back into each request's own order
-    -> finish (merge windows / dot products, core)
+    -> ONE worker thread runs core.run_batch -> rows go back into each request's own order
+    -> core.finish (merge windows / dot products)
+
+Only data crosses the queue and the threads (the query, the job, the rows): the batcher calls its
+:class:`Core` (``service.core.Engine``) by name, never a closure handed in by the caller.
 
 * Admission is bounded: at most ``max_queue`` requests are admitted (queued or running); one more
   gets :class:`Overloaded` immediately (HTTP 429 + Retry-After) instead of an unbounded queue.
@@ -33,12 +36,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from service.core import Job, Seq, padded_cost
+from models.batches import padded_cost
 from service.errors import InferenceError, NotReady, Overloaded
+from service.jobs import Job, Seq
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+
+class Core(Protocol):
+    """What the batcher runs (``service.core.Engine`` implements it)."""
+
+    def prepare(self, name: str, query: Any) -> Job: ...
+
+    def run_batch(self, task: str, seqs: list[Seq]) -> list[Any]: ...
+
+    def finish(self, job: Job, outputs: list[Any]) -> Any: ...
 
 
 class BatchObserver(Protocol):
@@ -105,7 +119,7 @@ class Batcher:
 
     def __init__(
         self,
-        run_batch: Callable[[str, list[Seq]], list[Any]],
+        core: Core,
         *,
         batch_tokens: int,
         max_wait_ms: float,
@@ -113,7 +127,7 @@ class Batcher:
         retry_after_s: float = 1.0,
         observer: BatchObserver | None = None,
     ) -> None:
-        self._run_batch = run_batch
+        self._core = core
         self._budget, self._max_wait = batch_tokens, max_wait_ms / 1e3
         self._max_queue, self._retry_after = max_queue, retry_after_s
         self._observer = observer
@@ -167,18 +181,18 @@ class Batcher:
             self._admitted -= 1
             self._report_queue()
 
-    async def execute(self, prepare: Callable[[], Job[R]]) -> tuple[R, Timings]:
-        """Admit, prepare (in a thread), batch, finish: the whole life of one request."""
+    async def execute(self, name: str, query: Any) -> tuple[Any, Timings]:
+        """Admit, prepare (in a thread), batch, finish: the whole life of one request for operation ``name``."""
         with self.admit():
             self._preparing += 1
             try:
-                job = await asyncio.to_thread(prepare)
+                job = await asyncio.to_thread(self._core.prepare, name, query)
             finally:  # submitted next, or failed / cancelled: either way the gatherer must look again
                 self._preparing -= 1
                 if self._wake is not None:
                     self._wake.set()
             outputs, queue_s, inference_s = await self.submit(job.task, job.seqs)
-            result = job.finish(outputs)
+            result = self._core.finish(job, outputs)
         return result, Timings(job.tokenize_s, queue_s, inference_s)
 
     async def submit(self, task: str, seqs: Sequence[Seq]) -> tuple[list[Any], float, float]:
@@ -266,7 +280,7 @@ class Batcher:
         """One batch on the worker thread; each row's output into its request's slot."""
         t0 = time.perf_counter()
         outputs = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._run_batch, task, [it.seq for it in batch]
+            self._executor, self._core.run_batch, task, [it.seq for it in batch]
         )
         seconds = time.perf_counter() - t0
         for t in tickets:

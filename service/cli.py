@@ -143,12 +143,6 @@ SCORE_EPILOG = """Exit codes:
 After 1, 3, 4, 130 or kill -9: rerun with the same arguments and --resume."""
 
 
-class ScoreTask(str, enum.Enum):
-    ner = "ner"
-    similarity = "similarity"
-    embed = "embed"
-
-
 class InputFormat(str, enum.Enum):
     jsonl = "jsonl"
     csv = "csv"
@@ -165,7 +159,7 @@ class ProgressMode(str, enum.Enum):
 
 def _score(
     task: Annotated[
-        ScoreTask, typer.Argument(help="ner: entities; similarity: score of pairs (a, b); embed: vectors.")
+        str, typer.Argument(metavar="OPERATION", help="What to compute (see below); the bundle must have its task.")
     ],
     *,
     input: Annotated[
@@ -256,9 +250,15 @@ def _score(
     import signal
 
     from service.score import ScoreError, ScoreOptions, Stopped, make_progress, score
+    from service.score.options import operation
 
+    try:
+        operation(task)
+    except ScoreError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
     options = ScoreOptions(
-        task=task.value, input=input, output=output, format=format.value if format else None,
+        task=task, input=input, output=output, format=format.value if format else None,
         text_field=text_field, a_field=a_field, b_field=b_field, id_field=id_field, header=header,
         threshold=threshold, decode=decode, window=window, max_errors=max_errors, resume=resume,
         overwrite=overwrite, npy=npy, vectors=vectors, fsync_interval=fsync_interval,
@@ -294,6 +294,10 @@ def _score(
 def _score_command() -> typing.Callable[..., None]:
     """``_score``'s own parameters (annotations resolved: typer reads a replaced signature as it is)
     followed by the settings flags."""
+    from service.tasks import scorable
+
+    ops = "; ".join(f"{name}: {op.score.help}" for name, op in scorable().items())
+    _score.__doc__ = (_score.__doc__ or "").split("\n\n    OPERATION")[0] + f"\n\n    OPERATION: {ops}."
     hints = typing.get_type_hints(_score, include_extras=True)
     own = [
         p.replace(annotation=hints[name])

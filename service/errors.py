@@ -1,4 +1,4 @@
-"""One error class per failure the service reports (no HTTP here: the status table is in ``http.py``).
+"""One error class per failure the service reports (no HTTP here: the status table is in ``service.http.errors``).
 
 Every error carries a human message, a stable ``error_type`` (snake_case, for clients to switch on),
 and where it applies the offending ``field`` (``texts[3]``, ``threshold``) and the ``limit`` that was

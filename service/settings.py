@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from models.precisions import Precision
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "ROPENLP_"
@@ -56,8 +58,8 @@ class Settings(BaseModel):
     allow_cpu_fallback: bool = Field(
         False, description="with provider=cuda: run on CPU instead of failing at start-up"
     )
-    precision: Literal["fp32", "fp16", "int8"] | None = Field(
-        None, description="graph variant; default: the provider's preferred one"
+    precision: Precision | None = Field(
+        None, description="graph variant (models.precisions); default: the provider's preferred one"
     )
     intra_op_threads: int = Field(
         1, ge=0, description="ONNX Runtime threads inside an operator (0 = one per core)"

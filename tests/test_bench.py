@@ -12,12 +12,12 @@ DEFAULT = Path(__file__).resolve().parents[1] / "service" / "bundles" / "default
 def test_a_random_model_like_the_shipped_bundle(tmp_path):
     m = load_manifest(DEFAULT)
     ner = load_ner(random_checkpoint("ner", tmp_path / "ner", layers=1, hidden=32, like=DEFAULT))
-    assert ner.cfg.head == m.ner.head == "gp"
-    assert ner.cfg.labels == tuple(m.ner.labels) and len(ner.cfg.labels) == 10
-    assert (ner.cfg.max_length, ner.cfg.stride, ner.cfg.decode) == (m.ner.max_length, m.ner.stride, m.ner.decode)
+    assert ner.cfg.head == m.tasks["ner"].head == "gp"
+    assert ner.cfg.labels == tuple(m.tasks["ner"].labels) and len(ner.cfg.labels) == 10
+    assert (ner.cfg.max_length, ner.cfg.stride, ner.cfg.decode) == (m.tasks["ner"].max_length, m.tasks["ner"].stride, m.tasks["ner"].decode)
     assert ner.encoder.cfg.num_hidden_layers == 1 and ner.encoder.cfg.hidden_size == 32  # the size is ours
     sim = load_similarity(random_checkpoint("similarity", tmp_path / "sim", layers=1, hidden=32, like=DEFAULT))
-    assert sim.pooling.mode == m.similarity.pooling == "first-last-avg"
+    assert sim.pooling.mode == m.tasks["similarity"].pooling == "first-last-avg"
 
 
 def test_a_random_model_without_like_keeps_its_own_settings(tmp_path):

@@ -141,70 +141,6 @@ def whitening(
                   if best is not None else ""))
 
 
-def _evaluate_command(task: str):
-    def command(
-        model: Annotated[str | None, typer.Option(help="PyTorch task checkpoint.")] = None,
-        data: Annotated[list[str] | None, typer.Option(help="Labelled file(s) (repeat).")] = None,
-        format: Annotated[str, typer.Option(help="ner: auto, cluener, cmeee, bio, bioes; sim: auto, tsv, "
-                                                 "jsonl.")] = "auto",
-        out: Annotated[str | None, typer.Option(help="Write the metrics JSON here.")] = None,
-        bundle: Annotated[str | None, typer.Option(help="An ONNX bundle directory, or the name of a shipped bundle "
-                                                          "(default, medical), instead of --model.")
-                          ] = None,
-        precision: Annotated[str | None, typer.Option(help="Bundle graph variant: fp32, fp16, int8.")] = None,
-        threshold: Annotated[float | None, typer.Option(help="ner: decoding threshold (default: the model's).")
-                             ] = None,
-        decode: Annotated[str | None, typer.Option(
-            metavar="nested|flat", help="ner: nested (every span above the threshold) or flat (greedy "
-                                        "non-overlapping spans); default: the model's / bundle's.")] = None,
-        threshold_grid: Annotated[str | None, typer.Option(
-            metavar="T1,T2,...", help="ner: score every threshold of the list and report the best (tuned on "
-                                      "this data: for comparing models, each at its best).")] = None,
-        device: Annotated[str, typer.Option(help="cpu, cuda (--model only).")] = "cpu",
-        batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 8192,
-        threads: Annotated[int, typer.Option(help="CPU threads (0 = default).")] = 0,
-    ) -> None:
-        from pathlib import Path
-
-        from rich.console import Console
-
-        from training import evaluate as ev
-        from training.data import write_json
-
-        if not data:
-            typer.echo("error: give at least one --data file", err=True)
-            raise typer.Exit(EXIT_ERROR)
-        with _user_errors():
-            if task == "ner":
-                grid = None
-                if threshold_grid is not None:
-                    try:
-                        grid = [float(t) for t in threshold_grid.split(",") if t.strip()]
-                    except ValueError:
-                        raise ValueError(f"--threshold-grid must be numbers separated by commas, got "
-                                         f"{threshold_grid!r}") from None
-                metrics = ev.evaluate_ner(data, model=model, bundle=bundle, format=format, threshold=threshold,
-                                          decode=decode, device=device, batch_tokens=batch_tokens,
-                                          precision=precision, threads=threads, threshold_grid=grid)
-                table = ev.ner_table(metrics)
-            else:
-                if threshold is not None or decode is not None or threshold_grid is not None:
-                    raise ValueError("--threshold, --threshold-grid and --decode apply to ner only")
-                metrics = ev.evaluate_sim(data, model=model, bundle=bundle, format=format, device=device,
-                                          batch_tokens=batch_tokens, precision=precision, threads=threads)
-                table = ev.sim_table(metrics)
-            if out:
-                Path(out).parent.mkdir(parents=True, exist_ok=True)
-                write_json(out, metrics)
-        Console().print(table)
-        if out:
-            typer.echo(f"wrote {out}")
-
-    command.__doc__ = {"ner": "Exact-span P/R/F1 (micro, per type, nested only) of an NER checkpoint or bundle.",
-                       "sim": "Spearman / Pearson x100 per pair file of a similarity checkpoint or bundle."}[task]
-    return command
-
-
 def register(app: typer.Typer) -> None:
     train = typer.Typer(name="train", no_args_is_help=True,
                         help="Train: vocabulary, MLM pre-training, NER, similarity, whitening.")
@@ -215,8 +151,4 @@ def register(app: typer.Typer) -> None:
     train.command("sim", context_settings=extra, epilog=OVERRIDES_HELP)(_config_command(_sim))
     train.command("whitening")(whitening)
     app.add_typer(train, name="train")
-    evaluate = typer.Typer(name="evaluate", no_args_is_help=True,
-                           help="Score a task checkpoint or ONNX bundle on labelled data.")
-    evaluate.command("ner")(_evaluate_command("ner"))
-    evaluate.command("sim")(_evaluate_command("sim"))
-    app.add_typer(evaluate, name="evaluate")
+    # `ropenlp evaluate` (checkpoints and bundles) is in ropenlp.evaluate: it needs the service's engine

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.batches import plan_batches
 from models.roformer import RoFormerConfig, RoFormerEncoder
 from models.tasks import tokenizer_file
 from models.text import Tokenizer
@@ -61,6 +62,26 @@ class VocabConfig:
     min_count: int = 5
     max_size: int = 8000
     lowercase: bool = True
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """What the task trainers' own sections (``[ner]``, ``[sim]``) share: the head's learning rate, an EMA of
+    the weights, and evaluation. Each trainer subclasses it with its own options."""
+
+    head_lr: float = 0.0  # learning rate of the task head (0 = training.lr); often 5-10x the encoder's
+    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
+    eval_every_epoch: bool = True  # evaluate at the end of every epoch (else every training.eval_every)
+    eval_batch_tokens: int = 8192  # padded tokens per evaluation batch
+
+    def __post_init__(self):
+        if self.head_lr < 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError(f"{self.section}.head_lr must be >= 0 and {self.section}.ema_decay in [0, 1)")
+
+    @property
+    def section(self) -> str:
+        """The config section it is read from (for messages)."""
+        return type(self).__name__.removesuffix("Options").lower()
 
 
 @dataclass(frozen=True)
@@ -289,7 +310,5 @@ def fit_task(model: nn.Module, batches: EpochBatches, run: Run, cfg: TrainingCon
 
 def length_batches(lengths: Sequence[int], *, batch_tokens: int) -> list[list[int]]:
     """Indices grouped longest first, each batch costing at most ``batch_tokens`` padded tokens: the
-    service's own plan (:func:`service.core.plan_batches`)."""
-    from service.core import plan_batches
-
+    service's own plan (:func:`models.batches.plan_batches`)."""
     return plan_batches(list(lengths), batch_tokens)

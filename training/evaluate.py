@@ -1,8 +1,9 @@
-"""``ropenlp evaluate ner|sim``: score a PyTorch task checkpoint, or an ONNX bundle through the
-service's own :class:`service.core.Engine`, on any labelled file, with the same metric code.
+"""Evaluation on labelled files: NER exact-span scores and similarity Spearman/Pearson, of whatever
+predicts: a PyTorch task checkpoint here (:class:`NerCheckpoint`, :class:`SimCheckpoint`), or an
+ONNX bundle through the service's own engine (``ropenlp.evaluate``: training never imports the service).
 
-Read top to bottom: NER (read -> predict with the checkpoint or the engine -> exact-span scores) ->
-similarity (read pairs -> cosines -> Spearman/Pearson per file) -> rich tables.
+Read top to bottom: predictors -> NER (read -> predict -> exact-span scores) -> similarity (read pairs
+-> cosines -> Spearman/Pearson per file) -> rich tables.
 
 A checkpoint and a bundle of it (fp32, int8, ...) predict through the same windows and merge, so
 their metrics compare directly: the difference is the graph's numerics.
@@ -13,24 +14,39 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from training.data import ReadReport
 from training.metrics import macro_f1, ner_scores, similarity_scores
 
 log = logging.getLogger(__name__)
 
-UNLIMITED = 1 << 40
+
+# --------------------------------------------------------------------------------------------
+# Predictors: what evaluation asks of a model
+# --------------------------------------------------------------------------------------------
 
 
-def _engine(bundle: str | Path, *, batch_tokens: int, precision: str | None, provider: str = "cpu",
-            threads: int = 0):
-    from service.core import Engine, Limits
-    from service.settings import resolve_bundle
+class NerPredictor(Protocol):
+    """An NER model to evaluate: its settings and its entities (nested, at a threshold)."""
 
-    limits = Limits(max_items=UNLIMITED, max_chars=UNLIMITED, max_entities=UNLIMITED, batch_tokens=batch_tokens)
-    return Engine.load(resolve_bundle(bundle), limits=limits, precision=precision, provider=provider,
-                       intra_op_threads=threads, inter_op_threads=1)
+    source: dict[str, Any]  # how the metrics JSON names it: {"model": path} or {"bundle": ..., ...}
+    tokenizer: Any  # models.text.Tokenizer: gold spans are aligned with its tokens
+    labels: Sequence[str]
+    max_length: int
+    stride: int
+    threshold: float
+    decode: str
+
+    def entities(self, texts: Sequence[str], threshold: float) -> list[list]: ...
+
+
+class SimPredictor(Protocol):
+    source: dict[str, Any]
+
+    def cosines(self, pairs: Sequence[Any]) -> Sequence[float]: ...  # training.pairs.PairRecord each
 
 
 def _checkpoint(load, path: str | Path, *, device: str, threads: int = 0):
@@ -46,9 +62,50 @@ def _checkpoint(load, path: str | Path, *, device: str, threads: int = 0):
     return load(path).to(device), Tokenizer.load(tokenizer_file(path))
 
 
-def _check_one(model, bundle) -> None:
-    if (model is None) == (bundle is None):
-        raise ValueError("give exactly one of --model (a PyTorch checkpoint) or --bundle (an ONNX bundle)")
+@dataclass
+class NerCheckpoint:
+    """A PyTorch NER checkpoint as a :class:`NerPredictor` (the service's windows and merge)."""
+
+    path: str | Path
+    device: str = "cpu"
+    batch_tokens: int = 8192
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        from models.tasks import load_ner
+
+        self.net, self.tokenizer = _checkpoint(load_ner, self.path, device=self.device, threads=self.threads)
+        cfg = self.net.cfg
+        self.source = {"model": str(self.path)}
+        self.labels, self.max_length, self.stride = cfg.labels, cfg.max_length, cfg.stride
+        self.threshold, self.decode = cfg.threshold, cfg.decode
+
+    def entities(self, texts: Sequence[str], threshold: float) -> list[list]:
+        from training.ner import predict_entities
+
+        return predict_entities(self.net, self.tokenizer, texts, threshold=threshold, decode="nested",
+                                batch_tokens=self.batch_tokens, device=self.device)
+
+
+@dataclass
+class SimCheckpoint:
+    """A PyTorch similarity checkpoint as a :class:`SimPredictor`."""
+
+    path: str | Path
+    device: str = "cpu"
+    batch_tokens: int = 8192
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        from models.tasks import load_similarity
+
+        self.net, self.tokenizer = _checkpoint(load_similarity, self.path, device=self.device, threads=self.threads)
+        self.source = {"model": str(self.path), "dim": self.net.dim, "pooling": self.net.cfg.pooling}
+
+    def cosines(self, pairs) -> Sequence[float]:
+        from training.similarity import pair_cosines
+
+        return pair_cosines(self.net, self.tokenizer, pairs, batch_tokens=self.batch_tokens, device=self.device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,12 +113,13 @@ def _check_one(model, bundle) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle: str | Path | None = None,
+def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, predictor: NerPredictor | None = None,
                  format: str = "auto", threshold: float | None = None, decode: str | None = None,
-                 device: str = "cpu", batch_tokens: int = 8192, precision: str | None = None,
-                 on_error: str = "raise", threads: int = 0, threshold_grid: Sequence[float] | None = None) -> dict:
-    """Exact-span micro / per-type / nested scores of a checkpoint or bundle on NER files, decoded at
-    ``threshold`` in mode ``decode`` ("nested" or "flat"); both default to the checkpoint's / bundle's.
+                 device: str = "cpu", batch_tokens: int = 8192, on_error: str = "raise", threads: int = 0,
+                 threshold_grid: Sequence[float] | None = None) -> dict:
+    """Exact-span micro / per-type / nested scores of a checkpoint (``model``) or any ``predictor`` (a
+    bundle: ``ropenlp.evaluate``) on NER files, decoded at ``threshold`` in mode ``decode`` ("nested" or
+    "flat"); both default to the model's.
 
     ``threshold_grid``: instead of one threshold, score every grid value and report the best
     (``training.ner.calibrate``: one prediction pass at the lowest). Tuned on the data it reports on,
@@ -70,7 +128,8 @@ def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle
     from training.ner import calibrate, gold_spans, pred_spans, summary
     from training.ner_data import align_records, read_ner
 
-    _check_one(model, bundle)
+    if (model is None) == (predictor is None):
+        raise ValueError("give exactly one of --model (a PyTorch checkpoint) or --bundle (an ONNX bundle)")
     if decode is not None:
         check_decode(decode)
     report = ReadReport()
@@ -85,27 +144,14 @@ def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle
         if not threshold_grid:
             raise ValueError("--threshold-grid needs at least one value")
     t0 = time.perf_counter()
-    if model is not None:
-        from models.tasks import load_ner
-        from training.ner import predict_entities
-
-        net, tokenizer = _checkpoint(load_ner, model, device=device, threads=threads)
-        labels, max_length, stride = net.cfg.labels, net.cfg.max_length, net.cfg.stride
-        threshold = net.cfg.threshold if threshold is None else threshold
-        decode = net.cfg.decode if decode is None else decode
-        entities = predict_entities(net, tokenizer, texts, threshold=min(threshold_grid or [threshold]),
-                                    decode="nested", batch_tokens=batch_tokens, device=device)
-        source = {"model": str(model)}
-    else:
-        engine = _engine(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads)
-        tokenizer, labels = engine.tokenizer, engine.manifest.ner.labels
-        max_length, stride = engine.ner_max_length, engine.ner_stride
-        threshold = engine.manifest.ner.threshold if threshold is None else threshold
-        decode = engine.manifest.ner.decode if decode is None else decode
-        entities = engine.ner(texts, min(threshold_grid or [threshold]), "nested").entities
-        source = {"bundle": str(bundle), "graph_precision": engine.runtime.precision.get("ner")}
+    p = predictor if predictor is not None else NerCheckpoint(model, device=device, batch_tokens=batch_tokens,
+                                                              threads=threads)
+    labels, max_length, stride = p.labels, p.max_length, p.stride
+    threshold = p.threshold if threshold is None else threshold
+    decode = p.decode if decode is None else decode
+    entities = p.entities(texts, min(threshold_grid or [threshold]))
     seconds = time.perf_counter() - t0
-    _, stats = align_records(records, tokenizer, labels, max_length=max_length, stride=stride)
+    _, stats = align_records(records, p.tokenizer, labels, max_length=max_length, stride=stride)
     grid = {}
     # entities are decoded nested at the lowest threshold asked for; pred_spans filters by score, then applies
     # ``decode`` per merged text (what decoding at that threshold in that mode gives)
@@ -113,7 +159,7 @@ def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle
         threshold, grid = calibrate(gold_spans(records), entities, threshold_grid, labels, prefer=threshold,
                                     decode=decode)
     scores = ner_scores(gold_spans(records), pred_spans(entities, threshold, decode), labels)
-    return {"task": "ner", **source, "data": [str(p) for p in data], "read": report.summary(),
+    return {"task": "ner", **p.source, "data": [str(d) for d in data], "read": report.summary(),
             "threshold": threshold, "decode": decode, "max_length": max_length, "stride": stride,
             **({"threshold_tuned_on_this_data": True, "f1_by_threshold": grid} if grid else {}),
             **summary(scores), "scores": scores,
@@ -127,14 +173,15 @@ def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle
 # --------------------------------------------------------------------------------------------
 
 
-def evaluate_sim(data: Sequence[str], *, model: str | Path | None = None, bundle: str | Path | None = None,
-                 format: str = "auto", device: str = "cpu", batch_tokens: int = 8192, precision: str | None = None,
-                 on_error: str = "raise", threads: int = 0) -> dict:
-    """Spearman / Pearson x 100 per pair file (and their mean) of a checkpoint or bundle."""
+def evaluate_sim(data: Sequence[str], *, model: str | Path | None = None, predictor: SimPredictor | None = None,
+                 format: str = "auto", device: str = "cpu", batch_tokens: int = 8192, on_error: str = "raise",
+                 threads: int = 0) -> dict:
+    """Spearman / Pearson x 100 per pair file (and their mean) of a checkpoint or any ``predictor``."""
     from training.data import expand_paths
     from training.pairs import PairSource, read_pair_file
 
-    _check_one(model, bundle)
+    if (model is None) == (predictor is None):
+        raise ValueError("give exactly one of --model (a PyTorch checkpoint) or --bundle (an ONNX bundle)")
     if format not in ("auto", "tsv", "jsonl"):
         raise ValueError(f"unknown pair format {format!r}; choose from auto, tsv, jsonl")
     report = ReadReport()
@@ -142,22 +189,13 @@ def evaluate_sim(data: Sequence[str], *, model: str | Path | None = None, bundle
              for p in expand_paths(data)}
     report.check(on_error)
     t0 = time.perf_counter()
-    if model is not None:
-        from models.tasks import load_similarity
-        from training.similarity import pair_cosines
-
-        net, tokenizer = _checkpoint(load_similarity, model, device=device, threads=threads)
-        cosines = {name: pair_cosines(net, tokenizer, recs, batch_tokens=batch_tokens, device=device)
-                   for name, recs in files.items()}
-        source = {"model": str(model), "dim": net.dim, "pooling": net.cfg.pooling}
-    else:
-        engine = _engine(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads)
-        cosines = {name: engine.similarity_pairs([(p.a, p.b) for p in recs]).scores for name, recs in files.items()}
-        source = {"bundle": str(bundle), "graph_precision": engine.runtime.precision.get("similarity")}
+    p = predictor if predictor is not None else SimCheckpoint(model, device=device, batch_tokens=batch_tokens,
+                                                              threads=threads)
+    cosines = {name: p.cosines(recs) for name, recs in files.items()}
     seconds = time.perf_counter() - t0
-    per_file = {name: similarity_scores(cosines[name], [p.label for p in recs]) for name, recs in files.items()}
+    per_file = {name: similarity_scores(cosines[name], [r.label for r in recs]) for name, recs in files.items()}
     mean = sum(v["spearman"] for v in per_file.values()) / max(len(per_file), 1)
-    return {"task": "similarity", **source, "data": list(files), "read": report.summary(), "spearman_mean": mean,
+    return {"task": "similarity", **p.source, "data": list(files), "read": report.summary(), "spearman_mean": mean,
             "files": per_file, "seconds": round(seconds, 3)}
 
 

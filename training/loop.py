@@ -1,10 +1,11 @@
 """A small, generic training loop and what consumes it.
 
-Read top to bottom: seeds and RNG state -> optimizer and schedule -> resumable batches ->
-``train_steps`` (the loop itself: fetch -> forward -> backward -> clip -> step -> schedule, yielding
+Read top to bottom: seeds and RNG state -> optimizer and schedule -> ``train_steps`` (the loop itself: fetch -> forward -> backward -> clip -> step -> schedule, yielding
 a :class:`StepInfo` per step) -> its consumers (JSONL log, progress, checkpoints, early stopping) ->
 ``fit``, which wires them together for any model whose ``forward(**batch)`` returns ``(output, loss)`` ->
-a trainer's run around it (:func:`open_run` before, :func:`finish_run` after).
+a trainer's run around it (:func:`open_run` before, :func:`finish_run` after). The batches it draws
+(:mod:`training.batches`) and the checkpoints it writes (:mod:`training.checkpoints`) have their own
+modules; their names are re-exported here for the callers that import them from the loop.
 
 Resuming is exact: a checkpoint holds the model, optimizer, scheduler, every RNG state and the data
 position, so ``N`` steps straight and ``k`` steps + resume + ``N - k`` steps give identical weights.
@@ -17,27 +18,26 @@ import json
 import logging
 import math
 import random
-import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from training.batches import Batches, EpochBatches
+from training.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE, Checkpoints, resume_point
 from training.config import (RESOLVED_FILE, ConfigError, TrainingConfig, config_diff, from_dict, to_dict,
                              write_resolved)
 from training.data import write_json
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-TRAINER_STATE = "trainer.pt"
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
 # Keys that may change when a run is resumed: they do not change the weights.
@@ -140,100 +140,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total
 
 
 # --------------------------------------------------------------------------------------------
-# Resumable batches
-# --------------------------------------------------------------------------------------------
-
-
-class Batches(Protocol):
-    """An endless iterator of batches (dicts of tensors) whose position can be saved and restored."""
-
-    def __next__(self) -> dict[str, torch.Tensor]: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
-    @property
-    def epoch(self) -> float: ...
-
-
-class EpochBatches:
-    """Endless batches over a fixed list of examples, epoch after epoch.
-
-    Each epoch is a permutation drawn from ``(seed, epoch)``, cut into batches of ``batch_size``
-    examples or, with ``batch_tokens``, of at most that many padded tokens (longest x count); with
-    ``bucket > 0`` examples are sorted by length within pools of ``bucket`` batches first (less
-    padding) and the batches shuffled again. No example is ever dropped: the last batch may be short.
-    ``collate(examples, generator)`` builds the tensors; ``generator`` (a seeded ``torch.Generator``)
-    is for random choices such as dynamic masking, and its state is part of :meth:`state_dict`.
-    """
-
-    def __init__(self, examples: Sequence[Any], *, collate: Callable[[list, torch.Generator], dict],
-                 lengths: Sequence[int] | None = None, batch_size: int = 32, batch_tokens: int = 0,
-                 bucket: int = 0, seed: int = 0, shuffle: bool = True):
-        if not len(examples):
-            raise ValueError("no examples to make batches from")
-        self.examples, self.collate = examples, collate
-        self.lengths = np.asarray(lengths if lengths is not None else [len(e) for e in examples])
-        self.batch_size, self.batch_tokens, self.bucket = batch_size, batch_tokens, bucket
-        self.seed, self.shuffle = seed, shuffle
-        self.generator = torch.Generator().manual_seed(seed)
-        self._epoch, self._index = 0, 0
-        self._plan = self.plan(0)
-
-    def plan(self, epoch: int) -> list[np.ndarray]:
-        """The batches (arrays of example indices) of one epoch."""
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.examples)) if self.shuffle else np.arange(len(self.examples))
-        if self.bucket > 0:
-            pool = self.bucket * (self.batch_size if not self.batch_tokens else
-                                  max(1, self.batch_tokens // max(int(self.lengths.mean()), 1)))
-            order = np.concatenate([chunk[np.argsort(self.lengths[chunk], kind="stable")]
-                                    for chunk in np.array_split(order, max(1, -(-len(order) // pool)))])
-        batches, start = [], 0
-        while start < len(order):
-            end = start + 1
-            if self.batch_tokens:
-                longest = self.lengths[order[start]]
-                while end < len(order):
-                    longer = max(longest, self.lengths[order[end]])
-                    if longer * (end - start + 1) > self.batch_tokens:  # padded cost of one more
-                        break
-                    longest, end = longer, end + 1
-            else:
-                end = min(start + self.batch_size, len(order))
-            batches.append(order[start:end])
-            start = end
-        if self.bucket > 0 and self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.plan(0))
-
-    @property
-    def epoch(self) -> float:
-        return self._epoch + self._index / max(len(self._plan), 1)
-
-    def __iter__(self) -> Iterator[dict]:
-        return self
-
-    def __next__(self) -> dict:
-        if self._index >= len(self._plan):
-            self._epoch, self._index = self._epoch + 1, 0
-            self._plan = self.plan(self._epoch)
-        idx = self._plan[self._index]
-        self._index += 1
-        return self.collate([self.examples[i] for i in idx], self.generator)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "index": self._index, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._epoch, self._index = state["epoch"], state["index"]
-        self.generator.set_state(state["generator"])
-        self._plan = self.plan(self._epoch)
-
-
-# --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
 
@@ -291,7 +197,7 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, b
 
 
 # --------------------------------------------------------------------------------------------
-# Consumers: JSONL log, progress, checkpoints, early stopping
+# Consumers: JSONL log, progress, early stopping (checkpoints: training.checkpoints)
 # --------------------------------------------------------------------------------------------
 
 
@@ -371,42 +277,6 @@ class Progress:
             self.bar.close()
 
 
-class Checkpoints:
-    """``DIR/step-00000500/`` folders: the model as its trainer saves it plus ``trainer.pt`` (optimizer,
-    scheduler, RNG, data position, loop state). Written to a temporary folder and renamed, so a
-    crash never leaves a half-written "latest"; only the last ``keep`` are kept."""
-
-    def __init__(self, directory: str | Path, keep: int = 2):
-        self.dir, self.keep = Path(directory), keep
-
-    def all(self) -> list[Path]:
-        if not self.dir.is_dir():
-            return []
-        return sorted(p for p in self.dir.glob("step-*") if p.is_dir() and (p / TRAINER_STATE).is_file())
-
-    def latest(self) -> Path | None:
-        found = self.all()
-        return found[-1] if found else None
-
-    def save(self, step: int, state: dict, save_model: Callable[[Path], None] | None = None) -> Path:
-        final = self.dir / f"step-{step:08d}"
-        tmp = self.dir / f".tmp-step-{step:08d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if save_model is not None:
-            save_model(tmp)
-        torch.save(state, tmp / TRAINER_STATE)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in self.all()[: -self.keep]:
-            shutil.rmtree(old)
-        return final
-
-    @staticmethod
-    def load(path: str | Path) -> dict:
-        return torch.load(Path(path) / TRAINER_STATE, map_location="cpu", weights_only=True)
-
-
 class EarlyStopping:
     """Counts evaluations without improvement of one metric; ``stop`` after ``patience`` of them."""
 
@@ -461,22 +331,6 @@ def open_run(out_dir: str | Path, cfg: TrainingConfig, *, resume: bool) -> Run:
     device = setup_torch(cfg)
     out.mkdir(parents=True, exist_ok=True)
     return Run(out, latest, device)
-
-
-def resume_point(out_dir: str | Path, *, resume: bool) -> Path | None:
-    """The checkpoint to resume from (None: start fresh); call it before any slow preparation.
-
-    Without ``resume`` an output folder that already holds checkpoints is an error: nothing is
-    ever overwritten.
-    """
-    out = Path(out_dir)
-    latest = Checkpoints(out / CHECKPOINTS_DIR).latest()
-    if latest is not None and not resume:
-        raise FileExistsError(f"{out} already holds checkpoints (latest {latest.name}): pass --resume to "
-                              f"continue that run, or set output.dir to another folder")
-    if resume and latest is None:
-        log.info("--resume: no checkpoint in %s yet, starting from step 0", out)
-    return latest
 
 
 def write_run_config(out_dir: str | Path, cfg: Any, *, resuming: bool) -> Path:
@@ -610,3 +464,11 @@ def finish_run(run: Run, result: FitResult, metrics: dict, *, kept: Literal["bes
     write_json(path, json.loads(path.read_text(encoding="utf-8")) | metrics)
     what = {"best": "best checkpoint", "model": "final model"}[kept]
     log.info("done at step %d: %s in %s, log in %s", result.step, what, run.out / kept, run.out / LOG_FILE)
+
+
+__all__ = [  # Batches, EpochBatches, Checkpoints, resume_point, CHECKPOINTS_DIR, TRAINER_STATE: re-exported
+    "CHECKPOINTS_DIR", "TRAINER_STATE", "Batches", "Checkpoints", "EarlyStopping", "EpochBatches", "FitResult",
+    "JsonlLog", "Progress", "Run", "StepInfo", "best_metrics", "build_optimizer", "build_scheduler", "finish_run",
+    "fit", "open_run", "param_groups", "resume_point", "rng_states", "set_rng_states", "set_seed", "setup_torch",
+    "to_device", "train_steps", "write_run_config",
+]  # fmt: skip

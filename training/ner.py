@@ -40,24 +40,10 @@ from models.tasks import NerConfig, NerModel, load_ner
 from models.text import Tokenizer, pad_batch
 from training.config import OutputConfig, TrainingConfig, load_config, to_dict
 from training.data import ReadReport, expand_paths, settle_reports, write_json
-from training.encoders import (
-    ModelInit,
-    VocabConfig,
-    build_encoder,
-    check_length,
-    fit_task,
-    length_batches,
-    tokenizer_for,
-)
-from training.loop import (
-    METRICS_FILE,
-    EpochBatches,
-    FitResult,
-    best_metrics,
-    finish_run,
-    open_run,
-    write_run_config,
-)
+from training.batches import EpochBatches
+from training.encoders import (ModelInit, TaskOptions, VocabConfig, build_encoder, check_length, fit_task,
+                               length_batches, tokenizer_for)
+from training.loop import METRICS_FILE, FitResult, best_metrics, finish_run, open_run, write_run_config
 from training.metrics import macro_f1, ner_scores
 from training.ner_data import NerExample, NerFormat, NerRecord, align_records, labels_of, read_ner
 
@@ -95,24 +81,19 @@ class NerModelConfig(ModelInit):
 
 
 @dataclass(frozen=True)
-class NerOptions:
-    """``[ner]``: what is specific to NER training."""
+class NerOptions(TaskOptions):
+    """``[ner]``: what is specific to NER training (the head is the span head; see :class:`TaskOptions`)."""
 
-    head_lr: float = 0.0  # learning rate of the span head (0 = training.lr); often 5-10x the encoder's
     loss: Literal["auto", "dense", "sparse"] = "auto"  # targets as (B,C,T,T) or gold span indices
     sparse_from: int = 128  # auto: sparse targets when the batch is at least this many tokens long
-    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
     threshold: float = 0.0  # decoding threshold on span logits (saved with the model)
     decode: Literal["auto", "nested", "flat"] = "auto"  # auto: flat when no gold spans overlap (saved)
     calibrate_threshold: bool = False  # at the end: best dev F1 over threshold_grid, saved in best/
     threshold_grid: tuple[float, ...] = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
-    eval_every_epoch: bool = True  # evaluate at the end of every epoch (else every training.eval_every)
-    eval_batch_tokens: int = 8192  # padded tokens per evaluation batch
     bucket: int = 50  # sort windows by length within pools of this many batches (0 = off)
 
     def __post_init__(self):
-        if self.head_lr < 0 or not 0 <= self.ema_decay < 1:
-            raise ValueError("ner.head_lr must be >= 0 and ner.ema_decay in [0, 1)")
+        super().__post_init__()
         if self.calibrate_threshold and not self.threshold_grid:
             raise ValueError("ner.calibrate_threshold needs a non-empty ner.threshold_grid")
 

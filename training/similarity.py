@@ -35,24 +35,10 @@ from models.tasks import SimilarityConfig, SimilarityModel
 from models.text import Tokenizer, pad_batch
 from training.config import OutputConfig, TrainingConfig, load_config, to_dict
 from training.data import ReadReport, settle_reports, write_json
-from training.encoders import (
-    ModelInit,
-    VocabConfig,
-    build_encoder,
-    check_length,
-    fit_task,
-    length_batches,
-    tokenizer_for,
-)
-from training.loop import (
-    METRICS_FILE,
-    EpochBatches,
-    FitResult,
-    best_metrics,
-    finish_run,
-    open_run,
-    write_run_config,
-)
+from training.batches import EpochBatches
+from training.encoders import (ModelInit, TaskOptions, VocabConfig, build_encoder, check_length, fit_task,
+                               length_batches, tokenizer_for)
+from training.loop import METRICS_FILE, FitResult, best_metrics, finish_run, open_run, write_run_config
 from training.metrics import similarity_scores
 from training.pairs import PairRecord, PairSource, read_pair_file, source_files
 
@@ -82,8 +68,8 @@ class SimModelConfig(ModelInit):
 
 
 @dataclass(frozen=True)
-class SimOptions:
-    """``[sim]``: losses and evaluation."""
+class SimOptions(TaskOptions):
+    """``[sim]``: losses and evaluation (the head is the linear pooler, if any; see :class:`TaskOptions`)."""
 
     cosent_weight: float = 1.0
     cosent_scale: float = 20.0  # lambda
@@ -91,13 +77,10 @@ class SimOptions:
     contrastive_scale: float = 20.0
     positive_ratio: float = 0.8  # positive: label >= ratio x the highest label of its file (1 of 0/1, 4 of 0-5)
     symmetric: bool = True  # contrastive loss both ways (a picks b, b picks a)
-    head_lr: float = 0.0  # lr of the linear pooler (0 = training.lr)
-    ema_decay: float = 0.0
     select_on: str = ""  # dev name whose Spearman picks the best checkpoint ("" = mean over dev files)
-    eval_every_epoch: bool = True
-    eval_batch_tokens: int = 8192
 
     def __post_init__(self):
+        super().__post_init__()
         if self.cosent_weight < 0 or self.contrastive_weight < 0 or self.cosent_weight + self.contrastive_weight == 0:
             raise ValueError("sim.cosent_weight and sim.contrastive_weight must be >= 0, not both 0")
 

@@ -1,14 +1,16 @@
-"""Batch scoring of large files: ``ropenlp score ner|similarity|embed`` (the CLI shim is in ``service.cli``).
+"""Batch scoring of large files: ``ropenlp score OPERATION`` (``ner``, ``similarity``, ``embed``: any operation of
+``service.tasks`` with a ``ScoreSpec``; the CLI shim is in ``service.cli``).
 
 What it does, in one paragraph: records are read from the input as a stream, a window of ``window``
 records at a time (memory is bounded by the window, never by the file). The valid records of a window
-become ONE core job (``Engine.prepare_ner / prepare_pairs / prepare_embed``: the same tokenizer,
-validation, NER windows over long texts, similarity truncation as the HTTP server) run by
+become ONE core job (``Engine.prepare`` of the operation's query: the same tokenizer, validation, NER
+windows over long texts, similarity truncation as the HTTP server) run by
 ``Engine.execute`` (length-sorted batches within the ``batch_tokens`` budget). The next window is read
 and tokenized on a second thread while the model runs. Results are written in input order, one output
 line per input record, error lines included.
 
-Output (JSONL, one line per input record, in input order)::
+Output (JSONL, one line per input record, in input order; a record's fields are the operation's
+``records``, the items of its HTTP response)::
 
     {"line": 7, "id": "a1", "entities": [{"start": 0, "end": 2, "label": "LOC", "text": "北京", "score": 3.1}]}
     {"line": 8, "id": "a2", "score": 0.83, "truncated": false}                   # similarity

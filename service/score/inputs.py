@@ -31,7 +31,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from service.core import Limits, check_text
+from service.jobs import Limits
+from service.validate import check_text
 from service.errors import EmptyInput, ServiceError
 from service.score.errors import InputOutputError, UsageError
 from service.score.options import Plan, ScoreOptions
@@ -201,7 +202,7 @@ class Source:
     def __init__(self, options: ScoreOptions, plan: Plan, limits: Limits) -> None:
         self.path, self.plan, self.limits = options.input, plan, limits
         self.max_bytes = max(4 << 20, 16 * limits.max_chars)
-        self.similarity = options.task == "similarity"
+        self.pairs = len(plan.fields) == 2  # a record holds a pair of texts
         try:
             if self.path == "-":
                 self._f: BinaryIO = sys.stdin.buffer
@@ -284,7 +285,7 @@ class Source:
             texts = tuple(
                 _text(get(f), shown, self.limits) for f, shown in zip(self.plan.fields, self._shown)
             )
-            rec.value = texts if self.similarity else texts[0]
+            rec.value = texts if self.pairs else texts[0]
         except ServiceError as e:
             rec.error = e
 

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from models.spans import DECODES
 from service.core import Engine
 from service.score.errors import ResumeError, UsageError
+from service.tasks import Operation, scorable
 
-Task = Literal["ner", "similarity", "embed"]
 Format = Literal["jsonl", "csv", "tsv", "text"]
 EXTENSIONS: dict[str, Format] = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "text",
@@ -26,12 +25,12 @@ class ScoreOptions:
     """One scoring run. Paths are ``"-"`` for stdin / stdout. Field names are JSON keys, CSV/TSV
     column names (files with a header) or 0-based column indices (``"2"``; files without one)."""
 
-    task: Task
+    task: str  # the operation: a scorable one of service.tasks (ner, similarity, embed, ...)
     input: str
     output: str
     format: Format | None = None  # None: from the input's extension
-    text_field: str | None = None  # ner / embed; default "text" (column 0 without a header)
-    a_field: str | None = None  # similarity; default "a" / "b" (columns 0 / 1 without a header)
+    text_field: str | None = None  # one text per record (ner / embed); default "text" (column 0 without a header)
+    a_field: str | None = None  # pairs (similarity); default "a" / "b" (columns 0 / 1 without a header)
     b_field: str | None = None
     id_field: str | None = None  # copied to every output line as "id"
     header: bool | None = None  # csv / tsv: first line names the columns (default True)
@@ -81,40 +80,38 @@ def plan_for(o: ScoreOptions, engine: Engine) -> Plan:
         )
     if o.resume and o.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: pick one")
-    if o.task != "embed" and (o.npy is not None or o.vectors is not None):
-        raise UsageError("--npy and --vectors are for `score embed`")
-    if o.threshold is not None and o.task != "ner":
-        raise UsageError("--threshold is for `score ner`")
-    if o.threshold is not None:
-        lo, hi = engine.limits.threshold_min, engine.limits.threshold_max
-        if not (math.isfinite(o.threshold) and lo <= o.threshold <= hi):
-            raise UsageError(
-                f"--threshold {o.threshold} is outside [{lo}, {hi}] (the threshold_min/max settings)"
-            )
-    if o.decode is not None and o.task != "ner":
-        raise UsageError("--decode is for `score ner`")
-    if o.decode is not None and o.decode not in DECODES:
-        raise UsageError(f"--decode must be one of {', '.join(DECODES)}, got {o.decode!r}")
-    engine_task = "similarity" if o.task != "ner" else "ner"
-    if engine_task not in engine.tasks:
+    op = operation(o.task)
+    if not op.score.vectors and (o.npy is not None or o.vectors is not None):
+        raise UsageError(f"--npy and --vectors are for {_offered_by(lambda s: s.vectors)}")
+    flags = {"threshold": o.threshold, "decode": o.decode}
+    for flag, value in flags.items():
+        if value is not None and flag not in op.score.flags:
+            raise UsageError(f"--{flag} is for {_offered_by(lambda s, f=flag: f in s.flags)}")
+    try:
+        op.check_flags({k: v for k, v in flags.items() if v is not None}, engine.limits)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if op.task not in engine.tasks:
         raise UsageError(
-            f"the bundle {engine.manifest.name!r} has no {engine_task} model (has: {', '.join(engine.tasks)})"
+            f"the bundle {engine.manifest.name!r} has no {op.task} model (has: {', '.join(engine.tasks)})"
         )
     fmt = o.format if o.format is not None else _format_of(o.input)
     header = fmt in ("csv", "tsv") if o.header is None else o.header
     if o.header and fmt in ("jsonl", "text"):
         raise UsageError(f"--header is for csv / tsv input, not {fmt}")
     indexed = fmt in ("csv", "tsv") and not header  # fields are column indices
-    if o.task == "similarity":
+    pairs = len(op.score.fields) == 2
+    if pairs:
         if o.text_field is not None:
-            raise UsageError("`score similarity` reads pairs: use --a-field / --b-field, not --text-field")
+            raise UsageError(f"`score {o.task}` reads pairs: use --a-field / --b-field, not --text-field")
         if fmt == "text":
             raise UsageError("plain text holds one text per line: give pairs as tsv, csv or jsonl")
-        fields = (o.a_field or ("0" if indexed else "a"), o.b_field or ("1" if indexed else "b"))
+        a, b = op.score.fields
+        fields = (o.a_field or ("0" if indexed else a), o.b_field or ("1" if indexed else b))
     else:
         if o.a_field is not None or o.b_field is not None:
             raise UsageError(f"`score {o.task}` reads one text per record: use --text-field")
-        fields = (o.text_field or ("0" if indexed else "text"),)
+        fields = (o.text_field or ("0" if indexed else op.score.fields[0]),)
     if fmt == "text" and (o.text_field is not None or o.id_field is not None):
         raise UsageError("plain text has no fields: each line is the text, its line number the id")
     if indexed:
@@ -122,9 +119,22 @@ def plan_for(o: ScoreOptions, engine: Engine) -> Plan:
             if not f.isdigit():
                 raise UsageError(f"without a header, columns are 0-based indices: got {f!r}")
     vectors = o.npy is None if o.vectors is None else o.vectors
-    if o.task == "embed" and not vectors and o.npy is None:
+    if op.score.vectors and not vectors and o.npy is None:
         raise UsageError("--no-vectors without --npy would write no vectors at all")
     return Plan(format=fmt, fields=fields, id_field=o.id_field, header=header, vectors=vectors)
+
+
+def operation(name: str) -> Operation:
+    """The scorable operation ``name`` (``ropenlp score NAME``); UsageError listing them otherwise."""
+    ops = scorable()
+    if name not in ops:
+        raise UsageError(f"`score` cannot run {name!r}: choose from {', '.join(ops)}")
+    return ops[name]
+
+
+def _offered_by(has) -> str:
+    """'`score ner`' or '`score a` / `score b`': the operations whose ScoreSpec satisfies ``has``."""
+    return " / ".join(f"`score {name}`" for name, op in scorable().items() if has(op.score))
 
 
 def _format_of(path: str) -> Format:

@@ -1,8 +1,7 @@
 """The output of a scoring run: one JSON line per input record, the optional ``.npy`` of vectors, and
 the state file; :class:`Sink` writes all three.
 
-Read top to bottom: output lines -> fsync -> the ``.npy`` -> :class:`Position` (how far the output
-goes) -> :class:`Sink`.
+Read top to bottom: output lines -> fsync -> the ``.npy`` -> :class:`Sink`.
 
 ``--npy FILE`` writes the vectors as a float32 ``.npy`` of shape (records, dim): row k is output line k
 (0-based, its ``row``), a row of NaN for an error line. It is written in chunks behind a fixed 128-byte
@@ -15,22 +14,20 @@ line; at most a torn last line, which ``--resume`` truncates. Every ``fsync_inte
 5; 0 = after every window) and at exit: the ``.npy`` and the output are fsync'ed, THEN a checkpoint
 line is appended to the state file and fsync'ed, so a checkpoint never claims more than is on disk.
 
-The state file ``OUTPUT.state`` holds JSON lines: ``start`` (the run's fingerprint), ``checkpoint``
-(a :class:`Position`), ``resume`` and ``complete`` (the summary); :mod:`service.score.resume` reads it.
+The state file ``OUTPUT.state`` (its format: :mod:`service.score.state`) holds JSON lines: ``start``
+(the run's fingerprint), ``checkpoint`` (a :class:`~service.score.state.Position`), ``resume`` and
+``complete`` (the summary); :mod:`service.score.resume` reads it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -39,11 +36,8 @@ from service.score.errors import InputOutputError, ResumeError
 from service.score.inputs import Record
 from service.score.options import ScoreOptions
 from service.score.progress import Summary
+from service.score.state import Point, Position, checkpoint_entry, complete_entry, encode, resume_entry, start_entry
 
-if TYPE_CHECKING:
-    from service.score.resume import Point
-
-STATE_VERSION = 1
 NPY_HEADER = 128  # bytes; fixed, so the shape can be rewritten in place
 
 # --------------------------------------------------------------------------------------------
@@ -90,10 +84,6 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,17 +149,6 @@ class Npy:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Position:
-    """How far the output goes: what a checkpoint records."""
-
-    records: int = 0  # output lines
-    errors: int = 0  # error lines among them
-    out_bytes: int = 0
-    in_offset: int = 0  # input position after the last of them (0: the start)
-    in_line: int = 0
-
-
 class Sink:
     """The output file (or stdout), the optional .npy and the state file; whole lines, checkpoints.
     A fresh output starts empty; a resumed one (``resume``) is cut back to where the resume point says."""
@@ -201,16 +180,15 @@ class Sink:
                 if resume is not None:
                     self._state.seek(resume.state_bytes)
                     self._state.truncate()
-                    self._append({"event": "resume", "time": _now(), "records": self.at.records})
+                    self._append(resume_entry(self.at.records))
                 else:
-                    self._append({"event": "start", "version": STATE_VERSION, "time": _now(),
-                                  "fingerprint": fingerprint})  # fmt: skip
+                    self._append(start_entry(fingerprint))
                 _fsync_dir(self.path)
         except OSError as e:
             raise InputOutputError(f"cannot write the output: {e.filename or ''} {e.strerror or e}") from None
 
     def _append(self, entry: dict[str, Any]) -> None:
-        self._state.write(json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n")
+        self._state.write(encode(entry))
         _fsync(self._state)
 
     def write(self, records: list[Record]) -> None:
@@ -244,7 +222,7 @@ class Sink:
                 self.npy.sync()
             if self._state is not None:
                 _fsync(self._out)
-                self._append({"event": "checkpoint", "time": _now(), **dataclasses.asdict(self.at)})
+                self._append(checkpoint_entry(self.at))
         except OSError as e:
             raise InputOutputError(f"cannot sync the output: {e.strerror or e}") from None
         self._last_sync = time.monotonic()
@@ -256,7 +234,7 @@ class Sink:
         try:
             self.checkpoint()
             if complete is not None and self._state is not None:
-                self._append({"event": "complete", "time": _now(), **complete.to_dict()})
+                self._append(complete_entry(complete.to_dict()))
         finally:
             for f in (self._state, self.npy, None if self.options.output == "-" else self._out):
                 if f is not None:

@@ -16,8 +16,8 @@ cannot be resumed.
 What may change on resume: ``--window``, ``--batch-tokens``, threads, ``--max-errors``, progress and
 fsync flags (none changes a result beyond float rounding of differently padded batches).
 
-Read top to bottom: the fingerprint -> the state file -> :class:`Point` -> :func:`resume_point` ->
-:func:`skip_done` (the records already in the output).
+Read top to bottom: the fingerprint -> the earlier run's state file (its format:
+:mod:`service.score.state`) -> :func:`resume_point` -> :func:`skip_done` (the records already in the output).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,7 +35,8 @@ from service.core import Engine
 from service.score.errors import InputOutputError, ResumeError
 from service.score.inputs import Record, Source
 from service.score.options import Plan, ScoreOptions
-from service.score.outputs import STATE_VERSION, Npy, Position
+from service.score.outputs import Npy
+from service.score.state import Point, Position, StateFile
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,7 @@ def fingerprint(engine: Engine, o: ScoreOptions, plan: Plan, source: Source) -> 
         "limits": {
             "max_chars": engine.limits.max_chars,
             "max_entities": engine.limits.max_entities,
-            "ner_max_length": engine.ner_max_length,
-            "ner_stride": engine.ner_stride,
+            **engine.settings(),  # the tasks' effective settings (e.g. NER windows)
         },
     }
 
@@ -80,54 +79,11 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# The state file
+# The earlier run's state file
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _StateFile:
-    """``OUTPUT.state`` as read: ``start`` (the fingerprint), the last ``checkpoint``, ``complete``."""
-
-    path: Path
-    start: dict[str, Any] | None = None
-    checkpoint: dict[str, Any] | None = None  # the last one
-    complete: dict[str, Any] | None = None
-    valid_bytes: int = 0  # up to the end of the last complete entry (a torn one after it is cut on resume)
-
-    @classmethod
-    def read(cls, path: Path) -> _StateFile:
-        state = cls(path)
-        try:
-            lines = path.read_bytes().split(b"\n")
-        except OSError as e:
-            raise InputOutputError(f"cannot read the state file {path}: {e.strerror or e}") from None
-        pos = 0
-        for k, raw in enumerate(lines):
-            pos += len(raw) + 1
-            if not raw.strip():
-                continue
-            try:
-                entry = json.loads(raw)
-                if k == len(lines) - 1:  # no newline after it: torn, even if it parses
-                    raise ValueError
-            except ValueError:
-                if k >= len(lines) - 2:  # a torn last line: the checkpoint before it stands
-                    break
-                raise ResumeError(f"{path} is corrupt (line {k + 1} is not JSON)") from None
-            state.valid_bytes = pos
-            event = entry.get("event")
-            if event == "start":
-                state.start = entry
-            elif event == "checkpoint":
-                state.checkpoint, state.complete = entry, None
-            elif event == "complete":
-                state.complete = entry
-        if state.start is None or state.start.get("version") != STATE_VERSION:
-            raise ResumeError(f"{path} is not a ropenlp score state file of version {STATE_VERSION}")
-        return state
-
-
-def _matching_state(o: ScoreOptions, fingerprint: dict[str, Any]) -> _StateFile | None:
+def _matching_state(o: ScoreOptions, fingerprint: dict[str, Any]) -> StateFile | None:
     """The state file of the earlier run (None: there was none), which must have the same fingerprint."""
     out, state_path = Path(o.output), o.state_path
     if not state_path.exists():
@@ -138,7 +94,7 @@ def _matching_state(o: ScoreOptions, fingerprint: dict[str, Any]) -> _StateFile 
             )
         log.info("--resume: no earlier run of this output (%s), starting from the beginning", state_path)
         return None
-    state = _StateFile.read(state_path)
+    state = StateFile.read(state_path)
     changed = _differences(state.start["fingerprint"], fingerprint)
     if changed:
         raise ResumeError(
@@ -154,15 +110,6 @@ def _matching_state(o: ScoreOptions, fingerprint: dict[str, Any]) -> _StateFile 
 # --------------------------------------------------------------------------------------------
 # Where to go on
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Point:
-    at: Position  # the output kept
-    checkpoint_records: int = 0  # records up to the checkpoint the input can be seeked to
-    tail_lines: tuple[int, ...] = ()  # input line of each kept output line after that checkpoint
-    complete: bool = False  # the state file marks the run complete and the output holds it all
-    state_bytes: int = 0  # the state file's valid part (a torn entry after it is cut)
 
 
 def _scan_tail(out: BinaryIO, start: int) -> tuple[list[tuple[int, int, bool]], int]:

@@ -13,15 +13,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.spans import Entity
 from service.core import Engine
-from service.errors import ServiceError, TooManyEntities
+from service.errors import ServiceError
+from service.jobs import Job
+from service.tasks import Operation
 from service.score.errors import Interrupted, TooManyErrors, UsageError
 from service.score.inputs import Record, Source
-from service.score.options import ScoreOptions, Task, plan_for
+from service.score.options import ScoreOptions, operation, plan_for
 from service.score.outputs import Sink
 from service.score.progress import NoProgress, Progress, Summary
 from service.score.resume import fingerprint, resume_point, skip_done
@@ -34,68 +36,44 @@ log = logging.getLogger(__name__)
 
 
 def _window_engine(engine: Engine, window: int) -> Engine:
-    """The engine as one job of ``window`` records needs it: the same runtime, tokenizer, NER windows
+    """The engine as one job of ``window`` records needs it: the same runtime, tokenizer, task settings
     and batch budget; room for ``window`` items and ``window x max_entities`` entities (each record is
-    still held to ``max_entities`` on its own, see :func:`_results`)."""
+    still held to ``max_entities`` on its own: ``Operation.records``)."""
     limits = dataclasses.replace(
         engine.limits, max_items=max(window, 1), max_entities=engine.limits.max_entities * max(window, 1)
     )
-    return Engine(
-        engine.runtime, engine.tokenizer, engine.manifest, limits=limits,
-        ner_max_length=engine.ner_max_length, ner_stride=engine.ner_stride,
-    )  # fmt: skip
+    return Engine(engine.runtime, engine.tokenizer, engine.manifest, limits=limits, options=engine.options)
 
 
-def _prepare(engine: Engine, task: Task, values: list[Any], threshold: float | None, decode: str | None):
-    if task == "ner":
-        return engine.prepare_ner(values, threshold, decode)
-    if task == "similarity":
-        return engine.prepare_pairs(values)
-    return engine.prepare_embed(values)
+@dataclass(frozen=True)
+class _Scoring:
+    """What every window of a run needs: the operation, its flags, the engines."""
+
+    op: Operation
+    flags: dict[str, Any]  # the operation's score flags as given (threshold, decode, ...)
+    engine: Engine  # one record at a time, each held to the limits
+    wengine: Engine  # a whole window as one job
+
+    def job(self, engine: Engine, values: list[Any]) -> Job:
+        return engine.prepare(self.op.name, self.op.score_query(values, self.flags))
+
+    def results(self, result: Any) -> list[dict[str, Any] | ServiceError]:
+        """Per-record output fields (a vector under "vector") from one job's result: the operation's
+        records, the same shape as its HTTP response's items."""
+        return self.op.records(result, self.engine.limits)
 
 
-def _entity(e: Entity) -> dict[str, Any]:
-    return {"start": e.start, "end": e.end, "label": e.label, "text": e.text, "score": e.score}
-
-
-def _results(engine: Engine, task: Task, result: Any) -> list[dict[str, Any] | ServiceError]:
-    """Per-record output fields (vectors under the private key ``_vector``) from one job's result."""
-    if task == "ner":
-        limit = engine.limits.max_entities
-        out: list[dict[str, Any] | ServiceError] = []
-        for ents in result.entities:
-            if len(ents) > limit:
-                out.append(
-                    TooManyEntities(
-                        f"{len(ents)} entities for this text, more than max_entities {limit}; "
-                        "raise the threshold",
-                        field="threshold",
-                        limit=limit,
-                    )
-                )
-            else:
-                out.append({"entities": [_entity(e) for e in ents]})
-        return out
-    if task == "similarity":
-        return [{"score": s, "truncated": t} for s, t in zip(result.scores, result.truncated)]
-    return [{"_vector": v, "truncated": t} for v, t in zip(result.vectors, result.truncated)]
-
-
-def _prepare_window(
-    wengine: Engine, task: Task, records: list[Record], threshold: float | None, decode: str | None
-):
+def _prepare_window(s: _Scoring, records: list[Record]) -> Job | ServiceError | None:
     """Validate + tokenize a window's valid records into one core job (runs on the reader thread);
     a :class:`ServiceError` is returned, for :func:`_score_window` to go one by one."""
     values = [r.value for r in records if r.error is None]
     try:
-        return _prepare(wengine, task, values, threshold, decode) if values else None
+        return s.job(s.wengine, values) if values else None
     except ServiceError as e:
         return e
 
 
-def _score_window(
-    engine: Engine, task: Task, records: list[Record], job: Any, threshold: float | None, decode: str | None
-) -> None:
+def _score_window(s: _Scoring, records: list[Record], job: Job | ServiceError | None) -> None:
     """Run the window's job (prepared by :func:`_prepare_window`) and put each record's result or
     error on it. When the job fails as a whole (an inference error, an entity budget), its records
     are run one by one, so only the records that fail on their own get error lines."""
@@ -105,21 +83,20 @@ def _score_window(
     try:
         if isinstance(job, ServiceError):  # preparing the window failed
             raise job
-        results = _results(engine, task, engine.execute(job))
+        results = s.results(s.engine.execute(job))
     except ServiceError as e:  # an inference error, the window's entity budget, ...
         log.warning("a window of %d records failed as a whole (%s); scoring them one by one", len(good), e)
         results = []
         for r in good:
             try:
-                one = engine.execute(_prepare(engine, task, [r.value], threshold, decode))
-                results += _results(engine, task, one)
+                results += s.results(s.engine.execute(s.job(s.engine, [r.value])))
             except ServiceError as err:
                 results.append(err)
     for r, res in zip(good, results):
         if isinstance(res, ServiceError):
             r.error = res
         else:
-            r.vector = res.pop("_vector", None)
+            r.vector = res.pop("vector", None) if s.op.score.vectors else None
             r.result = res
 
 
@@ -193,7 +170,7 @@ def score(engine: Engine, options: ScoreOptions, *, progress: Progress | None = 
     source = Source(options, plan, engine.limits)
     try:
         fp = fingerprint(engine, options, plan, source)
-        dim = engine.manifest.similarity.dim if engine.manifest.similarity is not None else None
+        dim = _vector_dim(engine, operation(options.task))
         point = resume_point(options, fp, dim) if options.resume else None
         if point is not None and point.complete:
             log.info("%s is complete already: nothing to resume", options.output)
@@ -220,13 +197,14 @@ def _score_windows(
 ) -> Summary:
     """The window loop: read and prepare window k+1 while window k is scored and written."""
     done0 = sink.at.records
-    wengine = _window_engine(engine, options.window)
-    task, threshold, decode = options.task, options.threshold, options.decode
+    op = operation(options.task)
+    flags = {k: v for k, v in (("threshold", options.threshold), ("decode", options.decode)) if k in op.score.flags}
+    scoring = _Scoring(op, flags, engine, _window_engine(engine, options.window))
     windows = _windows(records, options.window - done0 % options.window, options.window)
 
     def read_and_prepare() -> tuple[list[Record], Any] | None:
         w = next(windows, None)
-        return None if w is None else (w, _prepare_window(wengine, task, w, threshold, decode))
+        return None if w is None else (w, _prepare_window(scoring, w))
 
     def summary(complete: bool, stopped: str | None = None) -> Summary:
         return Summary(
@@ -239,7 +217,7 @@ def _score_windows(
         ahead = _Ahead(read_and_prepare)
         while (got := ahead.next()) is not None:
             window, job = got
-            _score_window(engine, task, window, job, threshold, decode)
+            _score_window(scoring, window, job)
             sink.write(window)
             progress.update(bytes_read=sink.at.in_offset, records=sink.at.records, errors=sink.at.errors)
             if options.max_errors is not None and sink.at.errors > options.max_errors:
@@ -265,3 +243,8 @@ def _score_windows(
     s = summary(True)
     sink.close(complete=s)
     return s
+
+
+def _vector_dim(engine: Engine, op: Operation) -> int | None:
+    """The width of the vectors an operation's records carry (the ``.npy``), else None."""
+    return engine.task(op.task).vector_dim if op.score.vectors and op.task in engine.tasks else None

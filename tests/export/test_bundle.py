@@ -26,7 +26,7 @@ def test_round_trip_with_real_session_names(tiny):
     m = load_manifest(tiny.bundle)
     assert m == tiny.manifest
     assert sorted(p.name for p in tiny.bundle.iterdir()) == sorted(
-        ["bundle.json", "tokenizer.json"] + [f"{t}.{p}.onnx" for t in ("ner", "sim") for p in ("fp32", "fp16", "int8")]
+        ["MODEL_CARD.md", "bundle.json", "tokenizer.json"] + [f"{t}.{p}.onnx" for t in ("ner", "sim") for p in ("fp32", "fp16", "int8")]
     )
     for spec in m.tasks.values():
         assert set(spec.graphs) == {"fp32", "fp16", "int8"}
@@ -41,14 +41,14 @@ def test_round_trip_with_real_session_names(tiny):
 
 def test_manifest_fields(tiny):
     m = tiny.manifest
-    assert m.name == "tiny" and m.format_version == 1 and m.lowercase is True
-    assert m.ner.labels == list(LABELS) and m.ner.head == "gp" and m.ner.max_length == 24 and m.ner.stride == 12
-    assert m.ner.threshold > 0  # the fixture's tuned threshold travelled from ropenlp.json
-    assert m.ner.decode == "nested"  # the checkpoint's (its NerConfig default)
-    assert m.ner.graphs["fp32"].outputs == ["scores"]
-    assert m.ner.metrics == {"f1": 0.5, "precision": 0.25, "per_label": {"PER": 0.5}, "split": "dev"}  # list dropped
-    assert m.similarity.metrics == {}
-    sim = m.similarity
+    assert m.name == "tiny" and m.format_version == 2 and m.lowercase is True
+    assert m.tasks["ner"].labels == list(LABELS) and m.tasks["ner"].head == "gp" and m.tasks["ner"].max_length == 24 and m.tasks["ner"].stride == 12
+    assert m.tasks["ner"].threshold > 0  # the fixture's tuned threshold travelled from ropenlp.json
+    assert m.tasks["ner"].decode == "nested"  # the checkpoint's (its NerConfig default)
+    assert m.tasks["ner"].graphs["fp32"].outputs == ["scores"]
+    assert m.tasks["ner"].metrics == {"f1": 0.5, "precision": 0.25, "per_label": {"PER": 0.5}, "split": "dev"}  # list dropped
+    assert m.tasks["similarity"].metrics == {}
+    sim = m.tasks["similarity"]
     assert sim.pooling == "linear" and sim.dim == WHITENING_K and sim.whitening is True and sim.max_length == 32
     assert sim.graphs["int8"].outputs == ["sentence_embedding"]
     p = m.provenance
@@ -64,8 +64,8 @@ def test_decode_travels_from_the_checkpoint(tiny, tmp_path):
     meta = json.loads((ner / "ropenlp.json").read_text(encoding="utf-8"))
     (ner / "ropenlp.json").write_text(json.dumps(meta | {"decode": "flat"}), encoding="utf-8")
     m = export_bundle(tmp_path / "out", ner=ner, precisions=("fp32",))
-    assert m.ner.decode == "flat" and load_manifest(tmp_path / "out").ner.decode == "flat"
-    flat, nested = m.ner.graphs["fp32"].parity, tiny.manifest.ner.graphs["fp32"].parity
+    assert m.tasks["ner"].decode == "flat" and load_manifest(tmp_path / "out").tasks["ner"].decode == "flat"
+    flat, nested = m.tasks["ner"].graphs["fp32"].parity, tiny.manifest.tasks["ner"].graphs["fp32"].parity
     assert flat["entity_f1"] == 100.0 and 0 < flat["entities"] <= nested["entities"]  # parity as served: flat
 
 
@@ -121,10 +121,10 @@ def test_hash_mismatch_after_flipping_a_byte(bundle_copy):
 
 def test_graph_io_names_not_matching_manifest(bundle_copy):
     m = load_manifest(bundle_copy)
-    ner = m.ner.model_copy(update={"graphs": {
-        p: g.model_copy(update={"outputs": ["logits"]}) if p == "fp32" else g for p, g in m.ner.graphs.items()}})
-    write_manifest(bundle_copy, m.model_copy(update={"ner": ner}))
-    g = load_manifest(bundle_copy).ner.graphs["fp32"]
+    ner = m.tasks["ner"].model_copy(update={"graphs": {
+        p: g.model_copy(update={"outputs": ["logits"]}) if p == "fp32" else g for p, g in m.tasks["ner"].graphs.items()}})
+    write_manifest(bundle_copy, m.model_copy(update={"tasks": m.tasks | {"ner": ner}}))
+    g = load_manifest(bundle_copy).tasks["ner"].graphs["fp32"]
     s = session(bundle_copy / g.file)
     with pytest.raises(BundleError, match=r"ner\.fp32\.onnx.*outputs.*scores.*logits"):
         check_graph_io(g, inputs=[i.name for i in s.get_inputs()], outputs=[o.name for o in s.get_outputs()])
@@ -206,8 +206,8 @@ def test_plain_hugging_face_roformer_as_similarity(tiny, tmp_path):
     transformers.RoFormerModel(cfg).save_pretrained(hf)
     shutil.copy(tiny.vocab, hf / "vocab.txt")
     m = export_bundle(tmp_path / "out", similarity=hf)
-    assert m.similarity.pooling == "cls" and m.similarity.whitening is False and m.similarity.dim == 32
-    assert m.similarity.graphs["fp32"].parity["max_abs_diff"] < 1e-4
+    assert m.tasks["similarity"].pooling == "cls" and m.tasks["similarity"].whitening is False and m.tasks["similarity"].dim == 32
+    assert m.tasks["similarity"].graphs["fp32"].parity["max_abs_diff"] < 1e-4
 
 
 def test_precisions_per_task(tiny, tmp_path):
@@ -217,8 +217,8 @@ def test_precisions_per_task(tiny, tmp_path):
     export_bundle(tmp_path / "mixed", ner=tiny.ner, similarity=tiny.sim,
                   precisions={"ner": ["int8"], "similarity": ["fp32"]})
     m = load_manifest(tmp_path / "mixed")
-    assert list(m.ner.graphs) == ["int8"] and list(m.similarity.graphs) == ["fp32"]
-    assert (m.ner.pick("cpu").precision, m.similarity.pick("cpu").precision) == ("int8", "fp32")
+    assert list(m.tasks["ner"].graphs) == ["int8"] and list(m.tasks["similarity"].graphs) == ["fp32"]
+    assert (m.tasks["ner"].pick("cpu").precision, m.tasks["similarity"].pick("cpu").precision) == ("int8", "fp32")
     with pytest.raises(ExportError, match=r"no precision given for \['similarity'\]"):
         export_bundle(tmp_path / "x", ner=tiny.ner, similarity=tiny.sim, precisions={"ner": ["int8"]})
     with pytest.raises(ExportError, match=r"precisions given for \['similarity'\]"):

@@ -33,8 +33,8 @@ def test_export_similarity_int8_only_with_sample_file(tiny, tmp_path, runner):
                                  "--sample-file", str(sample), "--name", "sim-int8", "--data", "toy=CC0-1.0"])
     assert result.exit_code == 0, output(result)
     m = load_manifest(out)
-    assert m.name == "sim-int8" and m.ner is None and list(m.similarity.graphs) == ["int8"]
-    assert m.similarity.graphs["int8"].parity["texts"] == 3
+    assert m.name == "sim-int8" and "ner" not in m.tasks and list(m.tasks["similarity"].graphs) == ["int8"]
+    assert m.tasks["similarity"].graphs["int8"].parity["texts"] == 3
     assert [(d.name, d.terms) for d in m.provenance.training_data] == [("toy", "CC0-1.0")]
     assert not (out / "sim.fp32.onnx").exists()  # built as the reference, not shipped
     assert "similarity int8: sim.int8.onnx" in result.output
@@ -45,7 +45,7 @@ def test_export_both_tasks_detected_from_checkpoints(tiny, tmp_path, runner):
     result = runner.invoke(app, ["export", "-m", str(tiny.sim), "-m", str(tiny.ner), "-o", str(out)])
     assert result.exit_code == 0, output(result)
     m = load_manifest(out)
-    assert list(m.ner.graphs) == list(m.similarity.graphs) == ["fp32"]
+    assert list(m.tasks["ner"].graphs) == list(m.tasks["similarity"].graphs) == ["fp32"]
 
 
 def test_non_checkpoint_directory_exits_non_zero(tmp_path, runner):
@@ -60,7 +60,7 @@ def test_non_checkpoint_directory_exits_non_zero(tmp_path, runner):
 def test_two_checkpoints_of_one_task_rejected(tiny, tmp_path, runner):
     result = runner.invoke(app, ["export", "-m", str(tiny.ner), "-m", str(tiny.ner), "-o", str(tmp_path / "o")])
     assert result.exit_code == 1
-    assert "at most one NER and one similarity" in output(result)
+    assert "at most one model per task" in output(result)
 
 
 def test_bad_precision_exits_non_zero(tiny, tmp_path, runner):

@@ -30,8 +30,8 @@ def torch_sim(tiny, ids, mask) -> np.ndarray:
 
 
 def decode(tiny, scores, offsets, texts):
-    return decode_batch(scores, offsets_list=offsets, labels=tiny.manifest.ner.labels, texts=texts,
-                        threshold=tiny.manifest.ner.threshold)
+    return decode_batch(scores, offsets_list=offsets, labels=tiny.manifest.tasks["ner"].labels, texts=texts,
+                        threshold=tiny.manifest.tasks["ner"].threshold)
 
 
 def test_ner_fp32_matches_pytorch_on_padded_batch(tiny):
@@ -73,7 +73,7 @@ def test_decoded_entities_identical_pytorch_vs_onnx(tiny):
 
 
 def test_fp32_parity_recorded(tiny):
-    ner, sim = tiny.manifest.ner.graphs["fp32"].parity, tiny.manifest.similarity.graphs["fp32"].parity
+    ner, sim = tiny.manifest.tasks["ner"].graphs["fp32"].parity, tiny.manifest.tasks["similarity"].graphs["fp32"].parity
     assert ner["reference"] == sim["reference"] == "pytorch"
     assert 0 <= ner["max_abs_diff"] < 1e-4 and 0 <= sim["max_abs_diff"] < 1e-4
     assert ner["entities"] > 0 and ner["entities_changed"] == 0 and ner["entity_f1"] == 100
@@ -81,7 +81,7 @@ def test_fp32_parity_recorded(tiny):
 
 
 def test_int8_parity_fields_filled(tiny):
-    ner, sim = tiny.manifest.ner.graphs["int8"].parity, tiny.manifest.similarity.graphs["int8"].parity
+    ner, sim = tiny.manifest.tasks["ner"].graphs["int8"].parity, tiny.manifest.tasks["similarity"].graphs["int8"].parity
     assert ner["reference"] == sim["reference"] == "fp32"
     assert {"entity_f1", "entities_changed", "entities", "max_abs_diff"} <= set(ner)
     assert {"cosine_max_abs_diff", "cosine_mean_abs_diff", "max_abs_diff"} <= set(sim)
@@ -115,7 +115,7 @@ def test_fp16_graph_is_fp16_inside(tiny):
     model = onnx.load(str(tiny.bundle / "ner.fp16.onnx"))
     types = {t.data_type for t in model.graph.initializer}
     assert onnx.TensorProto.FLOAT16 in types
-    parity = tiny.manifest.ner.graphs["fp16"].parity
+    parity = tiny.manifest.tasks["ner"].graphs["fp16"].parity
     assert parity["reference"] == "fp32" and parity["entity_f1"] > 80
 
 

@@ -51,7 +51,7 @@ def test_model_options_export_exactly(tiny, tmp_path, case):
 def test_dynamo_exporter(tiny, tmp_path):
     pytest.importorskip("onnxscript")
     m = export_bundle(tmp_path / "bundle", ner=tiny.ner, exporter="dynamo")
-    assert m.ner.graphs["fp32"].inputs == ["input_ids", "attention_mask"]
-    assert m.ner.graphs["fp32"].outputs == ["scores"]
-    assert m.ner.graphs["fp32"].parity["entities_changed"] == 0
+    assert m.tasks["ner"].graphs["fp32"].inputs == ["input_ids", "attention_mask"]
+    assert m.tasks["ner"].graphs["fp32"].outputs == ["scores"]
+    assert m.tasks["ner"].graphs["fp32"].parity["entities_changed"] == 0
     check_against_torch(tiny, "ner", tiny.ner, tmp_path / "bundle" / "ner.fp32.onnx")

@@ -43,11 +43,11 @@ def bundle(tmp_path):
 def test_round_trip_and_variant_choice(bundle):
     m = load_manifest(bundle)
     assert set(m.files) == {"tokenizer.json", "ner.fp32.onnx", "ner.int8.onnx", "sim.fp32.onnx"}
-    assert m.ner.pick("cpu").precision == "int8"
-    assert m.ner.pick("cuda").precision == "fp32"  # no fp16 variant: fp32 is next best on GPU
-    assert m.ner.pick("cpu", "fp32").file == "ner.fp32.onnx"
+    assert m.tasks["ner"].pick("cpu").precision == "int8"
+    assert m.tasks["ner"].pick("cuda").precision == "fp32"  # no fp16 variant: fp32 is next best on GPU
+    assert m.tasks["ner"].pick("cpu", "fp32").file == "ner.fp32.onnx"
     with pytest.raises(BundleError, match="no fp16 graph"):
-        m.ner.pick("cuda", "fp16")
+        m.tasks["ner"].pick("cuda", "fp16")
 
 
 def test_missing_file(bundle):
@@ -80,7 +80,7 @@ def test_wrong_version(bundle):
 
 def test_schema_error_names_the_field(bundle):
     raw = json.loads((bundle / "bundle.json").read_text())
-    raw["ner"]["stride"] = 100
+    raw["tasks"]["ner"]["stride"] = 100
     (bundle / "bundle.json").write_text(json.dumps(raw))
     with pytest.raises(BundleError, match="ner: .*stride 100 exceeds"):
         load_manifest(bundle)
@@ -89,14 +89,14 @@ def test_schema_error_names_the_field(bundle):
 def test_decode_is_optional_and_checked(bundle):
     path = bundle / "bundle.json"
     raw = json.loads(path.read_text())
-    assert raw["ner"]["decode"] == "nested" and load_manifest(bundle).ner.decode == "nested"
-    del raw["ner"]["decode"]  # a manifest written before the field existed: still version 1, nested
+    assert raw["tasks"]["ner"]["decode"] == "nested" and load_manifest(bundle).tasks["ner"].decode == "nested"
+    del raw["tasks"]["ner"]["decode"]  # a manifest written before the field existed: nested
     path.write_text(json.dumps(raw))
-    assert load_manifest(bundle).ner.decode == "nested"
-    raw["ner"]["decode"] = "flat"
+    assert load_manifest(bundle).tasks["ner"].decode == "nested"
+    raw["tasks"]["ner"]["decode"] = "flat"
     path.write_text(json.dumps(raw))
-    assert load_manifest(bundle).ner.decode == "flat"
-    raw["ner"]["decode"] = "bogus"
+    assert load_manifest(bundle).tasks["ner"].decode == "flat"
+    raw["tasks"]["ner"]["decode"] = "bogus"
     path.write_text(json.dumps(raw))
     with pytest.raises(BundleError, match="ner.decode: Input should be 'nested' or 'flat'"):
         load_manifest(bundle)
@@ -111,7 +111,33 @@ def test_hash_mismatch(bundle):
 
 
 def test_graph_io_names(bundle):
-    g = load_manifest(bundle).ner.graphs["fp32"]
+    g = load_manifest(bundle).tasks["ner"].graphs["fp32"]
     check_graph_io(g, inputs=["attention_mask", "input_ids"], outputs=["scores"])
     with pytest.raises(BundleError, match="graph inputs .*token_type_ids"):
         check_graph_io(g, inputs=["input_ids", "attention_mask", "token_type_ids"], outputs=["scores"])
+
+
+def test_format_1_still_reads(bundle):
+    """Version 1 held each task under a top-level key of its name, without a kind: read as version 2."""
+    path = bundle / "bundle.json"
+    raw = json.loads(path.read_text())
+    assert raw["format_version"] == FORMAT_VERSION == 2 and set(raw["tasks"]) == {"ner", "similarity"}
+    v1 = {k: v for k, v in raw.items() if k != "tasks"} | {"format_version": 1}
+    for name, spec in raw["tasks"].items():
+        v1[name] = {k: v for k, v in spec.items() if k != "kind"}
+    path.write_text(json.dumps(v1))
+    m = load_manifest(bundle)
+    assert m.format_version == 1 and m.tasks == Manifest.model_validate(raw).tasks
+    assert isinstance(m.tasks["ner"], NerTask) and isinstance(m.tasks["similarity"], SimilarityTask)
+
+
+def test_tasks_are_a_union_discriminated_by_kind(bundle):
+    raw = json.loads((bundle / "bundle.json").read_text())
+    raw["tasks"]["ner"]["kind"] = "bogus"
+    (bundle / "bundle.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="tasks.ner: .*'bogus'"):
+        load_manifest(bundle)
+    raw["tasks"]["ner"]["kind"] = "similarity"  # a spec must be named after its kind
+    (bundle / "bundle.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="tasks.ner"):
+        load_manifest(bundle)

@@ -77,7 +77,9 @@ class FakeRuntime:
 
 
 def fake_engine(bundle, **engine_kw):
-    """An Engine over the tiny bundle's tokenizer and manifest, with a FakeRuntime."""
+    """An Engine over the tiny bundle's tokenizer and manifest, with a FakeRuntime (``similarity_only``:
+    the manifest without its NER task; ``ner_spec``: another NER spec; ``ner_max_length`` / ``ner_stride``:
+    the NER windows)."""
     from models.bundle import load_manifest
     from models.text import Tokenizer
     from service.core import Engine
@@ -85,5 +87,12 @@ def fake_engine(bundle, **engine_kw):
     manifest = load_manifest(bundle)
     tokenizer = Tokenizer.load(bundle / manifest.tokenizer)
     runtime_kw = {k: engine_kw.pop(k) for k in ("delay", "fail_on_id") if k in engine_kw}
-    runtime = FakeRuntime(tokenizer, manifest.ner.labels, dim=manifest.similarity.dim, **runtime_kw)
+    runtime = FakeRuntime(tokenizer, manifest.tasks["ner"].labels, dim=manifest.tasks["similarity"].dim, **runtime_kw)
+    if engine_kw.pop("similarity_only", False):
+        manifest = manifest.model_copy(update={"tasks": {"similarity": manifest.tasks["similarity"]}})
+    if "ner_spec" in engine_kw:  # another NER spec (e.g. another decode)
+        manifest = manifest.model_copy(update={"tasks": manifest.tasks | {"ner": engine_kw.pop("ner_spec")}})
+    options = {k: engine_kw.pop(k) for k in ("ner_max_length", "ner_stride") if k in engine_kw}
+    if options:
+        engine_kw["options"] = options
     return Engine(runtime, tokenizer, manifest, **engine_kw), runtime

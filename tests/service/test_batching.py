@@ -9,6 +9,7 @@ import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
@@ -30,8 +31,8 @@ def safe_threshold(engine: Engine, texts: list[str], lo: float = 0.2, hi: float 
     """A threshold in [lo, hi] far from every span score of these texts, so float noise of a
     differently padded batch cannot flip an entity."""
     everything = Engine(engine.runtime, engine.tokenizer, engine.manifest, limits=Limits(max_entities=10**8),
-                        ner_max_length=engine.ner_max_length, ner_stride=engine.ner_stride)  # fmt: skip
-    spans = everything.ner(texts, threshold=lo).entities
+                        options=engine.options)  # fmt: skip
+    spans = everything.run("ner", texts=texts, threshold=lo).entities
     scores = sorted({e.score for ents in spans for e in ents if e.score <= hi})
     edges = [lo, *scores, hi]
     gap, k = max((b - a, k) for k, (a, b) in enumerate(itertools.pairwise(edges)))
@@ -100,12 +101,12 @@ def test_long_text_windows_over_http(tiny_bundle, engine) -> None:
     assert entities[1]["score"] == np.float32(10.06)  # the better of its two windows
 
     long = "中国的人在上海工作了" * 12
-    windowed = Engine(engine.runtime, engine.tokenizer, engine.manifest, ner_max_length=12, ner_stride=5)
+    windowed = Engine(engine.runtime, engine.tokenizer, engine.manifest, options={"ner_max_length": 12, "ner_stride": 5})
     threshold = safe_threshold(windowed, [long])
     with running(settings(bundle=tiny_bundle, ner_max_length=12, ner_stride=5)) as base:
         got = post(base, "/ner", {"texts": [long], "threshold": threshold}).json()["results"][0]["entities"]
         assert httpx.get(base + "/info").json()["tasks"]["ner"]["max_length"] == 12
-    want = windowed.ner([long], threshold=threshold).entities[0]
+    want = windowed.run("ner", texts=[long], threshold=threshold).entities[0]
     assert key(got) == [(e.start, e.end, e.label, e.text) for e in want]
     assert len({(e["start"], e["end"], e["label"]) for e in got}) == len(got)  # each reported once
 
@@ -165,35 +166,44 @@ def test_cancelled_request_is_dropped_before_inference(tiny_bundle) -> None:
 DAY_MS = 86_400_000.0  # a max_wait no test could sit out: finishing at all proves nobody waited for it
 
 
+@dataclass(frozen=True)
+class Req:
+    """A request for the Recorder: ``rows`` rows of ``length`` tokens whose ids spell ``request``; with
+    ``release``, preparing it waits for that event (the request stays 'being prepared'); ``fail``: then
+    preparing it raises."""
+
+    request: int
+    rows: int = 1
+    length: int = 4
+    release: threading.Event | None = None
+    fail: bool = False
+
+
 class Recorder:
-    """A run_batch that records the rows of each batch (each row's ids spell its request) and can
-    hold the worker until released."""
+    """A core (prepare, run_batch, finish) that records the rows of each batch (each row's ids spell its
+    request) and can hold the worker until released."""
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
 
-    def __call__(self, task: str, seqs: list[Seq]) -> list[int]:
+    def prepare(self, name: str, q: Req) -> Job:
+        if q.release is not None:
+            assert q.release.wait(30)
+        if q.fail:
+            raise ValueError("invalid request")
+        return Job(name, "ner", [Seq(np.full(q.length, q.request, dtype=np.int64)) for _ in range(q.rows)])
+
+    def run_batch(self, task: str, seqs: list[Seq]) -> list[int]:
         self.batches.append([int(s.ids[0]) for s in seqs])
         self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(30)
         return [int(s.ids[0]) for s in seqs]
 
-
-def job(request: int, rows: int = 1, length: int = 4) -> Job:
-    return Job("ner", [Seq(np.full(length, request, dtype=np.int64)) for _ in range(rows)], finish=list)
-
-
-def blocked(request: int, release: threading.Event, **kw) -> Callable[[], Job]:
-    """A prepare that holds its request in the 'being prepared' state until ``release`` is set."""
-
-    def prepare() -> Job:
-        assert release.wait(30)
-        return job(request, **kw)
-
-    return prepare
+    def finish(self, job: Job, outputs: list[int]) -> list[int]:
+        return outputs
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -224,9 +234,9 @@ def with_batcher(test: Callable[[Batcher, Recorder], Awaitable[None]], **kw) -> 
 def test_lone_request_does_not_wait_for_max_wait() -> None:
     async def test(b: Batcher, rec: Recorder) -> None:
         assert b.wait_s([4], oldest_arrived=0.0, now=0.0) == 0.0  # nothing else admitted: run now
-        result, _ = await b.execute(lambda: job(1, rows=2))
+        result, _ = await b.execute("ner", Req(1, rows=2))
         assert result == [1, 1]
-        result, _ = await b.execute(lambda: job(2))
+        result, _ = await b.execute("ner", Req(2))
         assert result == [2]
 
     assert with_batcher(test).batches == [[1, 1], [2]]
@@ -237,9 +247,9 @@ def test_waits_for_a_request_being_prepared() -> None:
     release = threading.Event()
 
     async def test(b: Batcher, rec: Recorder) -> None:
-        slow = asyncio.create_task(b.execute(blocked(2, release)))
+        slow = asyncio.create_task(b.execute("ner", Req(2, release=release)))
         await until(lambda: b.preparing == 1)
-        fast = asyncio.create_task(b.execute(lambda: job(1)))
+        fast = asyncio.create_task(b.execute("ner", Req(1)))
         await until(lambda: b.pending == 1)
         assert b.wait_s([4], oldest_arrived=0.0, now=0.0) > 0
         for _ in range(20):
@@ -255,9 +265,9 @@ def test_wait_is_bounded_by_max_wait_and_by_the_budget() -> None:
     release = threading.Event()
 
     async def bounded(b: Batcher, rec: Recorder) -> None:  # max_wait 1 ms: it does not wait for ever
-        slow = asyncio.create_task(b.execute(blocked(2, release)))
+        slow = asyncio.create_task(b.execute("ner", Req(2, release=release)))
         await until(lambda: b.preparing == 1)
-        assert (await b.execute(lambda: job(1)))[0] == [1]
+        assert (await b.execute("ner", Req(1)))[0] == [1]
         assert b.preparing == 1  # the other one is still being prepared
         release.set()
         assert (await slow)[0] == [2]
@@ -268,9 +278,9 @@ def test_wait_is_bounded_by_max_wait_and_by_the_budget() -> None:
 
     async def full(b: Batcher, rec: Recorder) -> None:  # no room for another row of this length: no wait
         assert b.wait_s([16, 16], oldest_arrived=0.0, now=0.0) == 0.0  # 16 x 3 > 40
-        slow = asyncio.create_task(b.execute(blocked(2, release)))
+        slow = asyncio.create_task(b.execute("ner", Req(2, release=release)))
         await until(lambda: b.preparing == 1)
-        assert (await b.execute(lambda: job(1, rows=2, length=16)))[0] == [1, 1]
+        assert (await b.execute("ner", Req(1, rows=2, length=16)))[0] == [1, 1]
         release.set()
         await slow
 
@@ -280,9 +290,9 @@ def test_wait_is_bounded_by_max_wait_and_by_the_budget() -> None:
 def test_rows_queued_while_the_worker_is_busy_share_the_next_batch() -> None:
     async def test(b: Batcher, rec: Recorder) -> None:
         rec.gate = threading.Event()
-        first = asyncio.create_task(b.execute(lambda: job(1)))
+        first = asyncio.create_task(b.execute("ner", Req(1)))
         await until(rec.entered.is_set)  # the worker is busy with request 1
-        rest = [asyncio.create_task(b.execute(lambda k=k: job(k))) for k in (2, 3, 4)]
+        rest = [asyncio.create_task(b.execute("ner", Req(k))) for k in (2, 3, 4)]
         await until(lambda: b.pending == 3)
         rec.gate.set()
         assert [(await t)[0] for t in (first, *rest)] == [[1], [2], [3], [4]]
@@ -295,13 +305,9 @@ def test_failed_or_cancelled_preparation_stops_the_wait() -> None:
     release = threading.Event()
 
     async def test(b: Batcher, rec: Recorder) -> None:
-        def broken() -> Job:
-            assert release.wait(30)
-            raise ValueError("invalid request")
-
-        bad = asyncio.create_task(b.execute(broken))
+        bad = asyncio.create_task(b.execute("ner", Req(0, release=release, fail=True)))
         await until(lambda: b.preparing == 1)
-        waiting = asyncio.create_task(b.execute(lambda: job(1)))
+        waiting = asyncio.create_task(b.execute("ner", Req(1)))
         await until(lambda: b.pending == 1)
         release.set()  # the other request fails in prepare: nothing is coming, run now
         assert (await waiting)[0] == [1]

@@ -7,7 +7,8 @@ import pytest
 
 from models.spans import decode_spans, non_overlapping
 from service.batching import select_batch
-from service.core import Engine, EntityBudget, Limits, Seq, plan_batches
+from models.batches import plan_batches
+from service.core import Engine, Limits, Seq
 from service.errors import (
     EmptyInput,
     InferenceError,
@@ -18,6 +19,7 @@ from service.errors import (
     TooManyEntities,
     TooManyItems,
 )
+from service.tasks.ner import EntityBudget, Row
 from tests.service.fakes import fake_engine
 
 
@@ -42,37 +44,36 @@ def test_select_batch_keeps_the_oldest_and_fits() -> None:
 def test_validation_errors(tiny_bundle) -> None:
     engine, _ = fake_engine(tiny_bundle, limits=Limits(max_items=3, max_chars=20))
     cases = [
-        (lambda: engine.ner([]), EmptyInput, "texts"),
-        (lambda: engine.ner(["a"] * 4), TooManyItems, "texts"),
-        (lambda: engine.ner("abc"), InvalidRequest, "texts"),
-        (lambda: engine.ner(["a", None]), InvalidRequest, "texts[1]"),
-        (lambda: engine.ner(["a" * 21]), TextTooLong, "texts[0]"),
-        (lambda: engine.ner(["\ud800"]), InvalidRequest, "texts[0]"),
-        (lambda: engine.ner(["a"], threshold=11.0), OutOfRange, "threshold"),
-        (lambda: engine.ner(["a"], threshold=float("nan")), OutOfRange, "threshold"),
-        (lambda: engine.ner(["a"], threshold="1"), InvalidRequest, "threshold"),
-        (lambda: engine.ner(["a"], decode="bogus"), InvalidRequest, "decode"),
-        (lambda: engine.ner(["a"], decode=1), InvalidRequest, "decode"),
-        (lambda: engine.similarity_pairs([["a", "b", "c"]]), InvalidRequest, "pairs[0]"),
-        (lambda: engine.similarity_pairs([["a", 3]]), InvalidRequest, "pairs[0][1]"),
-        (lambda: engine.rank("q", ["a"], top_k=0), OutOfRange, "top_k"),
-        (lambda: engine.rank("q", ["a"], top_k=True), InvalidRequest, "top_k"),
-        (lambda: engine.embed([]), EmptyInput, "texts"),
+        (lambda: engine.run("ner", texts=[]), EmptyInput, "texts"),
+        (lambda: engine.run("ner", texts=["a"] * 4), TooManyItems, "texts"),
+        (lambda: engine.run("ner", texts="abc"), InvalidRequest, "texts"),
+        (lambda: engine.run("ner", texts=["a", None]), InvalidRequest, "texts[1]"),
+        (lambda: engine.run("ner", texts=["a" * 21]), TextTooLong, "texts[0]"),
+        (lambda: engine.run("ner", texts=["\ud800"]), InvalidRequest, "texts[0]"),
+        (lambda: engine.run("ner", texts=["a"], threshold=11.0), OutOfRange, "threshold"),
+        (lambda: engine.run("ner", texts=["a"], threshold=float("nan")), OutOfRange, "threshold"),
+        (lambda: engine.run("ner", texts=["a"], threshold="1"), InvalidRequest, "threshold"),
+        (lambda: engine.run("ner", texts=["a"], decode="bogus"), InvalidRequest, "decode"),
+        (lambda: engine.run("ner", texts=["a"], decode=1), InvalidRequest, "decode"),
+        (lambda: engine.run("similarity", pairs=[["a", "b", "c"]]), InvalidRequest, "pairs[0]"),
+        (lambda: engine.run("similarity", pairs=[["a", 3]]), InvalidRequest, "pairs[0][1]"),
+        (lambda: engine.run("similarity", query="q", candidates=["a"], top_k=0), OutOfRange, "top_k"),
+        (lambda: engine.run("similarity", query="q", candidates=["a"], top_k=True), InvalidRequest, "top_k"),
+        (lambda: engine.run("embed", texts=[]), EmptyInput, "texts"),
     ]
     for call, cls, field in cases:
         with pytest.raises(cls) as e:
             call()
         assert e.value.field == field, (cls, e.value)
     with pytest.raises(TooManyItems) as e:
-        engine.embed(["a"] * 4)
+        engine.run("embed", texts=["a"] * 4)
     assert e.value.limit == 3
 
 
 def test_task_unavailable(tiny_bundle) -> None:
-    engine, _ = fake_engine(tiny_bundle)
-    engine.manifest = engine.manifest.model_copy(update={"ner": None})
+    engine, _ = fake_engine(tiny_bundle, similarity_only=True)
     with pytest.raises(TaskUnavailable):
-        engine.ner(["北京"])
+        engine.run("ner", texts=["北京"])
 
 
 def test_long_text_windows_are_merged(tiny_bundle) -> None:
@@ -83,7 +84,7 @@ def test_long_text_windows_are_merged(tiny_bundle) -> None:
     )  # windows of 8 tokens, 4 apart
     text = "我爱的人在是了天安门有和大北京的人是了我爱北京大学的人"
     # chars 7..9 = 天安门 crosses the end of window 0 (tokens 0-7); 北京 at 13 is in windows 2 and 3
-    result = engine.ner([text, "张三"]).entities
+    result = engine.run("ner", texts=[text, "张三"]).entities
     got = [(e.start, e.end, e.label, e.text) for e in result[0]]
     expected = sorted(
         [(text.index("天安门"), text.index("天安门") + 3, "LOC", "天安门"), (13, 15, "LOC", "北京"),
@@ -104,8 +105,8 @@ def test_flat_decode_applies_after_windows_are_merged(tiny_bundle) -> None:
     first, ties by start, end, label); the bundle's decode is the default."""
     engine, _ = fake_engine(tiny_bundle, ner_max_length=10, ner_stride=4)  # as in the test above
     text = "我爱的人在是了天安门有和大北京的人是了我爱北京大学的人"
-    nested = engine.ner([text, "我在北京大学"]).entities
-    flat = engine.ner([text, "我在北京大学"], decode="flat").entities
+    nested = engine.run("ner", texts=[text, "我在北京大学"]).entities
+    flat = engine.run("ner", texts=[text, "我在北京大学"], decode="flat").entities
     assert [(e.start, e.end, e.label) for e in nested[0]][-2:] == [(21, 23, "LOC"), (21, 25, "ORG")]
     # 北京 at 21 scores 10.06 in a later window, 北京大学 at most 10.03: the merged best scores decide
     assert [(e.start, e.end, e.label, round(e.score, 2)) for e in flat[0]] == [
@@ -114,33 +115,33 @@ def test_flat_decode_applies_after_windows_are_merged(tiny_bundle) -> None:
     assert [(e.text, e.label) for e in nested[1]] == [("北京", "LOC"), ("北京大学", "ORG")]
     assert [(e.text, e.label) for e in flat[1]] == [("北京", "LOC")]  # same score: (2, 4, LOC) first
     assert flat == [non_overlapping(ents) for ents in nested]
-    assert engine.ner([text], decode="nested").entities == nested[:1]
-    flat_ner = engine.manifest.ner.model_copy(update={"decode": "flat"})
-    engine.manifest = engine.manifest.model_copy(update={"ner": flat_ner})
-    assert engine.ner([text, "我在北京大学"]).entities == flat
-    assert engine.ner([text], decode="nested").entities == nested[:1]
+    assert engine.run("ner", texts=[text], decode="nested").entities == nested[:1]
+    flat_ner = engine.manifest.tasks["ner"].model_copy(update={"decode": "flat"})
+    engine, _ = fake_engine(tiny_bundle, ner_max_length=10, ner_stride=4, ner_spec=flat_ner)
+    assert engine.run("ner", texts=[text, "我在北京大学"]).entities == flat
+    assert engine.run("ner", texts=[text], decode="nested").entities == nested[:1]
     assert engine.info()["tasks"]["ner"]["decode"] == "flat"
 
 
 def test_sync_api_batches_change_nothing(engine: Engine) -> None:
     texts = ["我爱北京天安门", "张三在上海工作", "中国银行", "我" * 150, "李四"]
-    one_by_one = [engine.ner([t], threshold=0.3).entities[0] for t in texts]
+    one_by_one = [engine.run("ner", texts=[t], threshold=0.3).entities[0] for t in texts]
     small = Engine(engine.runtime, engine.tokenizer, engine.manifest, limits=Limits(batch_tokens=64))
-    batched = small.ner(texts, threshold=0.3).entities
+    batched = small.run("ner", texts=texts, threshold=0.3).entities
     for a, b in zip(one_by_one, batched):
         assert [(e.start, e.end, e.label) for e in a] == [(e.start, e.end, e.label) for e in b]
         assert np.allclose([e.score for e in a], [e.score for e in b], atol=1e-4)
-    vecs = engine.embed(texts).vectors
+    vecs = engine.run("embed", texts=texts).vectors
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
-    assert np.allclose(vecs, np.stack([engine.embed([t]).vectors[0] for t in texts]), atol=1e-5)
+    assert np.allclose(vecs, np.stack([engine.run("embed", texts=[t]).vectors[0] for t in texts]), atol=1e-5)
 
 
 def test_similarity_truncation_is_reported(engine: Engine) -> None:
     long = "我爱北京" * 20  # 80 tokens > max_length 32
-    res = engine.embed(["北京", long])
+    res = engine.run("embed", texts=["北京", long])
     assert res.truncated == [False, True]
-    assert engine.similarity_pairs([["北京", long], ["北京", "上海"]]).truncated == [True, False]
-    ranked = engine.rank(long, ["北京", long], top_k=1)
+    assert engine.run("similarity", pairs=[["北京", long], ["北京", "上海"]]).truncated == [True, False]
+    ranked = engine.run("similarity", query=long, candidates=["北京", long], top_k=1)
     assert ranked.query_truncated and ranked.results[0].index == 1 and ranked.results[0].truncated
     assert ranked.results[0].score == pytest.approx(1.0, abs=1e-5)
 
@@ -149,13 +150,13 @@ def test_decoding_equals_models_spans(engine: Engine) -> None:
     """The batch decoder (per-row thresholds, entity budget) finds exactly what decode_spans finds."""
     texts = ["我爱北京天安门", "张三 在 上海 工作!", "中国银行😀李四", "a b c 北京"]
     for threshold in (0.0, 0.3):
-        got = engine.ner(texts, threshold=threshold).entities
+        got = engine.run("ner", texts=texts, threshold=threshold).entities
         for text, ents in zip(texts, got):
             enc = engine.tokenizer.encode(text)
             scores = engine.runtime.run(
                 "ner", {"input_ids": enc.ids[None], "attention_mask": np.ones_like(enc.ids)[None]}
             )
-            want = decode_spans(scores[0], offsets=enc.offsets, labels=engine.manifest.ner.labels, text=text,
+            want = decode_spans(scores[0], offsets=enc.offsets, labels=engine.manifest.tasks["ner"].labels, text=text,
                                 threshold=threshold)  # fmt: skip
             assert ents == want
 
@@ -163,9 +164,9 @@ def test_decoding_equals_models_spans(engine: Engine) -> None:
 def test_entity_budget(engine: Engine) -> None:
     small = Engine(engine.runtime, engine.tokenizer, engine.manifest, limits=Limits(max_entities=50))
     with pytest.raises(TooManyEntities) as e:
-        small.ner(["我爱北京天安门" * 30], threshold=-10.0)
+        small.run("ner", texts=["我爱北京天安门" * 30], threshold=-10.0)
     assert e.value.limit == 50 and e.value.field == "threshold"
-    assert len(small.ner(["北京"], threshold=-10.0).entities[0]) <= 50  # small answers still fine
+    assert len(small.run("ner", texts=["北京"], threshold=-10.0).entities[0]) <= 50  # small answers still fine
 
 
 def test_batch_decoding_per_row_thresholds_and_budget(engine: Engine) -> None:
@@ -175,12 +176,12 @@ def test_batch_decoding_per_row_thresholds_and_budget(engine: Engine) -> None:
     texts = ["我爱北京天安门", "张三 在 上海 工作!", "中国银行😀李四", "a b c 北京", "北京"]
     thresholds = [0.5, 1.0, 1.5, 2.0, -1.0]
     encs = engine.tokenizer.encode_batch(texts)
-    T, labels = max(len(e) for e in encs), engine.manifest.ner.labels
+    T, labels = max(len(e) for e in encs), engine.manifest.tasks["ner"].labels
     scores = np.random.default_rng(0).normal(size=(len(texts), len(labels), T, T)).astype(np.float32)
     roomy, tight = EntityBudget(10**6), EntityBudget(3)
-    budgets = [roomy, roomy, tight, tight, None]
-    seqs = [Seq(e.ids, e.offsets, t, th, b) for e, t, th, b in zip(encs, texts, thresholds, budgets)]
-    got = engine._decode(scores, seqs)
+    budgets = [roomy, roomy, tight, tight, EntityBudget(10**6)]
+    seqs = [Seq(e.ids, Row(e.offsets, t, th, b)) for e, t, th, b in zip(encs, texts, thresholds, budgets)]
+    got = engine.task("ner").postprocess(scores, seqs)
     alone = [
         decode_spans(scores[k, :, : len(e), : len(e)], offsets=e.offsets, labels=labels, text=t, threshold=th)
         for k, (e, t, th) in enumerate(zip(encs, texts, thresholds))
@@ -190,4 +191,4 @@ def test_batch_decoding_per_row_thresholds_and_budget(engine: Engine) -> None:
     assert len(alone[2]) <= 3 < tight.used == len(alone[2]) + len(alone[3]) and tight.exceeded
     assert got[2] == alone[2] and got[3] == []
     with pytest.raises(InferenceError):
-        engine._decode(scores[:, :, :-1, :-1], seqs)
+        engine.task("ner").postprocess(scores[:, :, :-1, :-1], seqs)

@@ -18,10 +18,10 @@ def engine():
 
 def test_manifest_validates_and_hashes_match():
     m = load_manifest(DEFAULT)  # schema, format version, every file present, SHA-256 equal
-    assert m.ner is not None and m.similarity is not None
-    assert "name" in m.ner.labels and "address" in m.ner.labels  # CLUENER's 10 types
-    assert m.ner.pick("cpu").precision == "int8"
-    assert m.similarity.whitening
+    assert {"ner", "similarity"} <= set(m.tasks)
+    assert "name" in m.tasks["ner"].labels and "address" in m.tasks["ner"].labels  # CLUENER's 10 types
+    assert m.tasks["ner"].pick("cpu").precision == "int8"
+    assert m.tasks["similarity"].whitening
     assert {d.name for d in m.provenance.training_data}  # data and terms are recorded
     assert all(d.terms for d in m.provenance.training_data)
     size = sum(f.stat().st_size for f in DEFAULT.iterdir())
@@ -36,7 +36,7 @@ def test_manifest_validates_and_hashes_match():
     ("我明天要去上海市浦东新区参加发布会。", {("上海市浦东新区", "address")}),
 ])
 def test_finds_the_obvious_entities(engine, text, expected):
-    (entities,) = engine.ner([text]).entities
+    (entities,) = engine.run("ner", texts=[text]).entities
     found = {(e.text, e.label) for e in entities}
     assert expected <= found
     for e in entities:  # offsets point into the text
@@ -48,15 +48,15 @@ def test_finds_the_obvious_entities(engine, text, expected):
     ("他在阿里巴巴集团工作了五年。", "阿里巴巴集团"),
 ])
 def test_finds_an_organisation(engine, text, org):
-    (entities,) = engine.ner([text]).entities
+    (entities,) = engine.run("ner", texts=[text]).entities
     assert any(e.text == org and e.label in {"company", "organization", "government"} for e in entities)
 
 
 def test_similarity_ranks_the_paraphrase_first(engine):
-    ranked = engine.rank("今天天气怎么样", ["我想去北京大学", "明天会下雨吗", "今天的天气如何"], None)
+    ranked = engine.run("similarity", query="今天天气怎么样", candidates=["我想去北京大学", "明天会下雨吗", "今天的天气如何"])
     assert ranked.results[0].text == "今天的天气如何"
     assert ranked.results[-1].text == "我想去北京大学"
-    close, far = engine.similarity_pairs([("我想买一部手机", "我要买个新手机"), ("我想买一部手机", "今天天气很好")]).scores
+    close, far = engine.run("similarity", pairs=[("我想买一部手机", "我要买个新手机"), ("我想买一部手机", "今天天气很好")]).scores
     assert close > far + 0.3
 
 
@@ -70,9 +70,9 @@ def medical():
 
 def test_medical_bundle_validates_and_fits_the_budget_with_the_default():
     m = load_manifest(MEDICAL)  # schema, format version, every file present, SHA-256 equal
-    assert m.similarity is None and m.ner.pick("cpu").precision == "int8"
-    assert {"dis", "sym", "dru", "bod", "pro"} <= set(m.ner.labels)  # CMeEE's 9 types
-    assert m.ner.decode == "nested"  # nested spans are the point of this model
+    assert "similarity" not in m.tasks and m.tasks["ner"].pick("cpu").precision == "int8"
+    assert {"dis", "sym", "dru", "bod", "pro"} <= set(m.tasks["ner"].labels)  # CMeEE's 9 types
+    assert m.tasks["ner"].decode == "nested"  # nested spans are the point of this model
     assert all(d.terms for d in m.provenance.training_data)
     total = sum(f.stat().st_size for d in (DEFAULT, MEDICAL) for f in d.iterdir())
     assert total < 30 * 2**20  # both shipped bundles together
@@ -85,13 +85,13 @@ def test_medical_bundle_validates_and_fits_the_budget_with_the_default():
     ("幽门螺杆菌感染是胃溃疡的主要病因。", {("胃溃疡", "dis")}),
 ])
 def test_medical_finds_the_obvious_entities(medical, text, expected):
-    (entities,) = medical.ner([text]).entities
+    (entities,) = medical.run("ner", texts=[text]).entities
     assert expected <= {(e.text, e.label) for e in entities}
     assert all(text[e.start:e.end] == e.text for e in entities)
 
 
 def test_evaluate_a_shipped_bundle_by_name(tmp_path):
-    from training.evaluate import evaluate_ner  # `ropenlp evaluate ner --bundle medical`
+    from ropenlp.evaluate import evaluate_ner  # `ropenlp evaluate ner --bundle medical`
 
     text = "患者出现发热、咳嗽等症状，诊断为肺炎，给予阿莫西林治疗。"
     gold = [("发热", "sym"), ("咳嗽", "sym"), ("肺炎", "dis"), ("阿莫西林", "dru")]
@@ -102,3 +102,15 @@ def test_evaluate_a_shipped_bundle_by_name(tmp_path):
     metrics = evaluate_ner([str(data)], bundle="medical")
     assert metrics["bundle"] == "medical" and metrics["graph_precision"] == "int8"
     assert metrics["gold"] == 4 and metrics["recall"] == 1.0  # the four found by the test above
+
+
+@pytest.mark.parametrize("name", ["default", "medical"])
+def test_shipped_bundles_have_their_model_card(name):
+    """The cards are generated from the unchanged (format 1) manifests and kept in sync with them."""
+    from models.card import CARD, model_card
+
+    bundle = DEFAULT.parent / name
+    m = load_manifest(bundle)
+    assert m.format_version == 1 and CARD not in m.files  # the card is not hashed: adding it changed nothing
+    assert (bundle / CARD).read_text(encoding="utf-8") == model_card(m)
+    assert "## Data and terms" in model_card(m) and "## Limits" in model_card(m)

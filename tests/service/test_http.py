@@ -10,14 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.errors import OutOfRange
-from service.http import (
-    ERROR_STATUS,
-    INFERENCE_ERRORS,
-    EmbedResponse,
-    NerResponse,
-    PairsResponse,
-    RankResponse,
-)
+from service.http import ERROR_STATUS, INFERENCE_ERRORS
+from service.tasks.ner import NerResponse
+from service.tasks.similarity import EmbedResponse, PairsResponse, RankResponse
 from tests.service.conftest import running, settings
 from tests.service.fakes import fake_engine
 
@@ -72,7 +67,7 @@ def test_ner_matches_direct_calls_in_input_order(server: str, engine) -> None:
     results = NerResponse.model_validate(r.json()).results
     assert len(results) == len(texts)
     for text, item in zip(texts, results):
-        direct = engine.ner([text], threshold=0.3).entities[0]
+        direct = engine.run("ner", texts=[text], threshold=0.3).entities[0]
         assert [(e.start, e.end, e.label) for e in item.entities] == [
             (e.start, e.end, e.label) for e in direct
         ]
@@ -96,7 +91,7 @@ def test_ner_flat_decode_returns_no_overlapping_spans(server: str, engine) -> No
     flat = post(server, "/ner", {"texts": texts, "decode": "flat"})
     assert nested.status_code == flat.status_code == 200, (nested.text, flat.text)
     assert httpx.get(server + "/info").json()["tasks"]["ner"]["decode"] == "nested"  # the bundle's default
-    direct = engine.ner(texts).entities  # the default is what it was: every span above the threshold
+    direct = engine.run("ner", texts=texts).entities  # the default is what it was: every span above the threshold
     for ents, n, f in zip(direct, nested.json()["results"], flat.json()["results"]):
         n, f = n["entities"], f["entities"]
         assert [(e["start"], e["end"], e["label"]) for e in n] == [(e.start, e.end, e.label) for e in ents]
@@ -328,13 +323,15 @@ def test_not_ready_until_warm(tiny_bundle) -> None:
 
 
 def test_task_unavailable_and_internal_errors(tiny_bundle) -> None:
-    engine, _ = fake_engine(tiny_bundle)
-    engine.manifest = engine.manifest.model_copy(update={"ner": None})  # a similarity-only bundle
+    engine, _ = fake_engine(tiny_bundle, similarity_only=True)
+    prepare = engine.prepare
 
-    def broken(pairs):
-        raise ZeroDivisionError("a bug")
+    def broken(name, query):
+        if name == "similarity":
+            raise ZeroDivisionError("a bug")
+        return prepare(name, query)
 
-    engine.prepare_pairs = broken
+    engine.prepare = broken
     with running(settings(), engine) as base:
         assert_error(post(base, "/ner", {"texts": ["北京"]}), 501, "task_unavailable")
         r = post(base, "/similarity", {"pairs": [["北京", "上海"]]})

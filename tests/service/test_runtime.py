@@ -40,7 +40,7 @@ def test_missing_precision_and_wrong_names_are_bundle_errors(tiny_bundle, tmp_pa
         OnnxRuntime(tiny_bundle, provider="cpu", precision="int8")
     bad = shutil.copytree(tiny_bundle, tmp_path / "bad")
     manifest = json.loads((bad / "bundle.json").read_text())
-    manifest["ner"]["graphs"]["fp32"]["inputs"] = ["input_ids", "token_type_ids"]
+    manifest["tasks"]["ner"]["graphs"]["fp32"]["inputs"] = ["input_ids", "token_type_ids"]
     (bad / "bundle.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="do not match the manifest"):
         OnnxRuntime(bad, provider="cpu")

@@ -105,7 +105,7 @@ def test_jsonl_custom_fields_bad_records_in_the_middle(engine, tmp_path) -> None
     assert out[7]["id"] == "u7" and out[7]["field"] == "body" and out[13]["limit"] == 10_000
     assert summary.errors == len(bad)
     ok = [k for k in range(30) if k not in bad]
-    want = engine.ner([good[k] for k in ok]).entities
+    want = engine.run("ner", texts=[good[k] for k in ok]).entities
     for k, ents in zip(ok, want):
         assert out[k]["id"] == f"u{k}" and "error" not in out[k]
         same_entities(out[k]["entities"], ents)
@@ -126,7 +126,7 @@ def test_csv_with_header_similarity(engine, tmp_path) -> None:
     assert out[5]["line"] == 7 and out[6]["line"] == 9  # header is line 1; record 5 spans lines 7-8
     assert out[8]["error_type"] == "missing_field" and out[8]["field"] == "right"
     ok = [k for k in range(12) if k != 8]
-    want = engine.similarity_pairs([[a[k], b[k]] for k in ok])
+    want = engine.run("similarity", pairs=[[a[k], b[k]] for k in ok])
     np.testing.assert_allclose([out[k]["score"] for k in ok], want.scores, atol=1e-5)
     assert [out[k]["truncated"] for k in ok] == want.truncated
 
@@ -144,9 +144,9 @@ def test_tsv_by_column_index_embed_with_npy(engine, tmp_path) -> None:
     assert out[3]["error_type"] == "missing_field" and "vector" not in out[0] and out[4]["row"] == 4
     vectors = np.load(npy)
     ok = [k for k in range(10) if k != 3]
-    assert vectors.shape == (10, engine.manifest.similarity.dim) and vectors.dtype == np.float32
+    assert vectors.shape == (10, engine.manifest.tasks["similarity"].dim) and vectors.dtype == np.float32
     assert np.isnan(vectors[3]).all()
-    np.testing.assert_allclose(vectors[ok], engine.embed([t[k] for k in ok]).vectors, atol=1e-5)
+    np.testing.assert_allclose(vectors[ok], engine.run("embed", texts=[t[k] for k in ok]).vectors, atol=1e-5)
 
 
 def test_plain_text_and_a_missing_column(engine, tmp_path) -> None:
@@ -158,7 +158,7 @@ def test_plain_text_and_a_missing_column(engine, tmp_path) -> None:
     assert out[4] == {"line": 5, "error": "text is empty", "error_type": "empty_input", "field": "text"}
     ok = [k for k in range(9) if k != 4]
     np.testing.assert_allclose(
-        [out[k]["vector"] for k in ok], engine.embed([t[k] for k in ok]).vectors, atol=1e-5
+        [out[k]["vector"] for k in ok], engine.run("embed", texts=[t[k] for k in ok]).vectors, atol=1e-5
     )
     with pytest.raises(UsageError, match="no column 'body'"):
         tsv = tmp_path / "h.tsv"
@@ -245,7 +245,7 @@ def test_resume_embed_with_npy_behind_the_output(engine, tmp_path) -> None:
     # A crash after 64 lines, when the .npy had 48 rows on disk and the state its checkpoint at 32.
     lines = ref.read_bytes().splitlines(keepends=True)
     out.write_bytes(b"".join(lines[:64]))
-    dim = engine.manifest.similarity.dim
+    dim = engine.manifest.tasks["similarity"].dim
     with open(npy, "r+b") as f:
         f.truncate(128 + 48 * 4 * dim + 10)  # and 10 bytes of the next row
     state = out.with_name("out.jsonl.state")
@@ -352,7 +352,7 @@ def test_stdin_to_stdout(engine, tmp_path, tiny_bundle) -> None:
     assert b"done: 50 records, 0 error lines" in p.stderr
     out = [json.loads(line) for line in p.stdout.decode().splitlines()]
     assert [o["line"] for o in out] == list(range(1, 51))
-    for o, ents in zip(out, engine.ner(t).entities):
+    for o, ents in zip(out, engine.run("ner", texts=t).entities):
         same_entities(o["entities"], ents)
     p = cli("ner", "-i", "-", "-o", "-", "--bundle", str(tiny_bundle), input=data)
     assert p.returncode == 2 and b"--format" in p.stderr
@@ -364,7 +364,7 @@ def test_decode_flat_like_threshold(engine, tmp_path, tiny_bundle) -> None:
     src = tmp_path / "in.txt"
     src.write_text("\n".join(t) + "\n", encoding="utf-8")
     out, _ = run(engine, tmp_path, "ner", src, decode="flat", window=16)
-    flat, nested = engine.ner(t, decode="flat").entities, engine.ner(t).entities
+    flat, nested = engine.run("ner", texts=t, decode="flat").entities, engine.run("ner", texts=t).entities
     assert sum(map(len, flat)) < sum(map(len, nested))  # the random tiny model nests: something dropped
     for o, ents in zip(out, flat):
         same_entities(o["entities"], ents)

@@ -15,7 +15,7 @@ from models.text import Tokenizer
 from ropenlp.cli import app
 from training.config import ConfigError
 from training.data import ReadReport
-from training.evaluate import evaluate_ner
+from ropenlp.evaluate import evaluate_ner
 from training.loop import EpochBatches, build_scheduler, train_steps
 from training.metrics import ner_scores
 from training.ner import (

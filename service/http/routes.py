@@ -1,0 +1,109 @@
+"""The routes: one ``POST /<operation>`` per registered operation (``service.tasks``), and the service's own.
+
+Handlers receive the :class:`~service.http.service.Service` by dependency injection and the request
+body as the operation's typed query; they return the operation's response model (``Operation.render``),
+so the OpenAPI schema is what is serialised. Every inference response also carries
+``x-tokenize-time``, ``x-queue-time`` and ``x-inference-time`` (milliseconds).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
+from litestar.params import JSONBody
+from pydantic import SecretStr
+
+import ropenlp
+from service.batching import Timings
+from service.errors import NotReady, Unauthorized
+from service.http.errors import INFERENCE_ERRORS, error_responses
+from service.http.schemas import Health, Info, Ready
+from service.http.service import Service
+from service.metrics import CONTENT_TYPE
+from service.tasks import OPERATIONS, Operation
+
+
+class ApiKeyGuard:
+    """Guard of the inference routes: ``Authorization: Bearer <key>`` when an API key is configured."""
+
+    def __init__(self, key: SecretStr | None) -> None:
+        self.key = key
+
+    def __call__(self, connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        if self.key is None:
+            return
+        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self.key.get_secret_value().encode()
+        ):
+            raise Unauthorized(
+                "missing or invalid API key (send 'Authorization: Bearer <key>')", field="authorization"
+            )
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+def timing_headers(t: Timings) -> dict[str, str]:
+    return {"x-tokenize-time": _ms(t.tokenize_s), "x-queue-time": _ms(t.queue_s),
+            "x-inference-time": _ms(t.inference_s)}
+
+
+def inference_route(op: Operation, guard: ApiKeyGuard) -> HTTPRouteHandler:
+    """``POST /<op.name>``: the body is ``op.query``, the answer ``op.response``."""
+
+    async def handler(request: Request, data: Any, service: NamedDependency[Service]) -> Any:
+        result, t = await service.infer(request, op.name, data)
+        return Response(op.render(result), status_code=200, headers=timing_headers(t))
+
+    # the typed signature Litestar reads (body model, response model), from the operation
+    handler.__annotations__ = {
+        "request": Request, "data": JSONBody[op.query], "service": NamedDependency[Service],
+        "return": Response[op.response],
+    }  # fmt: skip
+    handler.__name__ = handler.__qualname__ = op.name
+    handler.__doc__ = op.__doc__
+    return post(
+        f"/{op.name}", name=op.name, status_code=200, guards=[guard], summary=op.summary,
+        responses=error_responses(*INFERENCE_ERRORS, *op.errors),
+    )(handler)  # fmt: skip
+
+
+@get("/health", summary="Liveness: the process answers")
+async def health() -> Health:
+    return Health(status="alive")
+
+
+@get("/ready", summary="Readiness: bundle loaded and warmed up", responses=error_responses(NotReady))
+async def ready(service: NamedDependency[Service]) -> Ready:
+    if not service.ready:
+        raise service.not_ready()
+    info = service.engine.info()
+    return Ready(status="ready", bundle=info["name"], provider=info["provider"], precision=info["precision"],
+                 warm_up_ms=round(service.warm_up_ms, 3))  # fmt: skip
+
+
+@get("/info", summary="Model, labels, limits, version", responses=error_responses(NotReady))
+async def info(service: NamedDependency[Service]) -> Info:
+    if service.engine is None:
+        raise service.not_ready()
+    s = service.settings
+    out = service.engine.info()
+    out["limits"] |= {"max_body_bytes": s.max_body_bytes, "max_queue": s.max_queue, "max_wait_ms": s.max_wait_ms}
+    return Info(**out, version=ropenlp.__version__, ready=service.ready, auth=s.api_key is not None)
+
+
+@get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(service: NamedDependency[Service]) -> Response[bytes]:
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def route_handlers(guard: ApiKeyGuard) -> list[HTTPRouteHandler]:
+    """Every registered operation's route, then the service's own."""
+    return [*(inference_route(op, guard) for op in OPERATIONS.values()), health, ready, info, metrics]

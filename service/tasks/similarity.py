@@ -1,0 +1,248 @@
+"""Similarity: sentence vectors (``embed``), and cosine scores of pairs or of candidates against a query
+(``similarity``), from the bundle's pooled, whitened, L2-normalised vectors (cosine = dot).
+
+The encoder was trained on sentences of at most ``max_length`` tokens, and a mean of window vectors
+is not a vector the model was trained to produce, so a longer text is **truncated** to its first
+``max_length - 2`` tokens, and every result says so (``truncated`` flags), never silently.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from service.errors import InferenceError, InvalidRequest, OutOfRange, ServiceError
+from service.jobs import Job, Limits, Seq
+from service.tasks.base import WARM_UP_TEXT, Body, Operation, ScoreSpec, Task, register
+from service.validate import check_items, check_number, check_text, check_texts
+
+# --------------------------------------------------------------------------------------------
+# Queries, results, responses
+# --------------------------------------------------------------------------------------------
+
+
+class SimilarityQuery(Body):
+    pairs: list[Annotated[list[str], Field(min_length=2, max_length=2)]] | None = Field(
+        None, description="[[a, b], ...]: one cosine score per pair"
+    )
+    query: str | None = Field(None, description="rank candidates against this text")
+    candidates: list[str] | None = None
+    top_k: int | None = Field(None, description="how many ranked candidates to return; default all")
+
+    def form(self) -> str:
+        """'pairs' or 'rank'; both forms at once, or neither, is an error naming the fields."""
+        has_pairs = self.pairs is not None
+        has_rank = self.query is not None or self.candidates is not None or self.top_k is not None
+        if has_pairs == has_rank:
+            which = "both" if has_pairs else "neither"
+            raise InvalidRequest(
+                f"give either 'pairs', or 'query' and 'candidates' (+ 'top_k'); got {which}",
+                field="pairs|query,candidates",
+            )
+        if has_rank and (self.query is None or self.candidates is None):
+            missing = "query" if self.query is None else "candidates"
+            raise InvalidRequest(f"'{missing}' is required with 'query' / 'candidates'", field=missing)
+        return "pairs" if has_pairs else "rank"
+
+
+class EmbedQuery(Body):
+    texts: list[str]
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: np.ndarray  # (n, dim) float32, L2-normalised: cosine = dot
+    truncated: list[bool]
+
+
+@dataclass(frozen=True)
+class PairsResult:
+    scores: list[float]
+    truncated: list[bool]  # per pair: a or b was cut to max_length
+
+
+@dataclass(frozen=True)
+class Ranked:
+    index: int
+    text: str
+    score: float
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class RankResult:
+    results: list[Ranked]  # best first, ties by index
+    query_truncated: bool
+
+
+class PairsResponse(BaseModel):
+    scores: list[float]
+    truncated: list[bool] = Field(description="per pair: a or b was cut to the model's max_length")
+
+
+class RankedOut(BaseModel):
+    index: int
+    text: str
+    score: float
+    truncated: bool
+
+
+class RankResponse(BaseModel):
+    results: list[RankedOut] = Field(description="best first")
+    query_truncated: bool
+
+
+class EmbedResponse(BaseModel):
+    vectors: list[list[float]] = Field(description="whitened, L2-normalised: cosine = dot")
+    dim: int
+    truncated: list[bool] = Field(description="per text: cut to the model's max_length tokens")
+
+
+# --------------------------------------------------------------------------------------------
+# Rows: one per distinct text
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _State:
+    unique: list[str]  # one row each
+    truncated: list[bool]
+    form: str  # "embed", "pairs", "rank"
+    texts: list[str] = ()  # embed
+    pairs: list[tuple[str, str]] = ()
+    query: str = ""
+    candidates: list[str] = ()
+    top_k: int | None = None
+
+
+def _job(task: SimilarityServing, op: str, rows: list[str], **state: Any) -> Job:
+    """One row per distinct text, cut to ``max_length`` tokens ([CLS] first max_length-2 tokens [SEP])."""
+    t0 = time.perf_counter()
+    unique = list(dict.fromkeys(rows))
+    L = task.spec.max_length
+    sep = np.array([task.tokenizer.sep_id], dtype=np.int64)
+    seqs, truncated = [], []
+    for ids in task.tokenizer.encode_ids(unique):  # ids only: no offsets needed here
+        cut = len(ids) > L
+        seqs.append(Seq(np.concatenate([ids[: L - 1], sep]) if cut else ids))
+        truncated.append(cut)
+    return Job(op, "similarity", seqs, _State(unique, truncated, **state), tokenize_s=time.perf_counter() - t0)
+
+
+def _by_text(job: Job, outputs: list[np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
+    s: _State = job.state
+    return dict(zip(s.unique, outputs)), dict(zip(s.unique, s.truncated))
+
+
+# --------------------------------------------------------------------------------------------
+# Operations and the task
+# --------------------------------------------------------------------------------------------
+
+
+class Similarity(Operation):
+    """Either ``pairs`` -> ``scores``, or ``query`` + ``candidates`` (+ ``top_k``) -> ranked ``results``."""
+
+    name = task = "similarity"
+    query = SimilarityQuery
+    response = PairsResponse | RankResponse
+    summary = "Cosine similarity of pairs, or candidates ranked against a query"
+    errors = (OutOfRange,)
+    score = ScoreSpec(items="pairs", fields=("a", "b"), help="score of pairs (a, b)")
+
+    def prepare(self, task: SimilarityServing, q: SimilarityQuery) -> Job:
+        limits = task.limits
+        if q.form() == "pairs":
+            checked = []
+            for k, pair in enumerate(check_items(q.pairs, "pairs", limits)):
+                if isinstance(pair, (str, bytes)) or not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                    raise InvalidRequest(f"pairs[{k}] must be a list of two strings [a, b]", field=f"pairs[{k}]")
+                checked.append(tuple(check_text(t, f"pairs[{k}][{i}]", limits) for i, t in enumerate(pair)))
+            return _job(task, self.name, [t for pair in checked for t in pair], form="pairs", pairs=checked)
+        query = check_text(q.query, "query", limits)
+        candidates = check_texts(q.candidates, "candidates", limits)
+        top_k = q.top_k
+        if top_k is not None:
+            top_k = int(check_number(top_k, "top_k", integer=True))
+            if top_k < 1:
+                raise OutOfRange(f"top_k must be >= 1, got {top_k}", field="top_k", limit=1)
+        return _job(task, self.name, [query, *candidates], form="rank", query=query, candidates=candidates,
+                    top_k=top_k)  # fmt: skip
+
+    def finish(self, task: SimilarityServing, job: Job, outputs: list[np.ndarray]) -> PairsResult | RankResult:
+        vec, cut = _by_text(job, outputs)
+        s: _State = job.state
+        if s.form == "pairs":
+            return PairsResult(
+                scores=[float(np.dot(vec[a], vec[b])) for a, b in s.pairs],
+                truncated=[cut[a] or cut[b] for a, b in s.pairs],
+            )
+        scores = np.stack([vec[c] for c in s.candidates]) @ vec[s.query]  # (n,)
+        order = sorted(range(len(s.candidates)), key=lambda k: (-scores[k], k))[: s.top_k]
+        results = [Ranked(k, s.candidates[k], float(scores[k]), cut[s.candidates[k]]) for k in order]
+        return RankResult(results, cut[s.query])
+
+    def render(self, result: PairsResult | RankResult) -> PairsResponse | RankResponse:
+        if isinstance(result, PairsResult):
+            return PairsResponse.model_construct(scores=result.scores, truncated=result.truncated)
+        results = [RankedOut.model_construct(index=r.index, text=r.text, score=r.score, truncated=r.truncated)
+                   for r in result.results]  # fmt: skip
+        return RankResponse.model_construct(results=results, query_truncated=result.query_truncated)
+
+    def records(self, result: PairsResult, limits: Limits) -> list[dict[str, Any] | ServiceError]:
+        return [{"score": s, "truncated": t} for s, t in zip(result.scores, result.truncated)]
+
+
+class Embed(Operation):
+    """Whitened, L2-normalised sentence vectors (cosine = dot product)."""
+
+    name = "embed"
+    task = "similarity"
+    query = EmbedQuery
+    response = EmbedResponse
+    summary = "Sentence vectors"
+    score = ScoreSpec(items="texts", vectors=True, help="vectors")
+
+    def prepare(self, task: SimilarityServing, q: EmbedQuery) -> Job:
+        texts = check_texts(q.texts, "texts", task.limits)
+        return _job(task, self.name, texts, form="embed", texts=texts)
+
+    def finish(self, task: SimilarityServing, job: Job, outputs: list[np.ndarray]) -> EmbedResult:
+        vec, cut = _by_text(job, outputs)
+        texts = job.state.texts
+        return EmbedResult(np.stack([vec[t] for t in texts]), [cut[t] for t in texts])
+
+    def render(self, result: EmbedResult) -> EmbedResponse:
+        return EmbedResponse.model_construct(
+            vectors=result.vectors.tolist(), dim=int(result.vectors.shape[1]), truncated=result.truncated
+        )
+
+    def records(self, result: EmbedResult, limits: Limits) -> list[dict[str, Any] | ServiceError]:
+        return [{"vector": v, "truncated": t} for v, t in zip(result.vectors, result.truncated)]
+
+
+@register
+class SimilarityServing(Task):
+    kind = "similarity"
+    operations = (Similarity(), Embed())
+    warm_up = (("embed", {"texts": [WARM_UP_TEXT, WARM_UP_TEXT[:2]]}),)
+
+    def postprocess(self, out: np.ndarray, seqs: Sequence[Seq]) -> list[np.ndarray]:
+        if out.ndim != 2 or out.shape[0] != len(seqs):
+            raise InferenceError(f"similarity graph returned shape {out.shape} for {len(seqs)} rows")
+        return list(out)  # (dim,) rows
+
+    def info(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "dim": s.dim, "pooling": s.pooling, "whitening": s.whitening, "max_length": s.max_length,
+            "long_texts": "truncated to max_length tokens (reported per text as 'truncated')", "metrics": s.metrics,
+        }  # fmt: skip
+
+    @property
+    def vector_dim(self) -> int:
+        return self.spec.dim
