@@ -141,6 +141,24 @@ def whitening(
                   if best is not None else ""))
 
 
+def release(
+    model: Annotated[str, typer.Option(help="A pre-training run's model/ folder (MLM or ELECTRA).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The release folder to write.")],
+    name: Annotated[str, typer.Option(help="The encoder's name (in its card and record).")],
+    dtype: Annotated[str, typer.Option(help="Weights: fp16 (half the size), fp32, bf16.")] = "fp16",
+    terms: Annotated[str, typer.Option(help="The terms of the pre-training data, for the card.")] = "",
+    notes: Annotated[str, typer.Option(help="A paragraph for the card.")] = "",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Make a pre-trained encoder a shippable Hugging Face RoFormer folder (+ what a next stage needs)."""
+    from training.release import release_encoder
+
+    with _user_errors():
+        record = release_encoder(model, out, name=name, dtype=dtype, data_terms=terms, notes=notes,
+                                 overwrite=overwrite)
+    typer.echo(f"wrote {out} ({record['weights_bytes'] / 1e6:.1f} MB of {dtype} weights)")
+
+
 def register(app: typer.Typer) -> None:
     train = typer.Typer(name="train", no_args_is_help=True,
                         help="Train: vocabulary, MLM pre-training, NER, similarity, whitening.")
@@ -150,5 +168,6 @@ def register(app: typer.Typer) -> None:
     train.command("ner", context_settings=extra, epilog=OVERRIDES_HELP)(_config_command(_ner))
     train.command("sim", context_settings=extra, epilog=OVERRIDES_HELP)(_config_command(_sim))
     train.command("whitening")(whitening)
+    train.command("release")(release)
     app.add_typer(train, name="train")
     # `ropenlp evaluate` (checkpoints and bundles) is in ropenlp.evaluate: it needs the service's engine

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.mlm import IGNORE, RoFormerForMlm
 from models.roformer import ACTIVATIONS, RoFormerConfig, RoFormerEncoder
+from training.loop import to_device
 
 GENERATOR_DIR = "generator"
-IGNORE = -100
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,6 @@ class RoFormerForElectra(nn.Module):
 
     @classmethod
     def build(cls, encoder: RoFormerEncoder, cfg: ElectraConfig) -> RoFormerForElectra:
-        from training.mlm import RoFormerForMlm
-
         return cls(encoder, RoFormerForMlm(RoFormerEncoder(cfg.generator_config(encoder.cfg))), cfg)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, targets=None,
@@ -148,8 +147,6 @@ class RoFormerForElectra(nn.Module):
         """Continue a saved ELECTRA run (a new stage); a plain RoFormer folder gets a new generator."""
         from safetensors.torch import load_file
 
-        from training.mlm import RoFormerForMlm
-
         path = Path(path)
         encoder = RoFormerEncoder.from_pretrained(path, **overrides)
         if (path / GENERATOR_DIR / "config.json").is_file():
@@ -166,8 +163,6 @@ class RoFormerForElectra(nn.Module):
 @torch.no_grad()
 def evaluate_electra(model: RoFormerForElectra, batches, device="cpu", *, seed: int = 0) -> dict:
     """Held-out generator MLM loss/accuracy and discriminator loss/accuracy (fixed masks and samples)."""
-    from training.loop import to_device
-
     was_training = model.training
     model.eval()
     g = torch.Generator(device=device).manual_seed(seed)

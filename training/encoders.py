@@ -34,7 +34,8 @@ from models.roformer import RoFormerConfig, RoFormerEncoder
 from models.tasks import tokenizer_file
 from models.text import Tokenizer
 from training.config import TrainingConfig
-from training.loop import EpochBatches, FitResult, Run, fit, param_groups
+from training.batches import EpochBatches
+from training.loop import FitResult, Run, fit, param_groups
 from training.vocab import count_pieces, select_vocab, write_vocab
 
 log = logging.getLogger(__name__)

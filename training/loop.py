@@ -5,7 +5,7 @@ a :class:`StepInfo` per step) -> its consumers (JSONL log, progress, checkpoints
 ``fit``, which wires them together for any model whose ``forward(**batch)`` returns ``(output, loss)`` ->
 a trainer's run around it (:func:`open_run` before, :func:`finish_run` after). The batches it draws
 (:mod:`training.batches`) and the checkpoints it writes (:mod:`training.checkpoints`) have their own
-modules; their names are re-exported here for the callers that import them from the loop.
+modules.
 
 Resuming is exact: a checkpoint holds the model, optimizer, scheduler, every RNG state and the data
 position, so ``N`` steps straight and ``k`` steps + resume + ``N - k`` steps give identical weights.
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.batches import Batches, EpochBatches
-from training.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE, Checkpoints, resume_point
+from training.batches import Batches
+from training.checkpoints import CHECKPOINTS_DIR, Checkpoints, resume_point
 from training.config import (RESOLVED_FILE, ConfigError, TrainingConfig, config_diff, from_dict, to_dict,
                              write_resolved)
 from training.data import write_json
@@ -464,11 +464,3 @@ def finish_run(run: Run, result: FitResult, metrics: dict, *, kept: Literal["bes
     write_json(path, json.loads(path.read_text(encoding="utf-8")) | metrics)
     what = {"best": "best checkpoint", "model": "final model"}[kept]
     log.info("done at step %d: %s in %s, log in %s", result.step, what, run.out / kept, run.out / LOG_FILE)
-
-
-__all__ = [  # Batches, EpochBatches, Checkpoints, resume_point, CHECKPOINTS_DIR, TRAINER_STATE: re-exported
-    "CHECKPOINTS_DIR", "TRAINER_STATE", "Batches", "Checkpoints", "EarlyStopping", "EpochBatches", "FitResult",
-    "JsonlLog", "Progress", "Run", "StepInfo", "best_metrics", "build_optimizer", "build_scheduler", "finish_run",
-    "fit", "open_run", "param_groups", "resume_point", "rng_states", "set_rng_states", "set_seed", "setup_torch",
-    "to_device", "train_steps", "write_run_config",
-]  # fmt: skip

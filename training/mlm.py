@@ -1,14 +1,13 @@
 """Masked-LM pre-training of a RoFormer encoder (from scratch, or continuing a checkpoint).
 
-Read top to bottom: config sections -> the MLM head (Hugging Face ``RoFormerForMaskedLM`` layout,
-decoder tied to the word embeddings) -> dynamic masking -> packing lines into sequences ->
+Read top to bottom: config sections -> building the model (the MLM model of :mod:`models.mlm`, or
+ELECTRA's generator + discriminator of :mod:`training.electra`) -> dynamic masking (per character,
+or whole words from jieba's segmentation) -> packing lines into sequences (cached on disk) ->
 evaluation -> ``train_mlm``, the function behind ``ropenlp train mlm``.
 
-A saved model is a Hugging Face ``RoFormerForMaskedLM`` directory: ``config.json``,
-``model.safetensors`` (``roformer.*`` encoder keys + ``cls.predictions.*``) and ``vocab.txt``; it
-loads in ``transformers.RoFormerForMaskedLM`` / ``RoFormerModel`` and ``RoFormerEncoder.from_pretrained``.
-The vocabulary projection is computed only at masked positions (15 % of the tokens): on a small
-model with a 5k-character vocabulary that is most of the head's cost saved.
+A saved MLM model is a Hugging Face ``RoFormerForMaskedLM`` directory; a saved ELECTRA model is the
+discriminator as a ``RoFormerModel`` directory with the generator in ``generator/`` (see
+:mod:`training.electra`). Both load in ``transformers`` and ``RoFormerEncoder.from_pretrained``.
 """
 
 from __future__ import annotations
@@ -29,19 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.roformer import ACTIVATIONS, RoFormerConfig, RoFormerEncoder, read_checkpoint
+from models.mlm import IGNORE, RoFormerForMlm
+from models.roformer import RoFormerConfig, RoFormerEncoder
 from models.text import Tokenizer, pad_batch
 from training.config import OutputConfig, TrainingConfig, load_config, to_dict
 from training.data import ReadReport, TextRecord, TextSource, is_heldout, read_texts
 from training.electra import ElectraConfig, RoFormerForElectra, evaluate_electra
 from training.encoders import VocabConfig, check_length, encoder_overrides, tokenizer_for
-from training.loop import EpochBatches, FitResult, finish_run, fit, open_run, to_device, write_run_config
+from training.batches import EpochBatches
+from training.loop import FitResult, finish_run, fit, open_run, to_device, write_run_config
 from training.prefetch import Prefetch
 from training.vocab import unk_rate
 
 log = logging.getLogger(__name__)
-
-IGNORE = -100  # target of unmasked positions
 
 # --------------------------------------------------------------------------------------------
 # Config
@@ -116,106 +115,6 @@ class MlmConfig:
 
 def load_mlm_config(path: str | Path | None, overrides=()) -> MlmConfig:
     return load_config(MlmConfig, path, overrides)
-
-
-# --------------------------------------------------------------------------------------------
-# Model: encoder + MLM head with the Hugging Face layout
-# --------------------------------------------------------------------------------------------
-
-# Our head parameter -> its name in a RoFormerForMaskedLM checkpoint.
-HEAD_NAMES = {
-    "head.dense.weight": "cls.predictions.transform.dense.weight",
-    "head.dense.bias": "cls.predictions.transform.dense.bias",
-    "head.norm.weight": "cls.predictions.transform.LayerNorm.weight",
-    "head.norm.bias": "cls.predictions.transform.LayerNorm.bias",
-    "head.bias": "cls.predictions.bias",
-}
-TIED_NAMES = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")  # tied, never stored apart
-
-
-class MlmHead(nn.Module):
-    """dense -> activation -> LayerNorm -> x @ word_embeddings.T + bias (the decoder is tied)."""
-
-    def __init__(self, cfg: RoFormerConfig):
-        super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.emb_dim)
-        self.act = ACTIVATIONS[cfg.hidden_act]
-        self.norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.layer_norm_eps)
-        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-        nn.init.normal_(self.dense.weight, std=cfg.initializer_range)
-        nn.init.zeros_(self.dense.bias)
-
-    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.act(self.dense(hidden)))  # (..., E)
-        return F.linear(x, word_embeddings, self.bias)  # (..., V)
-
-
-class RoFormerForMlm(nn.Module):
-    def __init__(self, encoder: RoFormerEncoder):
-        super().__init__()
-        self.encoder = encoder
-        self.head = MlmHead(encoder.cfg)
-
-    @property
-    def cfg(self) -> RoFormerConfig:
-        return self.encoder.cfg
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, targets=None):
-        """``targets`` (B, T) with -100 at unmasked positions: returns (logits at the masked positions
-        (N, V), mean cross-entropy). Without targets: (logits (B, T, V), None)."""
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
-        emb = self.encoder.tok_emb.weight  # (V, E)
-        if targets is None:
-            return self.head(hidden, emb), None
-        selected = targets != IGNORE  # (B, T)
-        logits = self.head(hidden[selected], emb)  # (N, V): only where a token is predicted
-        if logits.shape[0] == 0:  # nothing masked in this batch: a zero loss that still has a graph
-            return logits, hidden.sum() * 0.0
-        return logits, F.cross_entropy(logits.float(), targets[selected])
-
-    # Hugging Face format ---------------------------------------------------------------------
-
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        state = {"roformer." + k: v for k, v in self.encoder.hf_state_dict().items()}
-        head = self.state_dict()
-        return state | {hf: head[ours].detach().contiguous() for ours, hf in HEAD_NAMES.items()}
-
-    def save_pretrained(self, path: str | Path, *, tokenizer_file: str | Path | None = None) -> None:
-        """A ``RoFormerForMaskedLM`` directory (config.json, model.safetensors, + the tokenizer file)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        hf_cfg = self.cfg.to_hf_dict() | {"architectures": ["RoFormerForMaskedLM"],
-                                          "tie_word_embeddings": True}
-        (path / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n", encoding="utf-8")
-        save_file(self.hf_state_dict(), str(path / "model.safetensors"), metadata={"format": "pt"})
-        if tokenizer_file is not None:
-            src = Path(tokenizer_file)
-            if src.resolve() != (path / src.name).resolve():
-                shutil.copyfile(src, path / src.name)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides) -> RoFormerForMlm:
-        """Any HF RoFormer folder; its ``cls.predictions`` head is loaded when present, else a new one."""
-        cfg, state = read_checkpoint(path)
-        if overrides:
-            cfg = dataclasses.replace(cfg, **overrides)
-        model = cls(RoFormerEncoder(cfg))
-        model.encoder.load_hf_state_dict(state, source=str(path))
-        head_keys = {hf.removeprefix("roformer.") for hf in HEAD_NAMES.values()}
-        present = head_keys & state.keys()
-        if present == head_keys:
-            model.head.load_state_dict({ours.removeprefix("head."): state[hf]
-                                        for ours, hf in HEAD_NAMES.items()})
-        elif present:
-            raise ValueError(f"{path}: incomplete MLM head, missing {sorted(head_keys - present)}")
-        else:
-            log.info("%s has no MLM head: starting a new one", path)
-        unknown = [k for k in state if k.startswith("cls.") and k not in head_keys and k not in TIED_NAMES]
-        if unknown:
-            raise ValueError(f"{path}: unexpected head keys {unknown}")
-        return model
 
 
 def build_model(cfg: MlmModelConfig, vocab_size: int, *, objective: str = "mlm",

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from training.config import RESOLVED_FILE, ConfigError, TrainingConfig
+from training.batches import EpochBatches
+from training.checkpoints import Checkpoints
 from training.loop import (
-    Checkpoints,
-    EpochBatches,
     build_scheduler,
     lr_factor,
     param_groups,

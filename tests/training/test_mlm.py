@@ -10,8 +10,10 @@ from typer.testing import CliRunner
 from models.roformer import RoFormerConfig, RoFormerEncoder
 from ropenlp.cli import app
 from training.config import ConfigError
-from training.loop import EpochBatches, build_optimizer, build_scheduler, train_steps
-from training.mlm import IGNORE, MaskingConfig, RoFormerForMlm, mask_tokens, pack_sequences, train_mlm
+from training.batches import EpochBatches
+from training.loop import build_optimizer, build_scheduler, train_steps
+from models.mlm import IGNORE, RoFormerForMlm
+from training.mlm import MaskingConfig, mask_tokens, pack_sequences, train_mlm
 
 from .conftest import tiny_mlm_config
 

@@ -16,7 +16,8 @@ from ropenlp.cli import app
 from training.config import ConfigError
 from training.data import ReadReport
 from ropenlp.evaluate import evaluate_ner
-from training.loop import EpochBatches, build_scheduler, train_steps
+from training.batches import EpochBatches
+from training.loop import build_scheduler, train_steps
 from training.metrics import ner_scores
 from training.ner import (
     NerCollator,

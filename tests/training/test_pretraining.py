@@ -10,8 +10,10 @@ import torch
 from models.roformer import RoFormerConfig, RoFormerEncoder
 from models.text import Tokenizer
 from training.electra import GENERATOR_DIR, ElectraConfig, RoFormerForElectra, evaluate_electra
-from training.loop import EpochBatches, build_optimizer, build_scheduler, train_steps
-from training.mlm import IGNORE, MaskingConfig, MlmCollator, WordSegmenter, mask_tokens, train_mlm
+from training.batches import EpochBatches
+from training.loop import build_optimizer, build_scheduler, train_steps
+from models.mlm import IGNORE
+from training.mlm import MaskingConfig, MlmCollator, WordSegmenter, mask_tokens, train_mlm
 from training.prefetch import Prefetch
 
 from .conftest import tiny_mlm_config
