@@ -224,7 +224,7 @@ def with_runtime_types(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
 @dataclass
 class StaticInt8Report:
-    """What ``quantize_static_int8`` did; ``manifest_entry()`` is what a bundle should record."""
+    """What ``quantize_static_int8`` did; :meth:`manifest_entry` is what a bundle should record."""
 
     method: str
     format: str
@@ -243,15 +243,22 @@ class StaticInt8Report:
     head_nodes: int = 0
     seconds: float = 0.0
 
-    def manifest_entry(self, **calibration_source) -> dict:
-        """The fields a ``GraphSpec`` should carry for this graph, plus the calibration's source
-        (e.g. ``data="cluener/train.json", texts=256, seed=0``)."""
-        return {"quantization": "static", "method": self.method, "format": self.format,
-                "per_channel": self.per_channel, "activations": self.activation_type, "weights": self.weight_type,
-                **({"percentile": self.percentile} if self.percentile is not None else {}),
-                "calibration": {**calibration_source, "batches": self.calibration_batches,
-                                "tokens": self.calibration_tokens, "batching": "one unpadded window per batch"},
-                "matmuls_int8": self.matmuls_quantized, "matmuls_fp32": len(self.fp32_matmuls)}
+    def manifest_entry(self, *, data: str, texts: int, seed: int) -> dict[str, str | int | float]:
+        """What a bundle should record for this graph, flat (str / int / float values, as ``GraphSpec.parity``
+        holds): how it was quantized and calibrated. ``data``: the calibration texts' source (e.g.
+        ``"cluener train"``), ``texts`` / ``seed``: as given to :func:`draw_texts`."""
+        entry: dict[str, str | int | float] = {
+            "quantization": "static", "method": self.method, "format": self.format,
+            "activations": f"{self.activation_type} per-tensor",
+            "weights": f"{self.weight_type} {'per-channel' if self.per_channel else 'per-tensor'}",
+            "calibration_data": data, "calibration_texts": texts, "calibration_seed": seed,
+            "calibration_batches": self.calibration_batches, "calibration_tokens": self.calibration_tokens,
+            "calibration_batching": "one unpadded window per batch",
+            "matmuls_int8": self.matmuls_quantized, "matmuls_fp32": len(self.fp32_matmuls),
+        }
+        if self.percentile is not None:
+            entry["percentile"] = self.percentile
+        return entry
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -146,7 +146,9 @@ def test_histogram_methods_calibrate_unpadded_batches_of_different_lengths(tiny,
     assert len({f["input_ids"].shape[1] for f in feeds}) > 1
     r = quantize_static_int8(tiny.bundle / "ner.fp32.onnx", tmp_path / "ner.onnx", feeds, method=method)
     assert r.method == method and r.matmuls_const_weight_quantized == ENCODER_MATMULS
-    assert r.manifest_entry(data="test", texts=12, seed=1)["calibration"]["batches"] == len(feeds)
+    entry = r.manifest_entry(data="test", texts=12, seed=1)
+    assert entry["method"] == method and entry["calibration_batches"] == len(feeds) and entry["matmuls_int8"] == 12
+    assert all(isinstance(v, (str, int, float)) for v in entry.values())  # fits GraphSpec's flat dicts
     assert max_batch_dependence(session(tmp_path / "ner.onnx"), rows(tiny, "ner"),
                                 pad_id=tiny.tokenizer.pad_id) <= BOUND
 
