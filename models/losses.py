@@ -1,6 +1,6 @@
-"""Sentence-similarity losses: CoSENT and the in-batch softmax contrastive loss.
+"""Sentence-similarity losses: CoSENT, the in-batch softmax contrastive loss, and supervised SimCSE.
 
-Read top to bottom: a stable ``log(1 + sum exp)`` -> CoSENT -> in-batch contrastive.
+Read top to bottom: a stable ``log(1 + sum exp)`` -> CoSENT -> in-batch contrastive -> SimCSE.
 
 CoSENT (Su Jianlin, https://kexue.fm/archives/8847). For pairs ``p`` with cosine ``cos_p`` and
 label ``y_p``, every ordered couple of pairs whose labels say "p is more similar than q" adds a term::
@@ -16,7 +16,13 @@ In-batch contrastive (SimCSE supervised / RoFormer-Sim): row ``i`` of ``anchors`
 positive ``positives[i]`` among all positives of the batch, by a softmax over
 ``scale * cos(anchor_i, positive_j)``; the other rows' positives are the negatives.
 
-Both take keyword-only arguments and compute in fp32. Excluded terms are ``finfo(fp32).min``
+Supervised SimCSE (Gao et al. 2021, on NLI): the same softmax, with the batch's hard negatives (the
+contradiction of a premise) added as candidates for every anchor: ``anchors[i]`` (a premise) must pick
+``positives[i]`` (its entailment) among all B positives and all M hard negatives of the batch. Rows
+that share their anchor text (a premise with two entailments) do not count each other's positive as
+a negative (``same_anchor``).
+
+All take keyword-only arguments and compute in fp32. Excluded terms are ``finfo(fp32).min``
 written with a select (never added), as in :mod:`models.global_pointer`.
 """
 
@@ -76,3 +82,33 @@ def in_batch_contrastive_loss(*, anchors: torch.Tensor, positives: torch.Tensor,
     if symmetric:
         loss = (loss + F.cross_entropy(logits.T, target)) / 2
     return loss
+
+
+def simcse_loss(*, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None,
+                same_anchor: torch.Tensor | None = None, scale: float = 20.0) -> torch.Tensor:
+    """Scalar mean cross-entropy of picking ``positives[i]`` for ``anchors[i]`` among all B positives and
+    all M hard ``negatives`` of the batch (supervised SimCSE; ``scale`` = 1 / temperature).
+
+    anchors, positives: (B, D); negatives: (M, D) or None (M may be 0); same_anchor: optional (B, B) bool,
+    True at [i, j] when rows i and j have the same anchor: positives[j] is then no candidate for row
+    i (j != i). Vectors are normalised here: the logits are ``scale`` x cosine.
+    """
+    if anchors.shape != positives.shape or anchors.dim() != 2:
+        raise ValueError(f"anchors and positives must both be (B, D), got {tuple(anchors.shape)} and "
+                         f"{tuple(positives.shape)}")
+    B = len(anchors)
+    with torch.autocast(anchors.device.type, enabled=False):  # fp32 logits under bf16 autocast too
+        a = F.normalize(anchors.float(), dim=-1)
+        logits = scale * (a @ F.normalize(positives.float(), dim=-1).T)  # (B, B): [i, j] = scale * cos(a_i, p_j)
+        if same_anchor is not None:
+            if same_anchor.shape != (B, B):
+                raise ValueError(f"same_anchor must be ({B}, {B}), got {tuple(same_anchor.shape)}")
+            eye = torch.eye(B, dtype=torch.bool, device=a.device)
+            logits = logits.masked_fill(same_anchor.to(a.device) & ~eye, _EXCLUDED)
+        if negatives is not None and len(negatives):
+            if negatives.dim() != 2 or negatives.shape[1] != anchors.shape[1]:
+                raise ValueError(f"negatives must be (M, {anchors.shape[1]}), got {tuple(negatives.shape)}")
+            hard = scale * (a @ F.normalize(negatives.float(), dim=-1).T)  # (B, M)
+            logits = torch.cat([logits, hard], dim=1)  # (B, B + M)
+    target = torch.arange(B, device=a.device)  # (B,): the diagonal
+    return F.cross_entropy(logits, target)

@@ -115,3 +115,138 @@ def test_evaluate_sim_cli(trained, pair_data, tmp_path):
     recorded = json.loads((out / "best" / "metrics.json").read_text())["dev"]["sts"]["spearman"]
     assert m["files"][str(pair_data / "sts_dev.tsv")]["spearman"] == pytest.approx(recorded, abs=1e-9)
     assert "mean" in res.output and m["task"] == "similarity"
+
+
+def write_nli(path, n_premises: int, seed: int) -> None:
+    """NLI-like rows: per premise an entailment (the premise minus a character), a neutral and a
+    contradiction (other characters); some premises lack the contradiction."""
+    import random
+
+    from .synthetic import SIM_CHARS
+
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n_premises):
+        a = rng.sample(SIM_CHARS, 5)
+        rest = [c for c in SIM_CHARS if c not in a]
+        lines.append(f"{''.join(a)}\t{''.join(a[:4])}\tentailment\n")
+        lines.append(f"{''.join(a)}\t{''.join(a[:2] + rest[:2])}\tneutral\n")
+        if i % 4:
+            lines.append(f"{''.join(a)}\t{''.join(rng.sample(rest, 4))}\tcontradiction\n")
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+NLI_LABELS = {"entailment": 2, "neutral": 1, "contradiction": 0}
+
+
+def mixture_config(pair_data, out, vocab, **overrides):
+    write_nli(pair_data / "nli_train.tsv", 40, seed=4)
+    return tiny_config(pair_data, out, vocab, **{
+        "data.train": [{"paths": ["sts_train.tsv"], "name": "sts", "weight": 2.0},
+                       {"paths": ["para_train.tsv"], "name": "para", "objective": "cosent"},
+                       {"paths": ["nli_train.tsv"], "name": "nli", "labels": NLI_LABELS}],
+        "sim.objective": "simcse", "sim.contrastive_weight": 0.0, "training.max_steps": 12,
+        "training.eval_every": 6, "training.checkpoint_every": 6, "sim.eval_sample": 25} | overrides)
+
+
+def test_mixture_draws_each_batch_from_one_set_and_resumes_exactly(tiny_vocab):
+    from training.batches import EpochBatches
+    from training.similarity import MixtureBatches
+
+    tok = Tokenizer.from_vocab(tiny_vocab)
+    ids, _ = sentence_ids(tok, ["北京", "上海大学"], 8)
+
+    def make():
+        sets = {name: EpochBatches([PairExample(ids[0], ids[1], float(k), g, False) for k in range(n)],
+                                   collate=PairCollator(tok.pad_id), batch_size=4, seed=g)
+                for g, (name, n) in enumerate([("a", 40), ("b", 8), ("c", 12)])}
+        return MixtureBatches(sets, [3.0, 1.0, 0.0], seed=7)
+
+    mix = make()
+    assert mix.steps_per_epoch == 10 + 2  # c has probability 0
+    drawn = [next(mix) for _ in range(30)]
+    assert all(len(set(b["groups"].tolist())) == 1 for b in drawn)  # one set per batch
+    sets = [b["groups"][0].item() for b in drawn]
+    assert sets == [mix.choice(t) for t in range(30)] and 2 not in sets
+    assert 15 <= sets.count(0) <= 29 and mix.epoch == pytest.approx(30 / 12)
+    again = make()
+    for _ in range(11):
+        next(again)
+    state = again.state_dict()
+    resumed = make()
+    resumed.load_state_dict(state)
+    for want in drawn[11:]:
+        got = next(resumed)
+        assert torch.equal(got["labels"], want["labels"]) and torch.equal(got["groups"], want["groups"])
+
+
+def test_a_single_set_batches_as_before(tiny_vocab):
+    from training.batches import EpochBatches
+    from training.similarity import MixtureBatches
+
+    tok = Tokenizer.from_vocab(tiny_vocab)
+    ids, _ = sentence_ids(tok, ["北京"], 8)
+    examples = [PairExample(ids[0], ids[0], float(k), 0, False) for k in range(10)]
+    old = EpochBatches(examples, collate=PairCollator(tok.pad_id), batch_size=3, seed=5)
+    new = MixtureBatches({"x": EpochBatches(examples, collate=PairCollator(tok.pad_id), batch_size=3, seed=5)},
+                         [1.0], seed=5)
+    for _ in range(5):
+        next(old)
+    new.load_state_dict(old.state_dict())  # a checkpoint written before the mixture existed
+    assert [next(new)["labels"].tolist() for _ in range(4)] == [next(old)["labels"].tolist() for _ in range(4)]
+
+
+def test_mixture_training_with_simcse_sets_and_sampled_dev(pair_data, tiny_vocab, tmp_path):
+    out = tmp_path / "mix"
+    train_sim(mixture_config(pair_data, out, tiny_vocab))
+    metrics = json.loads((out / "metrics.json").read_text())
+    data = metrics["data"]["train"]
+    assert data["nli"]["objective"] == "simcse" and data["para"]["objective"] == "cosent"
+    assert data["sts"]["objective"] == "simcse"  # no objective of its own: sim.objective
+    assert (data["nli"]["pairs"], data["nli"]["triples"], data["nli"]["with_negative"]) == (110, 40, 30)
+    assert sum(d["probability"] for d in data.values()) == pytest.approx(1.0)
+    assert metrics["data"]["dev"] == {"sts": 60} and metrics["data"]["dev_during_training"] == {"sts": 25}
+    evals = [json.loads(line)["eval"] for line in (out / "log.jsonl").read_text().splitlines() if "eval" in line]
+    assert len(evals) == 2
+    best = json.loads((out / "best" / "metrics.json").read_text())
+    assert best["dev"]["sts"]["pairs"] == 25 and best["dev_full"]["sts"]["pairs"] == 60
+    assert metrics["best_dev_full"]["spearman"] == pytest.approx(best["dev_full_spearman"])
+
+
+def test_dedupe_counts_in_the_metrics(pair_data, tiny_vocab, tmp_path):
+    lines = (pair_data / "sts_train.tsv").read_text(encoding="utf-8").splitlines()
+    dev_line = (pair_data / "sts_dev.tsv").read_text(encoding="utf-8").splitlines()[0]
+    a, b, _ = dev_line.split("\t")
+    (tmp_path / "copy.tsv").write_text("\n".join([f"{b}\t{a}\t1", *(f"{x} \t{y}\t{z}" for x, y, z in
+                                                  (line.split("\t") for line in lines[:10])), "新\t句\t0"]) + "\n",
+                                       encoding="utf-8")
+    cfg = tiny_config(pair_data, tmp_path / "d", tiny_vocab, **{
+        "data.train": [{"paths": ["sts_train.tsv"]}, {"paths": [str(tmp_path / "copy.tsv")], "name": "copy"}],
+        "training.max_steps": 2, "training.eval_every": 0, "training.checkpoint_every": 0})
+    train_sim(cfg)
+    dedupe = json.loads((tmp_path / "d" / "metrics.json").read_text())["data"]["train"]["copy"]["dedupe"]
+    assert (dedupe["read"], dedupe["kept"], dedupe["dropped"], dedupe["dropped_dev"]) == (12, 1, 10, 1)
+    assert dedupe["dropped_by"] == {"dev": 1, "sts_train.tsv": 10}
+
+
+def test_resume_of_a_mixture_run_is_exact(pair_data, tiny_vocab, tmp_path, monkeypatch):
+    from training.checkpoints import Checkpoints
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    over = {"training.eval_every": 0, "training.checkpoint_every": 4, "training.precision": "fp32"}
+    train_sim(mixture_config(pair_data, straight, tiny_vocab, **over))
+    real = Checkpoints.save
+
+    def save_then_stop(self, step, state, save_model=None):
+        path = real(self, step, state, save_model)
+        if step == 4:
+            raise KeyboardInterrupt  # interrupted right after the checkpoint of step 4
+        return path
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_sim(mixture_config(pair_data, split, tiny_vocab, **over))
+    monkeypatch.setattr(Checkpoints, "save", real)
+    train_sim(mixture_config(pair_data, split, tiny_vocab, **over), resume=True)
+    a, b = load_similarity(straight / "model").state_dict(), load_similarity(split / "model").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
