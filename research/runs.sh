@@ -73,3 +73,11 @@ done
 "$PY" research/length_generalisation.py --model runs/ner_cluener_e5/best --model runs/ner_cluener_eis/best \
     --data "$DATA/cluener/dev.json" --join 1,2,4,8 --decode flat --out metrics/research/length_generalisation.json
 "$PY" research/summarise.py
+
+# ------------------------------------------------------------------------------------------------------------------
+# Similarity v3 (issue 15), opt in: SIM_V3=1 research/runs.sh [DATA_ROOT]. One command per row lives in
+# research/sim_v3.sh (objectives, pooling re-check, whitening table; all five dev sets + mean), from ENCODER
+# (default encoders/roformer-zh-v3). Hours of CPU training: it is not part of the runs above.
+if [ "${SIM_V3:-0}" = 1 ]; then
+    RUN="$RUN" PY="$PY" research/sim_v3.sh all "$DATA"
+fi

@@ -1,4 +1,5 @@
-"""The README's "What was tried" tables, from the evaluations research/runs.sh committed in metrics/research/.
+"""The README's "What was tried" tables, from the evaluations research/runs.sh and research/sim_v3.sh committed
+in metrics/research/.
 
     python research/summarise.py          # prints Markdown; writes metrics/research/summary.json
 
@@ -20,6 +21,12 @@ SIM_RUNS = ["sim_stsb_cls", "sim_stsb_mean", "sim_stsb_fla"]
 # CMeEE, nested decoding at the dev-best threshold (ner_cmeee: the shipped model, whose committed evaluation is
 # of its fp32 bundle at the threshold calibrated in training, on the same grid)
 CMEEE_RUNS = ["ner_cmeee", "ner_cmeee_gp", "ner_cmeee_gp_ema"]
+# Similarity v3 (research/sim_v3.sh): objective rows, then the pooling re-check (first-last-avg = sim_v3)
+SIM_V3_RUNS = {"sim_v3": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_cosent": "every set CoSENT (NLI 2 > 1 > 0)",
+               "sim_v3_nli": "NLI SimCSE only (stage 1)", "sim_v3_cosent_pairs": "pairs CoSENT only",
+               "sim_v3_pairs": "NLI SimCSE -> pairs CoSENT (two stages)",
+               "sim_v3_cls": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_mean": "pairs CoSENT + NLI SimCSE, one mixture"}
+DEV_SETS = {"stsb_zh": "STS-B", "lcqmc": "LCQMC", "bq": "BQ", "atec": "ATEC", "pawsx": "PAWS-X"}
 
 
 def _json(path: Path) -> dict | None:
@@ -43,6 +50,51 @@ def encoder_of(cfg: dict) -> str:
         return "random init"
     init = Path(model.get("init") or "").parent.name or "from scratch"
     return {"mlm_small": "MLM 0.85 ep", "mlm_long": "MLM 2.35 ep"}.get(init, init)
+
+
+def dev_columns(files: dict[str, dict]) -> dict[str, float]:
+    """Spearman x 100 per dev set (by the file's folder: stsb_zh/dev.tsv -> STS-B) and their mean."""
+    cols = {DEV_SETS.get(Path(f).parent.name, f): v["spearman"] for f, v in files.items()}
+    cols = {name: cols[name] for name in DEV_SETS.values() if name in cols} | \
+           {k: v for k, v in cols.items() if k not in DEV_SETS.values()}
+    return cols | {"mean": sum(cols.values()) / max(len(cols), 1)}
+
+
+def sim_v3_tables(previous: dict, summary: dict) -> list[str]:
+    """The objective / pooling table and the whitening table of similarity v3 (all five dev sets + mean)."""
+    out = []
+    head = "| " + " | ".join(DEV_SETS.values()) + " | mean |"
+    rows = ["| run | objective | encoder | pooling " + head + " wall (2 threads) |", "|---|---|---|---|" + "---|" * 7]
+    for run, what in SIM_V3_RUNS.items():
+        cfg_file, ev = DIR / f"{run}.config.toml", _json(DIR / f"{run}.json")
+        if not cfg_file.is_file() or ev is None:
+            continue
+        cfg = tomllib.loads(cfg_file.read_text(encoding="utf-8"))
+        init = cfg["model"].get("init") or "from scratch"
+        encoder = Path(init).name if not init.startswith("runs/") else f"`{init}`"
+        cols = {k: round(v, 2) for k, v in dev_columns(ev["files"]).items()}
+        row = {"objective": what, "encoder": encoder, "pooling": cfg["model"]["pooling"], "dev": cols,
+               "wall_min": wall_minutes(run, previous)}
+        summary[run] = row
+        rows.append(f"| `{run}` | {what} | {encoder} | {row['pooling']} | "
+                    + " | ".join(f"{cols.get(k, float('nan')):.2f}" for k in DEV_SETS.values())
+                    + f" | **{cols['mean']:.2f}** | {row['wall_min']} min |")
+    if len(rows) > 2:
+        out.append("\n".join(rows))
+    w = _json(DIR / "sim_v3_whitening.json")
+    if w:
+        rows = ["| whitening (fitted on) | sentences | " + head, "|---|---|" + "---|" * 6]
+        for setting, files in w["scores"].items():
+            fit = setting.split("/")[0] if "/" in setting else ("-" if setting == "none" else "--sentences")
+            n = w["fits"].get(fit, {}).get("sentences", "") if fit != "-" else ""
+            cols = dev_columns(files)
+            mark = "**" if setting == w["choice"] else ""
+            rows.append(f"| {mark}{setting}{mark} | {n} | " + " | ".join(f"{cols.get(k, float('nan')):.2f}"
+                                                                       for k in DEV_SETS.values())
+                        + f" | {mark}{cols['mean']:.2f}{mark} |")
+        summary["sim_v3_whitening"] = {"choice": w["choice"], "mean_spearman": w["mean_spearman"]}
+        out.append("\n".join(rows))
+    return out
 
 
 def main() -> int:
@@ -93,6 +145,9 @@ def main() -> int:
         summary[run] = row
         rows.append(f"| `{run}` | {row['encoder']} | {row['pooling']} | {row['spearman']:.2f} | {row['wall_min']} min |")
     print("\n" + "\n".join(rows))
+
+    for table in sim_v3_tables(previous, summary):
+        print("\n" + table)
 
     length = _json(DIR / "length_generalisation.json")
     if length:

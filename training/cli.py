@@ -114,29 +114,48 @@ def _ints(text: str | None) -> list[int] | None:
         raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _fits(specs: list[str] | None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for spec in specs or []:
+        name, eq, files = spec.partition("=")
+        if not eq or not name.strip() or not files.strip():
+            raise typer.BadParameter(f"--fit takes NAME=FILE[,FILE...], got {spec!r}")
+        out.setdefault(name.strip(), []).extend(f for f in files.split(",") if f.strip())
+    return out
+
+
 def whitening(
     model: Annotated[str, typer.Option(help="Similarity checkpoint (or HF RoFormer folder).")],
-    sentences: Annotated[list[str], typer.Option(help="Sentence files (repeat): .txt lines, .tsv columns, "
-                                                      ".jsonl field text.")],
-    eval_: Annotated[list[str] | None, typer.Option("--eval", help="Dev pair files to score each k on.")] = None,
+    sentences: Annotated[list[str] | None, typer.Option(help="Sentence files (repeat): .txt lines, .tsv columns, "
+                                                             ".jsonl field text.")] = None,
+    fit: Annotated[list[str] | None, typer.Option(help="A named fit set NAME=FILE[,FILE...] (repeat; globs are "
+                                                       "not expanded): each set is fitted and scored.")] = None,
+    eval_: Annotated[list[str] | None, typer.Option("--eval", help="Dev pair files to score each setting on.")] = None,
     k: Annotated[str | None, typer.Option("--k", help="Candidate k, e.g. 64,128,256 (default: a range up "
-                                                      "to the dimension; the JL estimate is always added).")] = None,
-    choose: Annotated[int | None, typer.Option(help="Store this k instead of the best by dev Spearman.")] = None,
+                                                      "to the dimension; the dimension and the JL estimate are "
+                                                      "always added).")] = None,
+    choose: Annotated[str | None, typer.Option(help="Store this setting instead of the best by dev Spearman: "
+                                                    "none, K (of the first set) or NAME/k=K.")] = None,
+    max_sentences: Annotated[int, typer.Option(help="At most this many sentences per file (a seeded sample; "
+                                                    "0 = all).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the samples.")] = 0,
     out: Annotated[str | None, typer.Option(help="Write the whitened checkpoint here (default: --model).")] = None,
     columns: Annotated[str, typer.Option(help="TSV sentence files: the text columns.")] = "0,1",
-    metrics: Annotated[str | None, typer.Option(help="Also write the metrics JSON here.")] = None,
+    metrics: Annotated[str | None, typer.Option(help="Also write the metrics JSON (the table) here.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda.")] = "cpu",
     batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 8192,
 ) -> None:
-    """Fit BERT-whitening on pooled vectors, score k on dev pairs, store the chosen k in the checkpoint."""
+    """Fit BERT-whitening on pooled vectors, score each fit set and k (and none) on dev pairs, store the best."""
     from training.whitening import fit_whitening_run
 
     with _user_errors():
-        result = fit_whitening_run(model, sentences, eval_files=eval_ or (), ks=_ints(k), choose=choose, out=out,
-                                   columns=_ints(columns) or (0, 1), device=device, batch_tokens=batch_tokens,
-                                   metrics_path=metrics)
+        result = fit_whitening_run(model, sentences or (), fits=_fits(fit), eval_files=eval_ or (), ks=_ints(k),
+                                   choose=choose, out=out, columns=_ints(columns) or (0, 1), device=device,
+                                   batch_tokens=batch_tokens, metrics_path=metrics, max_sentences=max_sentences,
+                                   seed=seed)
     best = result["chosen_mean_spearman"]
-    typer.echo(f"whitening k = {result['k']} stored in {out or model}"
+    what = "no whitening" if result["k"] is None else f"whitening {result['choice']}"
+    typer.echo(f"{what} stored in {out or model}"
                + (f"; mean dev spearman {best:.2f} (unwhitened {result['unwhitened_mean_spearman']:.2f})"
                   if best is not None else ""))
 

@@ -250,3 +250,63 @@ def test_resume_of_a_mixture_run_is_exact(pair_data, tiny_vocab, tmp_path, monke
     train_sim(mixture_config(pair_data, split, tiny_vocab, **over), resume=True)
     a, b = load_similarity(straight / "model").state_dict(), load_similarity(split / "model").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_whitening_table_over_fit_sets_and_none_as_a_choice(trained, pair_data, tmp_path):
+    from training.whitening import fit_whitening_run, sample_texts
+
+    out, _ = trained
+    (tmp_path / "general.txt").write_text("".join(f"{line}\n" for line in
+                                                  ["北京大学", "上海银行", "天安门广场", "清华大学", "中国人民银行",
+                                                   "张三去上海", "李四在北京", "人民广场", "中国公司", "大学"] * 5),
+                                          encoding="utf-8")
+    dev = [str(pair_data / "sts_dev.tsv"), str(pair_data / "para_train.tsv")]
+    table = tmp_path / "table.json"
+    w = fit_whitening_run(out / "best", fits={"own": [str(pair_data / "sts_train.tsv")],
+                                              "general": [str(tmp_path / "general.txt")]},
+                          eval_files=dev, ks=[8], out=tmp_path / "auto", metrics_path=table, max_sentences=100)
+    assert json.loads(table.read_text()) == w
+    assert w["fits"]["own"]["sentences"] == 100 and w["fits"]["general"]["sentences"] == 50
+    assert w["fits"]["own"]["ks"] == [8, 32] and w["fits"]["general"]["ks"] == [8, 32]  # JL(100) = 39 > 32
+    rows = ["none", "own/k=8", "own/k=32", "general/k=8", "general/k=32"]
+    assert list(w["mean_spearman"]) == ["none", "own/k=8", "own/k=32", "general/k=8", "general/k=32"]
+    assert all(set(w["scores"][r]) == set(dev) for r in rows)
+    best = max(w["mean_spearman"].values())
+    assert w["chosen_mean_spearman"] == best and w["choice"] in rows
+    # no whitening is a stored outcome like any other: the checkpoint (and its bundle) then has none
+    none = fit_whitening_run(tmp_path / "auto", fits={"own": [str(pair_data / "sts_train.tsv")]}, choose="none",
+                             out=tmp_path / "none", max_sentences=100)
+    assert none["k"] is None and none["choice"] == "none"
+    assert not (tmp_path / "none" / "whitening.safetensors").exists()
+    model = load_similarity(tmp_path / "none")
+    assert model.whitening is None and model.dim == 32
+    again = fit_whitening_run(tmp_path / "none", fits={"general": [str(tmp_path / "general.txt")]},
+                              choose="general/k=5", out=tmp_path / "k5")
+    assert again["k"] == 5 and load_similarity(tmp_path / "k5").dim == 5
+    with pytest.raises(ValueError, match="names no setting"):
+        fit_whitening_run(tmp_path / "none", fits={"general": [str(tmp_path / "general.txt")]}, choose="own/k=5",
+                          out=tmp_path / "x")
+    assert sample_texts(iter("abcdefgh"), 3, seed=1) == sample_texts(iter("abcdefgh"), 3, seed=1)
+    assert len(sample_texts(iter("abcdefgh"), 3, seed=1)) == 3 and sample_texts(iter("abc"), 0, seed=1) == list("abc")
+
+
+def test_whitening_prefers_none_when_it_scores_best(trained, pair_data, tmp_path, monkeypatch):
+    import training.whitening as wh
+
+    out, _ = trained
+    real = wh.score_ks
+
+    def none_wins(pooled, mu, W, ks):  # the unwhitened row scores 100 everywhere
+        table = real(pooled, mu, W, ks)
+        table["none"] = {n: v | {"spearman": 100.0} for n, v in table["none"].items()}
+        return table
+
+    monkeypatch.setattr(wh, "score_ks", none_wins)
+    res = CliRunner().invoke(app, ["train", "whitening", "--model", str(out / "best"), "--fit",
+                                   f"own={pair_data / 'sts_train.tsv'}", "--eval", str(pair_data / "sts_dev.tsv"),
+                                   "--out", str(tmp_path / "w")])
+    assert res.exit_code == 0, res.output
+    assert "no whitening stored" in res.output
+    w = json.loads((tmp_path / "w" / "metrics.json").read_text())["whitening"]
+    assert w["choice"] == "none" and w["chosen_by"] == "best mean dev spearman"
+    assert not (tmp_path / "w" / "whitening.safetensors").exists()

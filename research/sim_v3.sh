@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Similarity v3 (issue 15): the experiments behind the similarity research tables, one command per row, from the
+# repository root. Every row is scored on the five dev sets (STS-B, LCQMC, BQ, ATEC, PAWS-X) and their mean.
+#
+#   research/sim_v3.sh objectives [DATA_ROOT]   # CoSENT mixture / NLI SimCSE / NLI -> pairs / one-stage mixtures
+#   research/sim_v3.sh pooling [DATA_ROOT]      # cls and mean against the recipes' first-last-avg (the sim_v3 row)
+#   research/sim_v3.sh whitening [DATA_ROOT]    # the whitening table of the best run; stores the choice (or none)
+#   research/sim_v3.sh collect [DATA_ROOT]      # full dev evaluations -> metrics/research/sim_v3_*.json
+#   research/sim_v3.sh all [DATA_ROOT]          # the four in order
+#
+# ENCODER (default encoders/roformer-zh-v3) is the encoder every row starts from; RUN_WHITENING (default: the run
+# with the best mean dev Spearman in metrics/research/) the run whose whitening is measured. Runs resume (--resume)
+# and are skipped once finished; two threads each, one after the other. research/summarise.py prints the tables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHAT="${1:?objectives, pooling, whitening, collect or all}"
+DATA="${2:-../shared/data}"
+RUN="${RUN:-.venv/bin/ropenlp}"
+PY="${PY:-.venv/bin/python}"
+ENCODER="${ENCODER:-encoders/roformer-zh-v3}"
+OUT=metrics/research
+DEV=(stsb_zh/dev.tsv lcqmc/dev.tsv bq/dev.tsv atec/dev.tsv pawsx/dev.tsv)
+RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean)
+
+train() {  # train OUT_NAME RECIPE [overrides...]: once, resumable, log in runs/OUT_NAME/train.out
+    local name=$1 recipe=$2; shift 2
+    [ -f "runs/$name/model/ropenlp.json" ] && return 0
+    mkdir -p "runs/$name"
+    "$RUN" train sim "$recipe" --data.root "$DATA" --output.dir "runs/$name" --resume "$@" >> "runs/$name/train.out" 2>&1
+}
+
+objectives() {
+    # one stage, every set: pair sets by CoSENT, NLI sets by supervised SimCSE (the recipe as it is)
+    train sim_v3 recipes/sim_v3.toml --model.init "$ENCODER"
+    # one stage, every set by CoSENT (NLI labels entailment 2 > neutral 1 > contradiction 0)
+    train sim_v3_cosent recipes/sim_v3.toml --model.init "$ENCODER" --sim.objective cosent
+    # NLI by supervised SimCSE alone (stage 1 of the two-stage recipe)
+    train sim_v3_nli recipes/sim_v3_nli.toml --model.init "$ENCODER"
+    # the pair sets by CoSENT alone, from the encoder
+    train sim_v3_cosent_pairs recipes/sim_v3_pairs.toml --model.init "$ENCODER"
+    # NLI -> pairs: stage 2 from stage 1's best checkpoint (the recipe as it is)
+    train sim_v3_pairs recipes/sim_v3_pairs.toml --model.init runs/sim_v3_nli/best
+}
+
+pooling() {  # first-last-avg is the sim_v3 row
+    train sim_v3_cls recipes/sim_v3.toml --model.init "$ENCODER" --model.pooling cls
+    train sim_v3_mean recipes/sim_v3.toml --model.init "$ENCODER" --model.pooling mean
+}
+
+dev_args() { local d; for d in "${DEV[@]}"; do printf -- '%s\n' --data "$DATA/$d"; done; }
+
+collect() {
+    mkdir -p "$OUT"
+    local r
+    mapfile -t data < <(dev_args)
+    for r in "${RUNS[@]}"; do
+        [ -f "runs/$r/best/ropenlp.json" ] || continue
+        [ -f "$OUT/$r.json" ] && [ "$OUT/$r.json" -nt "runs/$r/best/ropenlp.json" ] && continue
+        "$RUN" evaluate sim --model "runs/$r/best" "${data[@]}" --out "$OUT/$r.json" > /dev/null
+        cp "runs/$r/config.resolved.toml" "$OUT/$r.config.toml"
+        cp "runs/$r/metrics.json" "$OUT/$r.train.json"
+    done
+    "$PY" research/summarise.py
+}
+
+best_run() {  # the run with the best mean Spearman of the collected full dev evaluations
+    "$PY" - "$OUT" "${RUNS[@]}" <<'EOF'
+import json, sys
+from pathlib import Path
+out, runs = Path(sys.argv[1]), sys.argv[2:]
+scores = {r: json.loads((out / f"{r}.json").read_text())["spearman_mean"] for r in runs if (out / f"{r}.json").is_file()}
+print(max(scores, key=scores.get) if scores else "")
+EOF
+}
+
+whitening() {
+    local run="${RUN_WHITENING:-$(best_run)}"
+    [ -n "$run" ] || { echo "no collected run to measure whitening on: run 'collect' first" >&2; exit 2; }
+    mapfile -t train_files < <(sed -n 's/^paths = \["\(.*\)"\]$/\1/p' recipes/sim_v3.toml | grep -v '/dev\.tsv$')
+    local own="" f
+    for f in "${train_files[@]}"; do own+="${own:+,}$DATA/$f"; done
+    local eval=() d
+    for d in "${DEV[@]}"; do eval+=(--eval "$DATA/$d"); done
+    # (a) the task's own training sentences (both columns of every training set), (b) a general mix of news
+    # titles and corpus lines; at most 5,000 sentences per file or glob (seeded); k: the dimension, the JL
+    # estimate 8.33 ln N (always added) and the values between; no whitening scored alongside. The best by the
+    # mean of the five is stored in runs/${run}_whitened (no whitening file at all when none is best).
+    "$RUN" train whitening --model "runs/$run/best" --out "runs/${run}_whitened" "${eval[@]}" \
+        --fit "own=$own" \
+        --fit "general=$DATA/thucnews_titles/titles.txt,$DATA/corpus_more/tnews_toutiao_titles.txt,$DATA/corpus_zh/*.txt,$DATA/corpus_more/zhwiki_extract_sf2324.txt,$DATA/corpus_more/fewclue_clue_texts.txt" \
+        --k 32,64,128,192 --max-sentences 5000 --seed 0 --metrics "$OUT/sim_v3_whitening.json"
+    "$PY" research/summarise.py
+}
+
+case "$WHAT" in
+    objectives) objectives ;;
+    pooling) pooling ;;
+    whitening) whitening ;;
+    collect) collect ;;
+    all) objectives; pooling; collect; whitening ;;
+    *) echo "unknown step $WHAT: objectives, pooling, whitening, collect or all" >&2; exit 2 ;;
+esac

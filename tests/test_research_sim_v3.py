@@ -1,0 +1,86 @@
+"""Similarity v3 (issue 15): the recipes read as intended, the research script's commands, the summary tables."""
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from training.similarity import load_sim_config
+
+ROOT = Path(__file__).resolve().parents[1]
+NLI_SETS = {"ocnli", "cnsd_snli", "cmnli", "cnli", "xnli", "cinlid_idiom"}
+PAIR_SETS = {"stsb", "bq", "atec", "afqmc", "oppo_xiaobu", "fewclue_bustm", "tianchi_covid", "chinese_sts_xust",
+             "qbqtc", "simclue"}
+DEV = {"stsb": "stsb_zh/dev.tsv", "lcqmc": "lcqmc/dev.tsv", "bq": "bq/dev.tsv", "atec": "atec/dev.tsv",
+       "pawsx": "pawsx/dev.tsv"}
+
+
+@pytest.mark.parametrize("recipe, sets, objective, init", [
+    ("sim_v3.toml", PAIR_SETS | NLI_SETS, "simcse", "encoders/roformer-zh-v3"),
+    ("sim_v3_nli.toml", NLI_SETS, "simcse", "encoders/roformer-zh-v3"),
+    ("sim_v3_pairs.toml", PAIR_SETS, "cosent", "runs/sim_v3_nli/best")])
+def test_the_v3_recipes(recipe, sets, objective, init):
+    cfg = load_sim_config(ROOT / "recipes" / recipe)
+    train = {s.name: s for s in cfg.data.train}
+    assert set(train) == sets and len(cfg.data.train) == len(sets)
+    assert {s.name: s.paths[0] for s in cfg.data.dev} == DEV and cfg.sim.select_on == ""
+    assert cfg.sim.objective == objective and cfg.model.init == init and cfg.data.dedupe
+    assert cfg.sim.eval_sample == 2000 and not cfg.sim.eval_every_epoch
+    for name, s in train.items():
+        if name in NLI_SETS:
+            assert s.labels == {"entailment": 2, "neutral": 1, "contradiction": 0} and s.objective == ""
+        else:
+            assert s.labels == {} and s.objective == "cosent"
+    assert not {p for s in cfg.data.train for p in s.paths} & set(DEV.values())
+    names = [s.name for s in cfg.data.train]
+    if "simclue" in names:  # the aggregate goes last: the sets it copies keep their pairs
+        assert names[-1] == "simclue"
+    if "afqmc" in names:
+        assert names.index("atec") < names.index("afqmc")
+    other = load_sim_config(ROOT / "recipes" / recipe, ["--model.init", "runs/x/model"])
+    assert other.model.init == "runs/x/model"
+
+
+def test_research_script_lists_a_row_per_run_and_the_training_files():
+    script = (ROOT / "research" / "sim_v3.sh").read_text(encoding="utf-8")
+    runs = script.split("RUNS=(")[1].split(")")[0].split()
+    for run in runs:
+        assert f"train {run} recipes/" in script
+    files = subprocess.run(["sed", "-n", r's/^paths = \["\(.*\)"\]$/\1/p', str(ROOT / "recipes" / "sim_v3.toml")],
+                           capture_output=True, text=True, check=True).stdout.split()
+    train = [f for f in files if not f.endswith("/dev.tsv")]
+    assert len(train) == 16 and train[0] == "stsb_zh/train.tsv" and train[-1] == "pairs/simclue_sample/train.tsv"
+    assert subprocess.run(["bash", "-n", str(ROOT / "research" / "sim_v3.sh")]).returncode == 0
+
+
+def load_summarise(tmp_path):
+    spec = importlib.util.spec_from_file_location("summarise_under_test", ROOT / "research" / "summarise.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.DIR = tmp_path
+    return module
+
+
+def files(*scores):
+    return {f"../shared/data/{d}": {"spearman": s} for d, s in zip(DEV.values(), scores)}
+
+
+def test_summary_tables_of_all_five_dev_sets_and_the_mean(tmp_path):
+    summarise = load_summarise(tmp_path)
+    (tmp_path / "sim_v3.config.toml").write_text('[model]\ninit = "encoders/roformer-zh-v3"\npooling = "mean"\n',
+                                                 encoding="utf-8")
+    (tmp_path / "sim_v3.json").write_text(json.dumps({"files": files(80, 70, 60, 40, 20)}), encoding="utf-8")
+    (tmp_path / "sim_v3.train.json").write_text(json.dumps({"seconds": 600}), encoding="utf-8")
+    (tmp_path / "sim_v3_whitening.json").write_text(json.dumps({
+        "choice": "none", "fits": {"own": {"sentences": 5000}},
+        "scores": {"none": files(80, 70, 60, 40, 20), "own/k=64": files(81, 60, 61, 41, 10)},
+        "mean_spearman": {"none": 54.0, "own/k=64": 50.6}}), encoding="utf-8")
+    summary = {}
+    objectives, whitening = summarise.sim_v3_tables({}, summary)
+    assert objectives.splitlines()[2] == ("| `sim_v3` | pairs CoSENT + NLI SimCSE, one mixture | roformer-zh-v3 | mean | "
+                                          "80.00 | 70.00 | 60.00 | 40.00 | 20.00 | **54.00** | 10.0 min |")
+    assert whitening.splitlines()[2:] == ["| **none** |  | 80.00 | 70.00 | 60.00 | 40.00 | 20.00 | **54.00** |",
+                                          "| own/k=64 | 5000 | 81.00 | 60.00 | 61.00 | 41.00 | 10.00 | 50.60 |"]
+    assert summary["sim_v3"]["dev"]["mean"] == 54.0 and summary["sim_v3_whitening"]["choice"] == "none"
