@@ -11,6 +11,7 @@
 # ENCODER (default encoders/roformer-zh-v3) is the encoder every row starts from; RUN_WHITENING (default: the run
 # with the best mean dev Spearman in metrics/research/) the run whose whitening is measured. Runs resume (--resume)
 # and are skipped once finished; two threads each, one after the other. research/summarise.py prints the tables.
+# SIM_V3_ARGS: overrides added to every training run (a smoke run: SIM_V3_ARGS="--training.max_steps 20").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT="${1:?objectives, pooling, whitening, collect or all}"
@@ -18,6 +19,7 @@ DATA="${2:-../shared/data}"
 RUN="${RUN:-.venv/bin/ropenlp}"
 PY="${PY:-.venv/bin/python}"
 ENCODER="${ENCODER:-encoders/roformer-zh-v3}"
+read -r -a EXTRA <<< "${SIM_V3_ARGS:-}"
 OUT=metrics/research
 DEV=(stsb_zh/dev.tsv lcqmc/dev.tsv bq/dev.tsv atec/dev.tsv pawsx/dev.tsv)
 RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean)
@@ -26,7 +28,8 @@ train() {  # train OUT_NAME RECIPE [overrides...]: once, resumable, log in runs/
     local name=$1 recipe=$2; shift 2
     [ -f "runs/$name/model/ropenlp.json" ] && return 0
     mkdir -p "runs/$name"
-    "$RUN" train sim "$recipe" --data.root "$DATA" --output.dir "runs/$name" --resume "$@" >> "runs/$name/train.out" 2>&1
+    "$RUN" train sim "$recipe" --data.root "$DATA" --output.dir "runs/$name" --resume "$@" \
+        ${EXTRA[@]+"${EXTRA[@]}"} >> "runs/$name/train.out" 2>&1
 }
 
 objectives() {
