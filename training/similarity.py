@@ -7,9 +7,9 @@ mixture -> the training module (every sentence of a batch through the encoder at
 and evaluation -> ``train_sim``, the function behind ``ropenlp train sim``.
 
 The training data is a list of pair sets (``[[data.train]]``, one set per file), each with its labels
-as in its source (0/1 paraphrase, 0-5 STS, 0/1/2 relevance, NLI words through a label map). Sets are
-de-duplicated in order (:func:`training.pairs.deduplicate`: a pair already in an earlier-listed set, or
-in a dev set, is dropped; counts in metrics.json). Each set trains with one objective (its
+as in its source (0/1 paraphrase, 0-5 STS, 0/1/2 relevance, NLI words through a label map). With
+``data.dedupe`` sets are de-duplicated in order (:func:`training.pairs.deduplicate`: a pair already in an
+earlier-listed set, or in a dev set, is dropped; counts in metrics.json). Each set trains with one objective (its
 ``objective``, else ``sim.objective``):
 
 * ``cosent``: CoSENT over the pairs of a batch (only the order of the labels matters), plus, with
@@ -83,7 +83,7 @@ class SimDataConfig:
     dev: tuple[PairSource, ...] = ()
     max_length: int = 64  # tokens per sentence, [CLS]/[SEP] included; longer ones are cut (and counted)
     on_error: Literal["raise", "skip"] = "raise"
-    dedupe: bool = True  # drop a training pair already in an earlier-listed set or in a dev set
+    dedupe: bool = False  # drop a training pair already in an earlier-listed set or in a dev set (counted)
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def mixture_config(pair_data, out, vocab, **overrides):
         "data.train": [{"paths": ["sts_train.tsv"], "name": "sts", "weight": 2.0},
                        {"paths": ["para_train.tsv"], "name": "para", "objective": "cosent"},
                        {"paths": ["nli_train.tsv"], "name": "nli", "labels": NLI_LABELS}],
-        "sim.objective": "simcse", "sim.contrastive_weight": 0.0, "training.max_steps": 12,
+        "data.dedupe": True, "sim.objective": "simcse", "sim.contrastive_weight": 0.0, "training.max_steps": 12,
         "training.eval_every": 6, "training.checkpoint_every": 6, "sim.eval_sample": 25} | overrides)
 
 
@@ -222,7 +222,7 @@ def test_dedupe_counts_in_the_metrics(pair_data, tiny_vocab, tmp_path):
                                        encoding="utf-8")
     cfg = tiny_config(pair_data, tmp_path / "d", tiny_vocab, **{
         "data.train": [{"paths": ["sts_train.tsv"]}, {"paths": [str(tmp_path / "copy.tsv")], "name": "copy"}],
-        "training.max_steps": 2, "training.eval_every": 0, "training.checkpoint_every": 0})
+        "data.dedupe": True, "training.max_steps": 2, "training.eval_every": 0, "training.checkpoint_every": 0})
     train_sim(cfg)
     dedupe = json.loads((tmp_path / "d" / "metrics.json").read_text())["data"]["train"]["copy"]["dedupe"]
     assert (dedupe["read"], dedupe["kept"], dedupe["dropped"], dedupe["dropped_dev"]) == (12, 1, 10, 1)
