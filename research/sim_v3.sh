@@ -79,9 +79,10 @@ EOF
 whitening() {
     local run="${RUN_WHITENING:-$(best_run)}"
     [ -n "$run" ] || { echo "no collected run to measure whitening on: run 'collect' first" >&2; exit 2; }
-    mapfile -t train_files < <(sed -n 's/^paths = \["\(.*\)"\]$/\1/p' recipes/sim_v3.toml | grep -v '/dev\.tsv$')
-    local own="" f
-    for f in "${train_files[@]}"; do own+="${own:+,}$DATA/$f"; done
+    local own  # the run's own training files, as its resolved config lists them
+    own=$("$PY" -c 'import sys, tomllib; cfg = tomllib.load(open(sys.argv[1], "rb"))
+print(",".join(sys.argv[2] + "/" + p for s in cfg["data"]["train"] for p in s["paths"]))' \
+        "runs/$run/config.resolved.toml" "$DATA")
     local eval=() d
     for d in "${DEV[@]}"; do eval+=(--eval "$DATA/$d"); done
     # (a) the task's own training sentences (both columns of every training set), (b) a general mix of news

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,15 +44,19 @@ def test_the_v3_recipes(recipe, sets, objective, init):
     assert other.model.init == "runs/x/model"
 
 
-def test_research_script_lists_a_row_per_run_and_the_training_files():
+def test_research_script_lists_a_row_per_run_and_the_training_files(tmp_path):
     script = (ROOT / "research" / "sim_v3.sh").read_text(encoding="utf-8")
     runs = script.split("RUNS=(")[1].split(")")[0].split()
     for run in runs:
         assert f"train {run} recipes/" in script
-    files = subprocess.run(["sed", "-n", r's/^paths = \["\(.*\)"\]$/\1/p', str(ROOT / "recipes" / "sim_v3.toml")],
-                           capture_output=True, text=True, check=True).stdout.split()
-    train = [f for f in files if not f.endswith("/dev.tsv")]
-    assert len(train) == 16 and train[0] == "stsb_zh/train.tsv" and train[-1] == "pairs/simclue_sample/train.tsv"
+    # the whitening's "own" fit set: the training files of the run's resolved config
+    from training.config import write_resolved
+
+    write_resolved(load_sim_config(ROOT / "recipes" / "sim_v3_nli.toml"), tmp_path)
+    snippet = script.split("own=$(\"$PY\" -c '")[1].split("' \\")[0]
+    own = subprocess.run([sys.executable, "-c", snippet, str(tmp_path / "config.resolved.toml"), "D"],
+                         capture_output=True, text=True, check=True).stdout.strip().split(",")
+    assert own[0] == "D/pairs/ocnli/train.tsv" and len(own) == 6 and own[-1] == "D/pairs/cinlid_idiom_nli/train.tsv"
     assert subprocess.run(["bash", "-n", str(ROOT / "research" / "sim_v3.sh")]).returncode == 0
 
 

@@ -136,7 +136,7 @@ def whitening(
                                                       "always added).")] = None,
     choose: Annotated[str | None, typer.Option(help="Store this setting instead of the best by dev Spearman: "
                                                     "none, K (of the first set) or NAME/k=K.")] = None,
-    max_sentences: Annotated[int, typer.Option(help="At most this many sentences per file (a seeded sample; "
+    max_sentences: Annotated[int, typer.Option(help="At most this many sentences per file or glob (a seeded sample; "
                                                     "0 = all).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the samples.")] = 0,
     out: Annotated[str | None, typer.Option(help="Write the whitened checkpoint here (default: --model).")] = None,

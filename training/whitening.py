@@ -145,7 +145,8 @@ def fit_whitening_run(model_dir: str | Path, sentences: Sequence[str] = (), *, e
     a k, or a row name) in ``out`` (default the model folder itself). Returns the metrics.
 
     ``sentences``: the files of the unnamed fit set (rows ``k=K``); ``fits``: named sets {name: files}
-    (rows ``name/k=K``); ``max_sentences`` > 0: at most that many sentences per file (a seeded sample)."""
+    (rows ``name/k=K``); ``max_sentences`` > 0: at most that many sentences per file or glob (a seeded
+    sample)."""
     model_dir = Path(model_dir)
     out = Path(out) if out is not None else model_dir
     sets = ({"": list(sentences)} if sentences else {}) | {k: list(v) for k, v in (fits or {}).items()}
