@@ -41,8 +41,12 @@ def require_bundle(settings: Settings) -> None:
         )
 
 
-def run_server(settings: Settings) -> None:
-    """Load the engine (clear errors before anything listens), then serve it with uvicorn, 1 worker."""
+def run_server(settings: Settings, engine=None) -> None:
+    """Load the engine (clear errors before anything listens), then serve it with uvicorn, 1 worker.
+
+    SIGTERM: the socket closes, in-flight requests get ``drain_s`` seconds to finish (then they are
+    cancelled), the batcher waits at most ``drain_s`` for the model call then running, and the process
+    exits by the signal (status 143). ``engine``: one already loaded (tests serve a fake one)."""
     import uvicorn
 
     from service.core import Engine
@@ -53,7 +57,8 @@ def run_server(settings: Settings) -> None:
     require_bundle(settings)
     public = settings.public()
     log.info("settings: %s", " ".join(f"{k}={v}" for k, v in public.items()), extra={"settings": public})
-    engine = Engine.from_settings(settings)
+    if engine is None:
+        engine = Engine.from_settings(settings)
     uvicorn.run(
         create_app(settings, engine=engine),
         host=settings.host,
@@ -62,7 +67,7 @@ def run_server(settings: Settings) -> None:
         log_config=None,
         access_log=False,  # ours is in service.http (JSON, with route and timings)
         server_header=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.drain_s,
     )
 
 

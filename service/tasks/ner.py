@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -28,7 +28,9 @@ from models.bundle import NerTask
 from models.spans import Decode, Entity, apply_decode, decode_batch, merge_entities
 from service.errors import InferenceError, InvalidRequest, OutOfRange, ServiceError, TooManyEntities
 from service.jobs import Job, Limits, Seq
-from service.tasks.base import WARM_UP_TEXT, Body, Operation, ScoreSpec, Task, register
+from service.tasks.base import (
+    WARM_UP_TEXT, Body, Operation, ScoreSpec, Task, constrained, items_type, register, text_type,
+)  # fmt: skip
 from service.validate import check_number, check_texts
 
 # --------------------------------------------------------------------------------------------
@@ -44,6 +46,11 @@ class NerQuery(Body):
         description="nested: every span above the threshold; flat: greedy non-overlapping spans "
         "(best score first, the rest dropped). Default: the bundle's (see /info)",
     )
+
+    @classmethod
+    def contract(cls, limits: Limits) -> dict[str, Any]:
+        threshold = Annotated[float, Field(ge=limits.threshold_min, le=limits.threshold_max)]
+        return constrained(cls, {"texts": items_type(text_type(limits), limits), "threshold": threshold | None})
 
 
 @dataclass(frozen=True)
