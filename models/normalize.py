@@ -138,3 +138,12 @@ class Normalizer:
 
     def __repr__(self) -> str:
         return f"Normalizer({self.spec.describe()})"
+
+
+def normalizer_for(spec: Normalize | str | None) -> Normalizer | None:
+    """The normaliser of a spec (or its ``width,t2s`` spelling, as checkpoints record it); None when it
+    normalises nothing (what ``Tokenizer.normalizing`` takes)."""
+    if spec is None:
+        return None
+    spec = Normalize.parse(spec) if isinstance(spec, str) else spec
+    return Normalizer(spec) if spec.enabled else None
