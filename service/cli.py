@@ -160,26 +160,22 @@ class InputFormat(str, enum.Enum):
 RAY_LOCAL = "local"  # `--ray` given without an address
 
 
+def with_ray_default(args: list[str]) -> list[str]:
+    """``--ray [ADDRESS]``, an option whose value may be left out (typer has none): a bare ``--ray``
+    (last, or before another option) gets :data:`RAY_LOCAL`."""
+    args = list(args)
+    for k, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--ray" and (k + 1 == len(args) or args[k + 1].startswith("-")):
+            args.insert(k + 1, RAY_LOCAL)
+            break
+    return args
+
+
 class _ScoreCommand(TyperCommand):
-    """``--ray [ADDRESS]``: an option whose value may be left out (typer has no such option): a bare
-    ``--ray`` (last, or before another option) gets :data:`RAY_LOCAL`."""
-
     def parse_args(self, ctx, args: list[str]) -> list[str]:
-        args = list(args)
-        for k, arg in enumerate(args):
-            if arg == "--":
-                break
-            if arg == "--ray" and (k + 1 == len(args) or args[k + 1].startswith("-")):
-                args.insert(k + 1, RAY_LOCAL)
-                break
-        return super().parse_args(ctx, args)
-
-
-class ProgressMode(str, enum.Enum):
-    auto = "auto"
-    bar = "bar"
-    log = "log"
-    none = "none"
+        return super().parse_args(ctx, with_ray_default(args))
 
 
 def _score(

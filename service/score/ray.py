@@ -245,10 +245,11 @@ def score_ray(
         plan_windows = list(windows(run.source, start, at.records if at else 0, options.window))
         sink = run.sink()
         started = _init(ray, ray_options)
+        scored = _scored(ray, settings, run, plan_windows, ray_options)
         try:
-            return write_windows(run, _scored(ray, settings, run, plan_windows, ray_options), sink,
-                                 progress or NoProgress())  # fmt: skip
+            return write_windows(run, scored, sink, progress or NoProgress())
         finally:
+            scored.close()  # a run stopped early: Ray's iterator is closed while Ray is still up
             if started:
                 ray.shutdown()
     finally:

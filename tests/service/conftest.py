@@ -107,3 +107,15 @@ def server(tiny_bundle) -> Iterator[str]:
     """The tiny bundle behind the default settings (the engine loaded by the app's lifespan)."""
     with running(settings(bundle=tiny_bundle, max_wait_ms=5)) as base:
         yield base
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real one-node Ray cluster for the session (Ray has no local mode), sized for a 2-core CI
+    machine; skipped when Ray is not installed. Joined by ``--ray`` runs in this process, and by
+    ``--ray auto`` from a subprocess."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'ropenlp[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=400 << 20, logging_level="warning",
+             log_to_driver=False)  # fmt: skip
+    yield ray
+    ray.shutdown()
