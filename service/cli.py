@@ -178,6 +178,13 @@ class _ScoreCommand(TyperCommand):
         return super().parse_args(ctx, with_ray_default(args))
 
 
+class ProgressMode(str, enum.Enum):
+    auto = "auto"
+    bar = "bar"
+    log = "log"
+    none = "none"
+
+
 def _score(
     task: Annotated[
         str, typer.Argument(metavar="OPERATION", help="What to compute (see below); the bundle must have its task.")
