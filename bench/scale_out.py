@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--max-chars", type=int, default=48)
     ap.add_argument("--ray-auto", action="store_true", help="join a running cluster (--ray auto)")
+    ap.add_argument("--variants", default="local,ray1,ray2", help="a subset of local,ray1,ray2")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="scale_out_"))
@@ -62,11 +63,12 @@ def main(argv: list[str] | None = None) -> dict:
     base = [sys.executable, "-m", "ropenlp", "score", a.task, "-i", str(src), "--id-field", "id",
             "--bundle", a.bundle, "--progress", "none", "--overwrite"]  # fmt: skip
     ray = ["--ray", "auto"] if a.ray_auto else ["--ray"]
-    variants = {
-        "local": [],
-        "ray, 1 actor": [*ray, "--actors", "1"],
-        "ray, 2 actors": [*ray, "--actors", "2"],
+    every = {
+        "local": ("local", []),
+        "ray1": ("ray, 1 actor", [*ray, "--actors", "1"]),
+        "ray2": ("ray, 2 actors", [*ray, "--actors", "2"]),
     }
+    variants = dict(every[v] for v in a.variants.split(","))
     times: dict[str, list[dict]] = {name: [] for name in variants}
     digests: dict[str, str] = {}
     for _ in range(a.rounds):

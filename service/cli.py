@@ -158,6 +158,7 @@ class InputFormat(str, enum.Enum):
 
 
 RAY_LOCAL = "local"  # `--ray` given without an address
+SCALING_PANEL = "Scaling out (docs/scaling.md)"
 
 
 def with_ray_default(args: list[str]) -> list[str]:
@@ -279,18 +280,19 @@ def _score(
             metavar="[ADDRESS]",
             help="Run the model on Ray Data actors (pip install 'ropenlp[ray]'): no ADDRESS starts or joins a "
             "local cluster, auto joins the running one, ray://HOST:10001 a remote one. Same output bytes.",
-            rich_help_panel="Scaling out (docs/scaling.md)",
+            rich_help_panel=SCALING_PANEL,
         ),
     ] = None,
     actors: Annotated[
-        int, typer.Option(min=1, help="--ray: scoring actors (one bundle each).", rich_help_panel="Scaling out (docs/scaling.md)")
+        int,
+        typer.Option(min=1, help="--ray: scoring actors (one bundle each).", rich_help_panel=SCALING_PANEL),
     ] = 1,
     threads_per_actor: Annotated[
         int,
         typer.Option(
             min=1,
             help="--ray: CPUs each actor reserves = its ONNX Runtime intra-op threads.",
-            rich_help_panel="Scaling out (docs/scaling.md)",
+            rich_help_panel=SCALING_PANEL,
         ),
     ] = 1,
     **flags: object,

@@ -159,6 +159,9 @@ def _line_windows(source: Source, start: tuple[int, int], first: int, sizes: Ite
 # --------------------------------------------------------------------------------------------
 
 
+_COLUMNS = ("first", "line", "end", "end_line", "error_type", "data")  # of an actor's output, besides "vector"
+
+
 class WindowScorer:
     """One Ray Data actor: the bundle loaded once; per window, read its records and score them."""
 
@@ -171,7 +174,7 @@ class WindowScorer:
         self.scoring = Scoring.build(self.engine, options, plan)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        out: dict[str, list[Any]] = {k: [] for k in ("first", "line", "end", "end_line", "error_type", "data", "vector")}
+        out: dict[str, list[Any]] = {k: [] for k in (*_COLUMNS, "vector")}
         for first, offset, line, count in zip(batch["first"], batch["offset"], batch["line"], batch["count"]):
             source = Source(self.options, self.plan, self.engine.limits)
             try:
@@ -205,7 +208,7 @@ def _table(columns: dict[str, list[Any]]):
 
 def _rows(table) -> Iterator[tuple[int, Row]]:
     """(window's first record, row) from one output block."""
-    cols = {name: table.column(name).to_pylist() for name in ("first", "line", "end", "end_line", "error_type", "data")}
+    cols = {name: table.column(name).to_pylist() for name in _COLUMNS}
     vectors = table.column("vector").to_pylist()
     for k, first in enumerate(cols["first"]):
         v = vectors[k]
@@ -262,7 +265,7 @@ def _init(ray, o: RayOptions) -> bool:
         return False
     try:
         ray.init(address=o.address, logging_level=logging.WARNING, log_to_driver=False, **(o.init_kwargs or {}))
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 (Ray raises plain Exception for a start-up timeout)
         raise RayError(f"cannot start or join the Ray cluster {o.address or '(local)'}: {e}") from None
     return True
 

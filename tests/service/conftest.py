@@ -113,9 +113,10 @@ def server(tiny_bundle) -> Iterator[str]:
 def ray_cluster():
     """A real one-node Ray cluster for the session (Ray has no local mode), sized for a 2-core CI
     machine; skipped when Ray is not installed. Joined by ``--ray`` runs in this process, and by
-    ``--ray auto`` from a subprocess."""
+    ``--ray ADDRESS`` (``ray_cluster.get_runtime_context().gcs_address``) from a subprocess. Its own
+    cluster (``address="local"``), never another one running on the machine."""
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'ropenlp[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=400 << 20, logging_level="warning",
-             log_to_driver=False)  # fmt: skip
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=400 << 20,
+             logging_level="warning", log_to_driver=False)  # fmt: skip
     yield ray
     ray.shutdown()

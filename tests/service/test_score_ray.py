@@ -45,9 +45,10 @@ def mixed_jsonl(path: Path, n: int = 70) -> Path:
     return path
 
 
-def ray_cli(*args: str) -> None:
-    """The CLI as a user runs it, joining the session's cluster (``--ray auto``)."""
-    p = cli(*args, "--ray", "auto", "--progress", "none", timeout=240)
+def ray_cli(ray, *args: str) -> None:
+    """The CLI as a user runs it, joining the session's cluster (``--ray ADDRESS``)."""
+    address = ray.get_runtime_context().gcs_address
+    p = cli(*args, "--ray", address, "--progress", "none", timeout=240)
     assert p.returncode == 0, p.stderr.decode()[-3000:]
 
 
@@ -121,7 +122,7 @@ def test_ner_on_ray_writes_the_local_bytes(ray_cluster, tiny_bundle, tmp_path) -
     src = mixed_jsonl(tmp_path / "in.jsonl")
     args = ["ner", "-i", str(src), "--bundle", str(tiny_bundle), "--id-field", "id", "--window", str(WINDOW)]
     local_cli(*args, "-o", str(tmp_path / "local.jsonl"))
-    ray_cli(*args, "-o", str(tmp_path / "ray.jsonl"), "--actors", "2")
+    ray_cli(ray_cluster, *args, "-o", str(tmp_path / "ray.jsonl"), "--actors", "2")
     local, remote = (tmp_path / "local.jsonl").read_bytes(), (tmp_path / "ray.jsonl").read_bytes()
     assert remote == local
     rows = read_jsonl(tmp_path / "ray.jsonl")
