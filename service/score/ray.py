@@ -207,14 +207,17 @@ def _table(columns: dict[str, list[Any]]):
 
 
 def _rows(table) -> Iterator[tuple[int, Row]]:
-    """(window's first record, row) from one output block."""
+    """(window's first record, row) from one output block; vectors sliced from the column's flat
+    float32 buffer (no Python list per vector)."""
     cols = {name: table.column(name).to_pylist() for name in _COLUMNS}
-    vectors = table.column("vector").to_pylist()
+    vectors = table.column("vector").combine_chunks()
+    offsets = vectors.offsets.to_numpy()  # (n + 1,)
+    flat = vectors.values.to_numpy(zero_copy_only=False)  # (sum of lengths,) float32
+    valid = vectors.is_valid().to_numpy(zero_copy_only=False)
     for k, first in enumerate(cols["first"]):
-        v = vectors[k]
         yield first, Row(
             cols["line"][k], cols["end"][k], cols["end_line"][k], cols["error_type"][k], cols["data"][k],
-            None if v is None else np.asarray(v, dtype=np.float32),
+            flat[offsets[k] : offsets[k + 1]] if valid[k] else None,
         )  # fmt: skip
 
 

@@ -190,7 +190,10 @@ def test_the_raw_export_needs_no_runtime_types_and_quantizes_the_same(tiny, tmp_
     from export.graphs import NerGraph, to_onnx
     from models.tasks import load_ner
 
-    raw = to_onnx(NerGraph(load_ner(tiny.ner)).eval(), tmp_path / "ner.raw.onnx")
+    from export.tasks.ner import NerExporter
+
+    raw = to_onnx(NerGraph(load_ner(tiny.ner)).eval(), tmp_path / "ner.raw.onnx", output=NerExporter.output,
+                  output_axes=NerExporter.output_axes)  # fmt: skip
     feeds = calibration_from_bundle(tiny.bundle, "ner", calibration_texts(), n=48, seed=0)
     r = quantize_static_int8(raw, tmp_path / "ner.static.onnx", feeds)
     assert r.untyped_before == 0

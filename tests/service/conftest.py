@@ -116,7 +116,14 @@ def ray_cluster():
     ``--ray ADDRESS`` (``ray_cluster.get_runtime_context().gcs_address``) from a subprocess. Its own
     cluster (``address="local"``), never another one running on the machine."""
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'ropenlp[ray]'")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=400 << 20,
-             logging_level="warning", log_to_driver=False)  # fmt: skip
+    for attempt in range(3):  # Ray waits 30 s (fixed) for its raylet: a machine busy with others may need another go
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=400 << 20,
+                     logging_level="warning", log_to_driver=False)  # fmt: skip
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield ray
     ray.shutdown()
