@@ -116,6 +116,13 @@ class Settings(BaseModel):
     api_key: SecretStr | None = Field(
         None, description="when set, inference routes need 'Authorization: Bearer <key>'"
     )
+    ray_replicas: int = Field(
+        0, ge=0, description="serve through Ray Serve, this many replicas of the app (pip install "
+        "'ropenlp[ray]'); 0: one uvicorn process"
+    )
+    ray_address: str | None = Field(
+        None, description="with ray_replicas: the Ray cluster to join (auto: the running one); default: a local one"
+    )
     log_format: Literal["json", "text"] = Field("json", description="log lines as JSON objects or plain text")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
