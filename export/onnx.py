@@ -39,6 +39,7 @@ from models.bundle import (
     write_manifest,
 )
 from models.card import write_model_card
+from models.normalize import Normalize
 from models.precisions import NAMES as PRECISIONS
 from models.precisions import REFERENCE
 from models.tasks import TASK_FILE, read_task, tokenizer_file
@@ -122,6 +123,7 @@ def export_bundle(
             format_version=FORMAT_VERSION,
             name=name or out.name,
             lowercase=_lowercase(tokenizer_json),
+            normalize=_normalize(paths),
             tasks=tasks,
             provenance=Provenance(
                 base_checkpoint=base_checkpoint or _describe_checkpoints(paths),
@@ -338,6 +340,17 @@ def _describe_checkpoints(checkpoints: Mapping[str, Path]) -> str:
     if len(set(paths.values())) == 1:
         return next(iter(paths.values()))
     return "; ".join(f"{task}: {p}" for task, p in paths.items())
+
+
+def _normalize(checkpoints: Mapping[str, Path]) -> Normalize:
+    """The normalisation the checkpoints were trained with (``ropenlp.json``'s ``normalize``); those that
+    record one must agree (one bundle has one tokenizer)."""
+    recorded = {task: read_task(path)["normalize"] for task, path in checkpoints.items()
+                if "normalize" in read_task(path)}  # fmt: skip
+    if len(set(recorded.values())) > 1:
+        raise ExportError(f"the checkpoints were trained with different normalisations {recorded}: one bundle "
+                          "normalises one way")
+    return Normalize.parse(next(iter(recorded.values()), "none"))
 
 
 def _lowercase(tokenizer_json: dict) -> bool:

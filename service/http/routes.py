@@ -11,6 +11,8 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+import anyio.to_thread
+
 from litestar import Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
@@ -20,12 +22,16 @@ from pydantic import SecretStr
 
 import ropenlp
 from service.batching import Timings
-from service.errors import NotReady, Unauthorized
+from service.errors import (
+    EmptyInput, InvalidRequest, MalformedBody, NotAcceptable, NotReady, TextTooLong, TooManyItems, Unauthorized,
+    Unhealthy,
+)  # fmt: skip
 from service.http.errors import INFERENCE_ERRORS, error_responses
 from service.http.schemas import Health, Info, Ready
 from service.http.service import Service
 from service.metrics import CONTENT_TYPE
 from service.tasks import OPERATIONS, Operation
+from service.tokenize import TokenizeQuery, TokenizeResponse, tokenize
 
 
 class ApiKeyGuard:
@@ -75,21 +81,42 @@ def inference_route(op: Operation, guard: ApiKeyGuard) -> HTTPRouteHandler:
     )(handler)  # fmt: skip
 
 
-@get("/health", summary="Liveness: the process answers")
-async def health() -> Health:
+def tokenize_route(guard: ApiKeyGuard) -> HTTPRouteHandler:
+    """``POST /tokenize``: tokens, ids, offsets and NER windows of each text (no model run)."""
+
+    async def tokenize_handler(data: JSONBody[TokenizeQuery], service: NamedDependency[Service]) -> TokenizeResponse:
+        """What the model sees of each text: the normalised text, tokens, ids, character offsets into the
+        original text, [UNK] count, the NER windows and the similarity truncation (``service.tokenize``)."""
+        if service.engine is None:
+            raise service.not_ready()
+        return await anyio.to_thread.run_sync(tokenize, service.engine, data)
+
+    return post(
+        "/tokenize", name="tokenize", status_code=200, guards=[guard], summary="Tokens, offsets and windows",
+        responses=error_responses(EmptyInput, MalformedBody, InvalidRequest, TooManyItems, TextTooLong,
+                                  Unauthorized, NotReady),
+    )(tokenize_handler)  # fmt: skip
+
+
+@get("/health", summary="Liveness: the process answers and its inference worker makes progress",
+     responses=error_responses(NotAcceptable, Unhealthy))  # fmt: skip
+async def health(service: NamedDependency[Service]) -> Health:
+    if (err := service.unhealthy()) is not None:
+        raise err
     return Health(status="alive")
 
 
-@get("/ready", summary="Readiness: bundle loaded and warmed up", responses=error_responses(NotReady))
+@get("/ready", summary="Readiness: bundle loaded, warmed up, worker making progress",
+     responses=error_responses(NotAcceptable, NotReady))  # fmt: skip
 async def ready(service: NamedDependency[Service]) -> Ready:
-    if not service.ready:
+    if not service.ready or service.stalled():
         raise service.not_ready()
     info = service.engine.info()
     return Ready(status="ready", bundle=info["name"], provider=info["provider"], precision=info["precision"],
                  warm_up_ms=round(service.warm_up_ms, 3))  # fmt: skip
 
 
-@get("/info", summary="Model, labels, limits, version", responses=error_responses(NotReady))
+@get("/info", summary="Model, labels, limits, version", responses=error_responses(NotAcceptable, NotReady))
 async def info(service: NamedDependency[Service]) -> Info:
     if service.engine is None:
         raise service.not_ready()
@@ -106,4 +133,5 @@ async def metrics(service: NamedDependency[Service]) -> Response[bytes]:
 
 def route_handlers(guard: ApiKeyGuard) -> list[HTTPRouteHandler]:
     """Every registered operation's route, then the service's own."""
-    return [*(inference_route(op, guard) for op in OPERATIONS.values()), health, ready, info, metrics]
+    return [*(inference_route(op, guard) for op in OPERATIONS.values()), tokenize_route(guard), health, ready, info,
+            metrics]  # fmt: skip

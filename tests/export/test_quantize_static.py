@@ -47,10 +47,10 @@ def rows(tiny, task: str) -> list[np.ndarray]:
     """Token ids of every sample window / text, lengths 3 to 24: each row alone and in padded batches."""
     tok = tiny.tokenizer
     if task == "ner":
-        batches = ner_batches(tok, SAMPLE_TEXTS, max_length=tiny.manifest.ner.max_length,
-                              stride=tiny.manifest.ner.stride, batch_size=1)
+        batches = ner_batches(tok, SAMPLE_TEXTS, max_length=tiny.manifest.tasks["ner"].max_length,
+                              stride=tiny.manifest.tasks["ner"].stride, batch_size=1)
     else:
-        batches = sim_batches(tok, SAMPLE_TEXTS, max_length=tiny.manifest.similarity.max_length, batch_size=1)
+        batches = sim_batches(tok, SAMPLE_TEXTS, max_length=tiny.manifest.tasks["similarity"].max_length, batch_size=1)
     return [b.input_ids[0] for b in batches]
 
 
@@ -109,7 +109,7 @@ def test_static_int8_entities_identical_alone_and_in_a_batch(tiny, static):
     from models.text import pad_batch
 
     graphs, _ = static
-    s, tok, ner = session(graphs["ner"]), tiny.tokenizer, tiny.manifest.ner
+    s, tok, ner = session(graphs["ner"]), tiny.tokenizer, tiny.manifest.tasks["ner"]
     encs = [e for e in tok.encode_batch(list(SAMPLE_TEXTS[:15])) if len(e) <= ner.max_length]
 
     def entities(group):
@@ -188,9 +188,11 @@ def test_calibration_draw_is_seeded_and_each_window_is_an_unpadded_batch_of_one(
 def test_the_raw_export_needs_no_runtime_types_and_quantizes_the_same(tiny, tmp_path):
     """The raw torch.onnx.export graph (the faster input: ONNX Runtime fuses it at load time)."""
     from export.graphs import NerGraph, to_onnx
+    from export.tasks.ner import NerExporter
     from models.tasks import load_ner
 
-    raw = to_onnx(NerGraph(load_ner(tiny.ner)).eval(), tmp_path / "ner.raw.onnx")
+    raw = to_onnx(NerGraph(load_ner(tiny.ner)).eval(), tmp_path / "ner.raw.onnx", output=NerExporter.output,
+                  output_axes=NerExporter.output_axes)  # fmt: skip
     feeds = calibration_from_bundle(tiny.bundle, "ner", calibration_texts(), n=48, seed=0)
     r = quantize_static_int8(raw, tmp_path / "ner.static.onnx", feeds)
     assert r.untyped_before == 0
