@@ -45,6 +45,7 @@ from models.bundle import (
     write_manifest,
 )
 from models.card import write_model_card
+from models.normalize import Normalize
 from models.precisions import NAMES as PRECISIONS
 from models.precisions import PRECISIONS as PRECISION_KINDS
 from models.precisions import REFERENCE
@@ -139,6 +140,7 @@ def export_bundle(
             format_version=FORMAT_VERSION,
             name=name or out.name,
             lowercase=_lowercase(tokenizer_json),
+            normalize=_normalize(paths),
             tasks=tasks,
             provenance=Provenance(
                 base_checkpoint=base_checkpoint or _describe_checkpoints(paths),
@@ -318,8 +320,8 @@ def _export_task(exp: TaskExporter, path: Path, staging: Path, *, tokenizer: Tok
     graph = exp.graph(model).eval()
     with stage(f"PyTorch on the sample texts ({exp.kind})"):
         parity = exp.parity(model, graph, tokenizer, texts)
-    options = build_options(exp, model.cfg, tokenizer, texts, calibration, size=size, seed=seed, method=method,
-                            per_channel=per_channel)
+    options = build_options(exp, model.cfg, _normalizing(tokenizer, path), texts, calibration, size=size, seed=seed,
+                            method=method, per_channel=per_channel)
     built = variants.build(graph, staging, prefix=exp.file_prefix, task=exp.kind, output=exp.output,
                            output_axes=exp.output_axes, precisions=precisions, opset=opset, exporter=exporter,
                            encoder_cfg=enc_cfg, options=options)
@@ -408,6 +410,26 @@ def _describe_checkpoints(checkpoints: Mapping[str, Path]) -> str:
     if len(set(paths.values())) == 1:
         return next(iter(paths.values()))
     return "; ".join(f"{task}: {p}" for task, p in paths.items())
+
+
+def _normalizing(tokenizer: Tokenizer, checkpoint: Path) -> Tokenizer:
+    """The tokenizer as the service will run it for this checkpoint: with its recorded normalisation (the rows
+    static int8 is calibrated on must be the rows it will see)."""
+    from models.normalize import Normalizer
+
+    norm = _normalize({"": checkpoint})
+    return tokenizer.normalizing(Normalizer(norm) if norm.enabled else None)
+
+
+def _normalize(checkpoints: Mapping[str, Path]) -> Normalize:
+    """The normalisation the checkpoints were trained with (``ropenlp.json``'s ``normalize``); those that
+    record one must agree (one bundle has one tokenizer)."""
+    recorded = {task: read_task(path)["normalize"] for task, path in checkpoints.items()
+                if "normalize" in read_task(path)}  # fmt: skip
+    if len(set(recorded.values())) > 1:
+        raise ExportError(f"the checkpoints were trained with different normalisations {recorded}: one bundle "
+                          "normalises one way")
+    return Normalize.parse(next(iter(recorded.values()), "none"))
 
 
 def _lowercase(tokenizer_json: dict) -> bool:

@@ -214,6 +214,10 @@ def requantize_bundle(
         raise ExportError(f"{out} is the bundle itself: pass overwrite=True / --overwrite to replace it")
     texts = list(sample_texts if sample_texts is not None else SAMPLE_TEXTS)
     tokenizer = Tokenizer.load(bundle / manifest.tokenizer, lowercase=manifest.lowercase)
+    if manifest.normalize.enabled:  # the rows the service will run: calibrate on those
+        from models.normalize import Normalizer
+
+        tokenizer = tokenizer.normalizing(Normalizer(manifest.normalize))
 
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     fp32_dir = Path(fp32_out) if fp32_out is not None else None

@@ -28,6 +28,7 @@ from typing import Annotated, ClassVar, Literal, Union, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
+from models.normalize import Normalize
 from models.precisions import Precision, preference
 
 FORMAT_VERSION = 3  # what this ropenlp writes: tasks under "tasks", keyed by name; graphs' quantization
@@ -173,6 +174,11 @@ class Manifest(_Strict):
     name: str
     tokenizer: str = "tokenizer.json"
     lowercase: bool = True
+    normalize: Normalize = Field(
+        default_factory=Normalize,
+        description="offset-preserving normalisation before the tokenizer (models.normalize); the same "
+        "in training, evaluation and serving. Absent: none",
+    )
     tasks: dict[str, TaskSpec] = Field(description="task name -> spec; the spec's kind is the name")
     provenance: Provenance = Field(default_factory=Provenance)
     files: dict[str, str] = Field(default_factory=dict, description="file name -> SHA-256 hex")

@@ -110,7 +110,8 @@ def model_card(manifest: Manifest) -> str:
               f"* created: {prov.created} with ropenlp {prov.ropenlp_version}"]
     if prov.notes:
         lines.append(f"* notes: {prov.notes}")
-    lines += ["", f"Tokenizer: `{manifest.tokenizer}` (lowercase: {str(manifest.lowercase).lower()}).", ""]
+    norm = f"; normalisation: {manifest.normalize.describe()}" if manifest.normalize.enabled else ""
+    lines += ["", f"Tokenizer: `{manifest.tokenizer}` (lowercase: {str(manifest.lowercase).lower()}{norm}).", ""]
     for name, spec in manifest.tasks.items():
         lines += _task(name, spec)
     lines += ["## Limits", "", *(f"* {line}" for line in GENERAL_LIMITS)]

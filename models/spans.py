@@ -32,13 +32,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Entity:
-    """One entity: characters ``text[start:end]`` of the original text, typed ``label``."""
+    """One entity: characters ``text[start:end]`` of the original text, typed ``label``; ``source``:
+    "model" (decoded from span scores) or "lexicon" (a user's term, ``service.lexicon``)."""
 
     start: int
     end: int
     label: str
     text: str
     score: float
+    source: str = "model"
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

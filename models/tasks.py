@@ -44,8 +44,12 @@ class NerConfig:
     max_length: int = 256  # tokens per window, [CLS]/[SEP] included
     stride: int = 128  # tokens between window starts
     decode: Decode = "nested"  # "flat": non-overlapping spans only (models.spans.non_overlapping)
+    normalize: str = "none"  # text normalisation before the tokenizer (models.normalize): none | width | t2s | width,t2s
 
     def __post_init__(self):
+        from models.normalize import Normalize
+
+        Normalize.parse(self.normalize)  # ValueError naming the choices
         if not self.labels:
             raise ValueError("NerConfig.labels must not be empty")
         if len(set(self.labels)) != len(self.labels):

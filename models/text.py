@@ -10,13 +10,18 @@ normalizer expands one character into several (NFD of a Hangul syllable, lowerca
 WordPiece splits the expansion, several tokens point at the same character. We keep the
 character on the first of them and give the others an empty span ``(e, e)`` at its end, so every
 character belongs to at most one token and offsets never decrease (see :func:`token_boundaries`).
+
+A tokenizer may carry a *pre-normaliser* (:meth:`Tokenizer.normalizing`, e.g. the bundle's
+``models.normalize.Normalizer``: traditional -> simplified, full-width -> ASCII): a function that
+maps each character to one character, applied before the library sees the text. Offsets into the
+normalised text are then offsets into the original, and ``Encoding.text`` is the original.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +120,24 @@ class Tokenizer:
         tokenizer.no_truncation()  # windows and limits are ours; offsets must cover the whole text
         tokenizer.no_padding()
         self._tok = tokenizer
+        self.normalizer: Callable[[str], str] | None = None
+
+    def normalizing(self, normalizer: Callable[[str], str] | None) -> Tokenizer:
+        """This tokenizer (the same vocabulary and library object) with ``normalizer`` applied to every
+        text before encoding. ``normalizer`` must keep each text's length (one character -> one
+        character): offsets then index the original text. None: no pre-normaliser."""
+        clone = object.__new__(Tokenizer)
+        clone._tok, clone.normalizer = self._tok, normalizer
+        return clone
+
+    def _normalized(self, texts: list[str]) -> list[str]:
+        if self.normalizer is None:
+            return texts
+        out = [self.normalizer(t) for t in texts]
+        for k, (a, b) in enumerate(zip(texts, out)):
+            if len(a) != len(b):
+                raise ValueError(f"texts[{k}]: the normaliser changed the length ({len(a)} -> {len(b)})")
+        return out
 
     # construction -------------------------------------------------------------------------
 
@@ -274,13 +297,15 @@ class Tokenizer:
     def encode(self, text: str, *, add_special_tokens: bool = True) -> Encoding:
         """Encode one text (``[CLS] ... [SEP]`` unless ``add_special_tokens=False``)."""
         self._check([text])
-        return self._convert([self._tok.encode(text, add_special_tokens=add_special_tokens)], [text])[0]
+        (seen,) = self._normalized([text])
+        return self._convert([self._tok.encode(seen, add_special_tokens=add_special_tokens)], [text])[0]
 
     def encode_batch(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[Encoding]:
         """Encode many texts at once (the library encodes them in parallel)."""
         texts = list(texts)
         self._check(texts)
-        return self._convert(self._tok.encode_batch(texts, add_special_tokens=add_special_tokens), texts)
+        seen = self._normalized(texts)
+        return self._convert(self._tok.encode_batch(seen, add_special_tokens=add_special_tokens), texts)
 
     def encode_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids only, ``[CLS] ... [SEP]`` per text, read-only int64: what ``encode_batch`` gives as
@@ -288,7 +313,7 @@ class Tokenizer:
         texts = list(texts)
         self._check(texts)
         # the same ids, offsets not tracked (tokenizers >= 0.20; pyproject allows 0.19, which lacks it)
-        encs = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)(texts)
+        encs = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)(self._normalized(texts))
         bounds = [0, *itertools.accumulate(len(e) for e in encs)]
         ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), np.int64, bounds[-1])
         ids = _frozen(ids)  # (N,) all texts; one view each
@@ -297,7 +322,7 @@ class Tokenizer:
     def encode_pair(self, a: str, b: str) -> Encoding:
         """``[CLS] a [SEP] b [SEP]`` with ``type_ids`` 0 / 1; offsets index ``a`` or ``b`` by type."""
         self._check([a, b])
-        return self._convert([self._tok.encode(a, b)], [a], b)[0]
+        return self._convert([self._tok.encode(*self._normalized([a, b]))], [a], b)[0]
 
     # windows ------------------------------------------------------------------------------
 

@@ -20,6 +20,14 @@ SIM_RUNS = ["sim_stsb_cls", "sim_stsb_mean", "sim_stsb_fla"]
 # CMeEE, nested decoding at the dev-best threshold (ner_cmeee: the shipped model, whose committed evaluation is
 # of its fp32 bundle at the threshold calibrated in training, on the same grid)
 CMEEE_RUNS = ["ner_cmeee", "ner_cmeee_gp", "ner_cmeee_gp_ema"]
+# Encoder v3 (research/pretrain_v3.sh): speed of each objective and option (40 steps, one thread), and the
+# objectives at equal CPU time, each followed by the same 5-epoch CLUENER fine-tune
+SPEED_RUNS = {"spd_mlm": "MLM, bf16, packed, prefetch (the baseline)", "spd_wwm": "whole-word MLM",
+              "spd_electra": "ELECTRA (generator 128 wide)", "spd_mlm_fp32": "MLM, fp32",
+              "spd_mlm_noprefetch": "MLM, batches built in the training thread",
+              "spd_mlm_unpacked": "MLM, one line per sequence (padded)", "spd_mlm_6x384": "MLM, 6 x 384",
+              "spd_electra_6x384": "ELECTRA, 6 x 384"}
+OBJECTIVE_RUNS = {"obj_mlm": "MLM (characters)", "obj_wwm": "whole-word MLM", "obj_electra": "ELECTRA"}
 
 
 def _json(path: Path) -> dict | None:
@@ -92,6 +100,35 @@ def main() -> int:
                "spearman": round(ev["spearman_mean"], 2), "wall_min": wall_minutes(run, previous)}
         summary[run] = row
         rows.append(f"| `{run}` | {row['encoder']} | {row['pooling']} | {row['spearman']:.2f} | {row['wall_min']} min |")
+    print("\n" + "\n".join(rows))
+
+    rows = ["| run | what | parameters | tokens/s (median, 1 thread) | s/step (64 x 128 tokens) |", "|---|---|---|---|---|"]
+    for run, what in SPEED_RUNS.items():
+        speed, train = _json(DIR / f"{run}.speed.json"), _json(DIR / f"{run}.train.json")
+        if speed is None or train is None:
+            continue
+        enc = train["config"]["model"]["encoder"]
+        row = {"what": what, "layers": enc["num_hidden_layers"], "hidden": enc["hidden_size"],
+               "tokens_per_s": speed["median_tokens_per_s"], "step_s": speed["median_step_s"]}
+        summary[run] = row
+        rows.append(f"| `{run}` | {what} | {row['layers']} x {row['hidden']} | {row['tokens_per_s']:,} | "
+                    f"{row['step_s']:.2f} |")
+    print("\n" + "\n".join(rows))
+
+    rows = ["| objective | steps (equal CPU time) | tokens seen | held-out (last eval) | CLUENER dev F1, flat (threshold) |",
+            "|---|---|---|---|---|"]
+    for run, what in OBJECTIVE_RUNS.items():
+        train, ner = _json(DIR / f"{run}.train.json"), _json(DIR / f"ner_{run}_flat.json")
+        if train is None:
+            continue
+        ev = train.get("last_eval") or {}
+        held = (f"disc acc {100 * ev['disc_accuracy']:.1f} %, gen acc {100 * ev['gen_accuracy']:.1f} %"
+                if "disc_accuracy" in ev else f"acc {100 * ev.get('accuracy', 0):.1f} %, ppl {ev.get('perplexity', 0):.1f}")
+        row = {"what": what, "steps": train["step"], "tokens": train["step"] * 64 * 128, "heldout": ev,
+               "f1": round(100 * ner["f1"], 2) if ner else None, "threshold": ner["threshold"] if ner else None}
+        summary[run] = row
+        f1 = f"**{row['f1']:.2f}** ({row['threshold']:g})" if ner else "-"
+        rows.append(f"| {what} (`{run}`) | {row['steps']} | {row['tokens'] / 1e6:.1f} M | {held} | {f1} |")
     print("\n" + "\n".join(rows))
 
     length = _json(DIR / "length_generalisation.json")

@@ -24,35 +24,52 @@ UNLIMITED = 1 << 40
 # --------------------------------------------------------------------------------------------
 
 
-def _engine(bundle: str | Path, *, batch_tokens: int, precision: str | None, threads: int = 0):
+def _engine(bundle: str | Path, *, batch_tokens: int, precision: str | None, threads: int = 0,
+            normalize: str | None = None):
+    from models.normalize import Normalize
     from service.core import Engine, Limits
     from service.settings import resolve_bundle
 
     limits = Limits(max_items=UNLIMITED, max_chars=UNLIMITED, max_entities=UNLIMITED, batch_tokens=batch_tokens)
     return Engine.load(resolve_bundle(bundle), limits=limits, precision=precision, provider="cpu",
-                       intra_op_threads=threads, inter_op_threads=1)
+                       intra_op_threads=threads, inter_op_threads=1,
+                       normalize=None if normalize is None else Normalize.parse(normalize))
 
 
 class NerBundle:
     """A bundle's NER graph through the engine (the same windows and merge as a checkpoint)."""
 
     def __init__(self, bundle: str | Path, *, batch_tokens: int = 8192, precision: str | None = None,
-                 threads: int = 0) -> None:
-        self.engine = _engine(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads)
+                 threads: int = 0, normalize: str | None = None) -> None:
+        self.engine = _engine(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads,
+                              normalize=normalize)
         ner = self.engine.task("ner")
         self.tokenizer, self.labels = self.engine.tokenizer, ner.spec.labels
         self.max_length, self.stride = ner.max_length, ner.stride
         self.threshold, self.decode = ner.spec.threshold, ner.spec.decode
-        self.source = {"bundle": str(bundle), "graph_precision": self.engine.runtime.precision.get("ner")}
+        self.source = {"bundle": str(bundle), "graph_precision": self.engine.runtime.precision.get("ner"),
+                       "normalize": self.engine.normalize.describe()}
 
     def entities(self, texts: Sequence[str], threshold: float) -> list[list]:
+        self.source["tokens"] = token_stats(self.engine.tokenizer, texts)
         return self.engine.run("ner", texts=list(texts), threshold=threshold, decode="nested").entities
+
+
+def token_stats(tokenizer, texts: Sequence[str]) -> dict:
+    """How many content tokens the texts make and how many of them are [UNK] (after the normalisation)."""
+    import numpy as np
+
+    ids = tokenizer.encode_ids(list(texts))
+    total = sum(len(i) - 2 for i in ids)  # [CLS] and [SEP] left out
+    unk = int(sum(np.count_nonzero(i == tokenizer.unk_id) for i in ids))
+    return {"total": total, "unk": unk, "unk_rate": unk / max(total, 1)}
 
 
 class SimBundle:
     def __init__(self, bundle: str | Path, *, batch_tokens: int = 8192, precision: str | None = None,
-                 threads: int = 0) -> None:
-        self.engine = _engine(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads)
+                 threads: int = 0, normalize: str | None = None) -> None:
+        self.engine = _engine(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads,
+                              normalize=normalize)
         self.engine.task("similarity")
         self.source = {"bundle": str(bundle), "graph_precision": self.engine.runtime.precision.get("similarity")}
 
@@ -60,21 +77,26 @@ class SimBundle:
         return self.engine.run("similarity", pairs=[(p.a, p.b) for p in pairs]).scores
 
 
-def _evaluate(run, predictor, data, *, model, bundle, precision, batch_tokens, threads, **kw) -> dict:
+def _evaluate(run, predictor, data, *, model, bundle, precision, batch_tokens, threads, normalize=None, **kw) -> dict:
     if (model is None) == (bundle is None):
         raise ValueError("give exactly one of --model (a PyTorch checkpoint) or --bundle (an ONNX bundle)")
-    p = None if bundle is None else predictor(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads)
+    if normalize is not None and bundle is None:
+        raise ValueError("--normalize overrides a bundle's normalisation: give --bundle (a checkpoint applies its own)")
+    p = None if bundle is None else predictor(bundle, batch_tokens=batch_tokens, precision=precision, threads=threads,
+                                              normalize=normalize)
     return run(data, model=model, predictor=p, batch_tokens=batch_tokens, threads=threads, **kw)
 
 
 def evaluate_ner(data: Sequence[str], *, model: str | Path | None = None, bundle: str | Path | None = None,
-                 precision: str | None = None, batch_tokens: int = 8192, threads: int = 0, **kw) -> dict:
+                 precision: str | None = None, batch_tokens: int = 8192, threads: int = 0,
+                 normalize: str | None = None, **kw) -> dict:
     """:func:`training.evaluate.evaluate_ner` of a checkpoint (``model``) or a ``bundle`` (a directory or
-    a shipped bundle's name; ``precision``: its graph variant)."""
+    a shipped bundle's name; ``precision``: its graph variant; ``normalize``: none | width | t2s |
+    width,t2s instead of the manifest's). A bundle's result also counts tokens and [UNK] (``tokens``)."""
     from training import evaluate as ev
 
     return _evaluate(ev.evaluate_ner, NerBundle, data, model=model, bundle=bundle, precision=precision,
-                     batch_tokens=batch_tokens, threads=threads, **kw)
+                     batch_tokens=batch_tokens, threads=threads, normalize=normalize, **kw)
 
 
 def evaluate_sim(data: Sequence[str], *, model: str | Path | None = None, bundle: str | Path | None = None,
@@ -99,6 +121,9 @@ Precision = Annotated[str | None, typer.Option(help="Bundle graph variant (defau
 Device = Annotated[str, typer.Option(help="cpu, cuda (--model only).")]
 BatchTokens = Annotated[int, typer.Option(help="Padded tokens per batch.")]
 Threads = Annotated[int, typer.Option(help="CPU threads (0 = default).")]
+Normalization = Annotated[str | None, typer.Option(
+    "--normalize", metavar="none|width|t2s|width,t2s",
+    help="Text normalisation before the tokenizer, instead of the bundle's manifest (--bundle only).")]
 
 
 def _finish(metrics: dict, table, out: str | None) -> None:
@@ -137,6 +162,7 @@ def evaluate_ner_command(
     device: Device = "cpu",
     batch_tokens: BatchTokens = 8192,
     threads: Threads = 0,
+    normalize: Normalization = None,
 ) -> None:
     """Exact-span P/R/F1 (micro, per type, nested only) of an NER checkpoint or bundle."""
     from training import evaluate as ev
@@ -152,7 +178,7 @@ def evaluate_ner_command(
                                  f"{threshold_grid!r}") from None
         metrics = evaluate_ner(data, model=model, bundle=bundle, format=format, threshold=threshold, decode=decode,
                                device=device, batch_tokens=batch_tokens, precision=precision, threads=threads,
-                               threshold_grid=grid)
+                               threshold_grid=grid, normalize=normalize)
     _finish(metrics, ev.ner_table(metrics), out)
 
 

@@ -130,7 +130,7 @@ def _serve_command() -> typing.Callable[..., None]:
 # variables and defaults as for `serve`.
 SCORE_SETTINGS = (
     "bundle", "provider", "allow_cpu_fallback", "precision", "intra_op_threads", "inter_op_threads",
-    "ner_max_length", "ner_stride", "batch_tokens", "max_chars", "max_entities", "threshold_min", "threshold_max",
+    "ner_max_length", "ner_stride", "lexicon", "normalize", "batch_tokens", "max_chars", "max_entities", "threshold_min", "threshold_max",
 )  # fmt: skip
 
 SCORE_EPILOG = """Exit codes:

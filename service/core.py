@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from models.batches import MAX_PADDING, plan_batches
 from models.bundle import BundleError, Manifest, load_manifest
+from models.normalize import Normalize, Normalizer
 from models.text import Tokenizer, pad_batch
 from service.errors import InferenceError, ServiceError, TaskUnavailable
 from service.jobs import Job, Limits, Seq
@@ -71,15 +72,22 @@ class Engine:
         *,
         limits: Limits = Limits(),
         options: Mapping[str, Any] | None = None,
+        normalize: Normalize | None = None,
         **runtime_options: Any,
     ) -> Engine:
-        """Load a bundle from disk: manifest (validated, hashes checked), tokenizer, ONNX sessions."""
+        """Load a bundle from disk: manifest (validated, hashes checked), tokenizer, ONNX sessions.
+
+        The tokenizer applies the manifest's ``normalize`` (or ``normalize``, when given: the server's
+        ``--normalize``); tasks find their own optional files through ``options["bundle_dir"]``."""
         from service.runtime import OnnxRuntime
 
         bundle_dir = Path(bundle_dir)
         manifest = load_manifest(bundle_dir)
         tokenizer = Tokenizer.load(bundle_dir / manifest.tokenizer, lowercase=manifest.lowercase)
+        norm = manifest.normalize if normalize is None else normalize
+        tokenizer = tokenizer.normalizing(Normalizer(norm) if norm.enabled else None)
         runtime = OnnxRuntime(bundle_dir, manifest, **runtime_options)
+        options = {**(options or {}), "bundle_dir": bundle_dir}
         return cls(runtime, tokenizer, manifest, limits=limits, options=options)
 
     @classmethod
@@ -99,6 +107,7 @@ class Engine:
             s.bundle_dir,
             limits=limits,
             options=options,
+            normalize=None if s.normalize is None else Normalize.parse(s.normalize),
             provider=s.provider,
             allow_cpu_fallback=s.allow_cpu_fallback,
             precision=s.precision,
@@ -173,6 +182,11 @@ class Engine:
     # -- bundle facts ---------------------------------------------------------------------------
 
     @property
+    def normalize(self) -> Normalize:
+        """What the tokenizer normalises before encoding (the manifest's, or the server's override)."""
+        return getattr(self.tokenizer.normalizer, "spec", None) or Normalize()
+
+    @property
     def tasks(self) -> list[str]:
         return list(self._tasks)
 
@@ -194,6 +208,7 @@ class Engine:
             "name": m.name,
             "format_version": m.format_version,
             "provider": getattr(self.runtime, "provider", "unknown"),
+            "normalize": self.normalize.model_dump(),
             "precision": dict(getattr(self.runtime, "precision", {})),
             "tasks": {name: task.info() for name, task in self._tasks.items()},
             "provenance": m.provenance.model_dump(mode="json"),

@@ -71,6 +71,14 @@ class Settings(BaseModel):
     ner_stride: int | None = Field(
         None, ge=1, description="tokens between NER window starts; default: the bundle's"
     )
+    lexicon: Path | None = Field(
+        None, description="NER user lexicon, term<TAB>label<TAB>add|block lines, applied after the bundle's "
+        "lexicon.tsv (service.lexicon); default: none"
+    )
+    normalize: str | None = Field(
+        None, description="text normalisation before the tokenizer: none, width, t2s or width,t2s "
+        "(offsets stay those of the original text); default: the bundle's manifest"
+    )
 
     # batching and limits
     batch_tokens: int = Field(
@@ -103,6 +111,10 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.normalize is not None:
+            from models.normalize import Normalize
+
+            Normalize.parse(self.normalize)  # ValueError naming the choices
         if self.threshold_min > self.threshold_max:
             raise ValueError(f"threshold_min {self.threshold_min} > threshold_max {self.threshold_max}")
         if (

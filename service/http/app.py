@@ -22,6 +22,7 @@ import ropenlp
 from service.core import Engine
 from service.demo import demo_router
 from service.http.errors import ExceptionHandler
+from service.http.openai import openai_router
 from service.http.routes import ApiKeyGuard, route_handlers
 from service.http.service import Service
 from service.settings import Settings
@@ -93,9 +94,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         finally:
             await service.stop()
 
+    guard = ApiKeyGuard(settings.api_key)
     return ServiceApp(
         service,
-        route_handlers=[*route_handlers(ApiKeyGuard(settings.api_key)), demo_router()],
+        route_handlers=[*route_handlers(guard), openai_router(guard, settings.max_body_bytes), demo_router()],
         dependencies={"service": Provide(_Provider(service), use_cache=True, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={Exception: ExceptionHandler(settings.max_body_bytes)},

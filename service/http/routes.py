@@ -11,6 +11,8 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+import anyio.to_thread
+
 from litestar import Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
@@ -20,12 +22,13 @@ from pydantic import SecretStr
 
 import ropenlp
 from service.batching import Timings
-from service.errors import NotReady, Unauthorized
+from service.errors import EmptyInput, InvalidRequest, MalformedBody, NotReady, TextTooLong, TooManyItems, Unauthorized
 from service.http.errors import INFERENCE_ERRORS, error_responses
 from service.http.schemas import Health, Info, Ready
 from service.http.service import Service
 from service.metrics import CONTENT_TYPE
 from service.tasks import OPERATIONS, Operation
+from service.tokenize import TokenizeQuery, TokenizeResponse, tokenize
 
 
 class ApiKeyGuard:
@@ -75,6 +78,23 @@ def inference_route(op: Operation, guard: ApiKeyGuard) -> HTTPRouteHandler:
     )(handler)  # fmt: skip
 
 
+def tokenize_route(guard: ApiKeyGuard) -> HTTPRouteHandler:
+    """``POST /tokenize``: tokens, ids, offsets and NER windows of each text (no model run)."""
+
+    async def tokenize_handler(data: JSONBody[TokenizeQuery], service: NamedDependency[Service]) -> TokenizeResponse:
+        """What the model sees of each text: the normalised text, tokens, ids, character offsets into the
+        original text, [UNK] count, the NER windows and the similarity truncation (``service.tokenize``)."""
+        if service.engine is None:
+            raise service.not_ready()
+        return await anyio.to_thread.run_sync(tokenize, service.engine, data)
+
+    return post(
+        "/tokenize", name="tokenize", status_code=200, guards=[guard], summary="Tokens, offsets and windows",
+        responses=error_responses(EmptyInput, MalformedBody, InvalidRequest, TooManyItems, TextTooLong,
+                                  Unauthorized, NotReady),
+    )(tokenize_handler)  # fmt: skip
+
+
 @get("/health", summary="Liveness: the process answers")
 async def health() -> Health:
     return Health(status="alive")
@@ -106,4 +126,5 @@ async def metrics(service: NamedDependency[Service]) -> Response[bytes]:
 
 def route_handlers(guard: ApiKeyGuard) -> list[HTTPRouteHandler]:
     """Every registered operation's route, then the service's own."""
-    return [*(inference_route(op, guard) for op in OPERATIONS.values()), health, ready, info, metrics]
+    return [*(inference_route(op, guard) for op in OPERATIONS.values()), tokenize_route(guard), health, ready, info,
+            metrics]  # fmt: skip

@@ -35,6 +35,9 @@ class Info(BaseModel):
     format_version: int
     provider: str
     precision: dict[str, str] = Field(description="task -> the graph variant in use")
+    normalize: dict[str, bool] = Field(
+        default_factory=dict, description="normalisation before the tokenizer (width, t2s): offsets stay the input's"
+    )
     tasks: dict[str, dict[str, Any]] = Field(description="per task: its settings, limits on long texts, metrics")
     provenance: dict[str, Any]
     limits: dict[str, Any]

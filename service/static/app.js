@@ -74,6 +74,8 @@
 
   // ---------------------------------------------------------------- API calls and errors
 
+  class FormError extends Error {}
+
   class ApiError extends Error {
     constructor(status, statusText, body, retryAfter) {
       super(`HTTP ${status}`);
@@ -112,6 +114,11 @@
 
   function showError(box, error) {
     box.replaceChildren();
+    if (error instanceof FormError) {
+      box.append(el("strong", { text: "Check the form" }), el("p", { text: error.message }));
+      box.hidden = false;
+      return;
+    }
     if (!(error instanceof ApiError)) {
       box.append(el("strong", { text: "Could not reach the service" }),
         el("p", { text: String(error && error.message ? error.message : error) }));
@@ -361,7 +368,8 @@
         el("td", {}, chip),
         el("td", { class: "zh", text: chars.slice(s.start, s.end).join("") }),
         el("td", { text: `${s.start}–${s.end}` }),
-        el("td", { text: fmtScore(s.score) }));
+        el("td", { text: fmtScore(s.score) }),
+        el("td", { text: s.source || "model" }));
     });
     const box = $("ner-table-box");
     $("ner-table").tBodies[0].replaceChildren();
@@ -384,6 +392,22 @@
 
   // ---------------------------------------------------------------- entities: form
 
+  // One lexicon entry a line: "term label [add|block]", tab- or space-separated (a term with spaces
+  // needs tabs). Returns the entries, or throws naming the line.
+  function parseLexicon(raw) {
+    const entries = [];
+    raw.split("\n").forEach((line, k) => {
+      if (!line.trim()) return;
+      const cols = (line.includes("\t") ? line.split("\t") : line.trim().split(/\s+/)).map((c) => c.trim());
+      const [term, label, action = "add"] = cols;
+      if (cols.length < 2 || cols.length > 3 || !term || !["add", "block"].includes(action)) {
+        throw new FormError(`lexicon line ${k + 1}: expected "term label [add|block]"`);
+      }
+      entries.push({ term, label, action });
+    });
+    return entries;
+  }
+
   async function submitNer(event) {
     event.preventDefault();
     const text = $("ner-text").value;
@@ -393,6 +417,8 @@
     const thresholdRaw = $("ner-threshold").value.trim();
     if (thresholdRaw !== "") request.threshold = Number(thresholdRaw);
     await runForm($("ner-submit"), $("ner-error"), status, async (started) => {
+      const lexicon = parseLexicon($("ner-lexicon").value);
+      if (lexicon.length) request.lexicon = lexicon;
       const answer = await callApi("ner", request);
       const ms = Math.round(performance.now() - started);
       const entities = (answer && answer.results && answer.results[0] && answer.results[0].entities) || [];

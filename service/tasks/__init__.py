@@ -4,7 +4,7 @@ this registry; none of them names a task.
 
     kind          operations (HTTP route, `ropenlp score` command)
     ner           ner
-    similarity    similarity (pairs | query + candidates), embed
+    similarity    similarity (pairs | query + candidates), embed, rerank
 
 A new kind: ``docs/adding-a-task.md``.
 """

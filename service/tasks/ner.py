@@ -7,6 +7,10 @@ tokenized once); spans from every window carry offsets into the original text an
 is ever truncated. The decoding mode (``decode``: the bundle's, or per request) is applied to each
 text after merging: "nested" lists every span, "flat" keeps greedy non-overlapping ones.
 
+A user lexicon (:mod:`service.lexicon`: the bundle's ``lexicon.tsv``, the server's ``--lexicon``, the
+request's ``lexicon`` field) is merged into each text's entities after the windows are merged and
+before decoding: blocked terms removed, added terms in, each entity saying its ``source``.
+
 Decoding runs on the inference thread over the whole batch (``models.spans.decode_batch``; rows of
 one batch may carry different thresholds). Each request's entity budget is charged before any
 entity is built, so a very low threshold on long texts fails with :class:`TooManyEntities` instead
@@ -18,7 +22,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -26,7 +31,8 @@ from pydantic import BaseModel, Field
 from models import spans
 from models.bundle import NerTask
 from models.spans import Decode, Entity, apply_decode, decode_batch, merge_entities
-from service.errors import InferenceError, InvalidRequest, OutOfRange, ServiceError, TooManyEntities
+from service import lexicon as lex
+from service.errors import InferenceError, InvalidRequest, OutOfRange, ServiceError, TooManyEntities, TooManyItems
 from service.jobs import Job, Limits, Seq
 from service.tasks.base import WARM_UP_TEXT, Body, Operation, ScoreSpec, Task, register
 from service.validate import check_number, check_texts
@@ -36,6 +42,21 @@ from service.validate import check_number, check_texts
 # --------------------------------------------------------------------------------------------
 
 
+MAX_REQUEST_LEXICON = 1000  # entries in one request's lexicon
+
+
+class LexiconEntryIn(Body):
+    term: str = Field(description="the text to match (matched after the bundle's normalisation)")
+    label: str = Field(
+        "*", description="add: the entity's label (any, also outside the model's labels); block: the label "
+        "whose model entities are removed, or * for any"
+    )
+    action: Literal["add", "block"] = Field(
+        "add", description=f"add: every occurrence becomes an entity (score {lex.LEXICON_SCORE}, source "
+        '"lexicon"); block: the model\'s entities equal to the term are removed'
+    )
+
+
 class NerQuery(Body):
     texts: list[str] = Field(description="texts to tag (long ones are windowed, never truncated)")
     threshold: float | None = Field(None, description="span score threshold; default: the bundle's")
@@ -43,6 +64,11 @@ class NerQuery(Body):
         None,
         description="nested: every span above the threshold; flat: greedy non-overlapping spans "
         "(best score first, the rest dropped). Default: the bundle's (see /info)",
+    )
+    lexicon: list[LexiconEntryIn] | None = Field(
+        None,
+        description=f"this request's lexicon entries (at most {MAX_REQUEST_LEXICON}), applied after the "
+        "bundle's and the server's (an entry for the same term and label replaces theirs)",
     )
 
 
@@ -57,6 +83,9 @@ class EntityOut(BaseModel):
     label: str
     text: str
     score: float
+    source: Literal["model", "lexicon"] = Field(
+        "model", description=f"model: decoded from span scores; lexicon: a user's term (score {lex.LEXICON_SCORE})"
+    )
 
 
 class NerItem(BaseModel):
@@ -105,6 +134,29 @@ class _State:
     threshold: float
     decode: Decode
     budget: EntityBudget
+    lexicon: lex.Lexicon
+
+
+def check_lexicon(value: object, field: str = "lexicon") -> list[lex.Entry]:
+    """A request's lexicon (entries as models or plain dicts), checked; errors name ``lexicon[k].field``."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, dict)) or not isinstance(value, (list, tuple)):
+        raise InvalidRequest(f"{field} must be a list of {{term, label, action}} objects", field=field)
+    if len(value) > MAX_REQUEST_LEXICON:
+        raise TooManyItems(f"{field} has {len(value)} entries; at most {MAX_REQUEST_LEXICON} per request",
+                           field=field, limit=MAX_REQUEST_LEXICON)  # fmt: skip
+    entries = []
+    for k, item in enumerate(value):
+        raw = item.model_dump() if isinstance(item, BaseModel) else item
+        if not isinstance(raw, dict) or set(raw) - {"term", "label", "action"}:
+            raise InvalidRequest(f"{field}[{k}] must be an object with term, label, action", field=f"{field}[{k}]")
+        try:
+            entries.append(lex.check_entry(raw.get("term"), raw.get("label"), raw.get("action", "add")))
+        except lex.LexiconError as e:
+            where = f"{field}[{k}].{e.field}"
+            raise InvalidRequest(f"{where}: {e}", field=where) from None
+    return entries
 
 
 def check_decode(value: object, field: str = "decode") -> Decode:
@@ -139,6 +191,7 @@ class Ner(Operation):
         texts = check_texts(query.texts, "texts", limits)
         decode = spec.decode if query.decode is None else check_decode(query.decode)
         threshold = spec.threshold if query.threshold is None else task.check_threshold(query.threshold)
+        lexicon = task.lexicon.extended(check_lexicon(getattr(query, "lexicon", None)))
         t0 = time.perf_counter()
         unique = list(dict.fromkeys(texts))
         budget = EntityBudget(limits.max_entities)
@@ -151,7 +204,7 @@ class Ner(Operation):
                 rows = [Seq(w.ids, Row(w.offsets, text, threshold, budget)) for w in windows]
             seqs += rows
             owner += [u] * len(rows)
-        state = _State(texts, unique, owner, threshold, decode, budget)
+        state = _State(texts, unique, owner, threshold, decode, budget, lexicon)
         return Job(self.name, self.task, seqs, state, tokenize_s=time.perf_counter() - t0)
 
     def finish(self, task: NerServing, job: Job, outputs: list[list[Entity]]) -> NerResult:
@@ -166,8 +219,10 @@ class Ner(Operation):
         groups: list[list[list[Entity]]] = [[] for _ in s.unique]
         for u, ents in zip(s.owner, outputs):
             groups[u].append(ents)
+        flat = s.decode == "flat"
         merged = {
-            t: apply_decode(g[0] if len(g) == 1 else merge_entities(g), s.decode) for t, g in zip(s.unique, groups)
+            t: apply_decode(s.lexicon.apply(t, g[0] if len(g) == 1 else merge_entities(g), flat=flat), s.decode)
+            for t, g in zip(s.unique, groups)
         }
         return NerResult([list(merged[t]) for t in s.texts])
 
@@ -201,12 +256,13 @@ class Ner(Operation):
 class NerServing(Task):
     kind = "ner"
     operations = (Ner(),)
-    option_keys = ("ner_max_length", "ner_stride")
+    option_keys = ("ner_max_length", "ner_stride", "lexicon")
     warm_up = (("ner", {"texts": [WARM_UP_TEXT, WARM_UP_TEXT[:2]]}),)
 
     def __init__(self, spec: NerTask, tokenizer, limits: Limits, options: Mapping[str, Any]):
         super().__init__(spec, tokenizer, limits, options)
         self.max_length, self.stride = windows(spec, options.get("ner_max_length"), options.get("ner_stride"))
+        self.lexicon = load_lexicon(options.get("bundle_dir"), options.get("lexicon"), tokenizer.normalizer)
 
     def check_threshold(self, value: object) -> float:
         threshold = float(check_number(value, "threshold", integer=False))
@@ -239,11 +295,24 @@ class NerServing(Task):
         return {
             "labels": list(s.labels), "head": s.head, "threshold": s.threshold, "decode": s.decode,
             "max_length": self.max_length, "stride": self.stride,
-            "long_texts": "sliding windows, entities merged", "metrics": s.metrics,
+            "long_texts": "sliding windows, entities merged", "lexicon": self.lexicon.info(), "metrics": s.metrics,
         }  # fmt: skip
 
     def settings(self) -> dict[str, Any]:
-        return {"ner_max_length": self.max_length, "ner_stride": self.stride}
+        out: dict[str, Any] = {"ner_max_length": self.max_length, "ner_stride": self.stride}
+        if len(self.lexicon):  # a resumed `score` run must use the same lexicon
+            out["lexicon_sha256"] = self.lexicon.fingerprint()
+        return out
+
+
+def load_lexicon(bundle_dir: str | Path | None, path: str | Path | None, normalize) -> lex.Lexicon:
+    """The bundle's ``lexicon.tsv`` (when it has one), then the server's file (the ``lexicon`` setting)."""
+    bundled = Path(bundle_dir) / lex.LEXICON_FILE if bundle_dir is not None else None
+    paths = [p for p in (bundled if bundled is not None and bundled.is_file() else None, path) if p is not None]
+    try:
+        return lex.load(paths, normalize)
+    except lex.LexiconError as e:
+        raise ValueError(str(e)) from None
 
 
 def _charge(rows: Sequence[Row], counts: list[int]) -> np.ndarray:

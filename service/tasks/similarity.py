@@ -1,5 +1,11 @@
-"""Similarity: sentence vectors (``embed``), and cosine scores of pairs or of candidates against a query
-(``similarity``), from the bundle's pooled, whitened, L2-normalised vectors (cosine = dot).
+"""Similarity: sentence vectors (``embed``), cosine scores of pairs or of candidates against a query
+(``similarity``), and documents reranked against a query in the Cohere / Jina shape (``rerank``), from
+the bundle's pooled, whitened, L2-normalised vectors (cosine = dot).
+
+``rerank`` runs the same bi-encoder: the query and each document are encoded *separately* and scored
+by cosine, so document vectors could be cached or indexed; a cross-encoder reads query and document
+together in one pass (usually more accurate, and a model run per pair). The OpenAI-compatible
+``/v1/embeddings`` (:mod:`service.http.openai`) runs ``embed``.
 
 The encoder was trained on sentences of at most ``max_length`` tokens, and a mean of window vectors
 is not a vector the model was trained to produce, so a longer text is **truncated** to its first
@@ -54,10 +60,32 @@ class EmbedQuery(Body):
     texts: list[str]
 
 
+class DocumentIn(Body):
+    text: str
+
+
+class RerankQuery(Body):
+    """Cohere / Jina rerank request."""
+
+    query: str = Field(description="the text the documents are ranked against")
+    documents: list[str | DocumentIn] = Field(description='strings, or {"text": ...} objects')
+    top_n: int | None = Field(None, description="how many of the best documents to return; default all")
+    return_documents: bool = Field(False, description="echo each document's text in its result")
+    model: str | None = Field(None, description="accepted for compatibility and ignored: the served bundle answers")
+
+
 @dataclass(frozen=True)
 class EmbedResult:
     vectors: np.ndarray  # (n, dim) float32, L2-normalised: cosine = dot
     truncated: list[bool]
+    tokens: list[int] = ()  # per text: tokens the model ran ([CLS] and [SEP] included, after truncation)
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    results: list[Ranked]  # best first, ties by index
+    tokens: int  # tokens the model ran for the query and every distinct document
+    return_documents: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,26 @@ class RankResponse(BaseModel):
     query_truncated: bool
 
 
+class DocumentOut(BaseModel):
+    text: str
+
+
+class RerankItem(BaseModel):
+    index: int = Field(description="the document's position in the request")
+    relevance_score: float = Field(description="cosine of query and document vectors, in [-1, 1] (not a probability)")
+    document: DocumentOut | None = Field(None, description="with return_documents")
+    truncated: bool = Field(description="the document was cut to the model's max_length tokens")
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int = Field(description="tokens the model ran ([CLS] and [SEP] included)")
+
+
+class RerankResponse(BaseModel):
+    results: list[RerankItem] = Field(description="best first")
+    usage: RerankUsage
+
+
 class EmbedResponse(BaseModel):
     vectors: list[list[float]] = Field(description="whitened, L2-normalised: cosine = dot")
     dim: int
@@ -112,12 +160,14 @@ class EmbedResponse(BaseModel):
 class _State:
     unique: list[str]  # one row each
     truncated: list[bool]
+    lengths: list[int]  # tokens run per unique text
     form: str  # "embed", "pairs", "rank"
     texts: list[str] = ()  # embed
     pairs: list[tuple[str, str]] = ()
     query: str = ""
     candidates: list[str] = ()
     top_k: int | None = None
+    return_documents: bool = False  # rerank
 
 
 def _job(task: SimilarityServing, op: str, rows: list[str], **state: Any) -> Job:
@@ -131,7 +181,9 @@ def _job(task: SimilarityServing, op: str, rows: list[str], **state: Any) -> Job
         cut = len(ids) > L
         seqs.append(Seq(np.concatenate([ids[: L - 1], sep]) if cut else ids))
         truncated.append(cut)
-    return Job(op, "similarity", seqs, _State(unique, truncated, **state), tokenize_s=time.perf_counter() - t0)
+    lengths = [len(s) for s in seqs]
+    return Job(op, "similarity", seqs, _State(unique, truncated, lengths, **state),
+               tokenize_s=time.perf_counter() - t0)  # fmt: skip
 
 
 def _by_text(job: Job, outputs: list[np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
@@ -214,7 +266,8 @@ class Embed(Operation):
     def finish(self, task: SimilarityServing, job: Job, outputs: list[np.ndarray]) -> EmbedResult:
         vec, cut = _by_text(job, outputs)
         texts = job.state.texts
-        return EmbedResult(np.stack([vec[t] for t in texts]), [cut[t] for t in texts])
+        length = dict(zip(job.state.unique, job.state.lengths))
+        return EmbedResult(np.stack([vec[t] for t in texts]), [cut[t] for t in texts], [length[t] for t in texts])
 
     def render(self, result: EmbedResult) -> EmbedResponse:
         return EmbedResponse.model_construct(
@@ -225,10 +278,50 @@ class Embed(Operation):
         return [{"vector": v, "truncated": t} for v, t in zip(result.vectors, result.truncated)]
 
 
+class Rerank(Operation):
+    """Documents ranked against a query by cosine (Cohere / Jina shape). A bi-encoder: query and
+    documents are encoded separately, not read together as a cross-encoder reads them."""
+
+    name = "rerank"
+    task = "similarity"
+    query = RerankQuery
+    response = RerankResponse
+    summary = "Rerank documents against a query (Cohere / Jina shape; bi-encoder cosine)"
+    errors = (OutOfRange,)
+
+    def prepare(self, task: SimilarityServing, q: RerankQuery) -> Job:
+        limits = task.limits
+        query = check_text(q.query, "query", limits)
+        docs = []
+        for k, d in enumerate(check_items(q.documents, "documents", limits)):
+            text = d.get("text") if isinstance(d, dict) and set(d) == {"text"} else getattr(d, "text", d)
+            docs.append(check_text(text, f"documents[{k}]" + ("" if isinstance(d, str) else ".text"), limits))
+        top_n = q.top_n
+        if top_n is not None:
+            top_n = int(check_number(top_n, "top_n", integer=True))
+            if top_n < 1:
+                raise OutOfRange(f"top_n must be >= 1, got {top_n}", field="top_n", limit=1)
+        if not isinstance(q.return_documents, bool):
+            raise InvalidRequest("return_documents must be true or false", field="return_documents")
+        return _job(task, self.name, [query, *docs], form="rank", query=query, candidates=docs, top_k=top_n,
+                    return_documents=q.return_documents)  # fmt: skip
+
+    def finish(self, task: SimilarityServing, job: Job, outputs: list[np.ndarray]) -> RerankResult:
+        ranked = Similarity().finish(task, job, outputs)
+        return RerankResult(ranked.results, sum(job.state.lengths), job.state.return_documents)
+
+    def render(self, res: RerankResult) -> RerankResponse:
+        with_docs = res.return_documents
+        items = [RerankItem.model_construct(index=r.index, relevance_score=r.score, truncated=r.truncated,
+                                            document=DocumentOut.model_construct(text=r.text) if with_docs else None)
+                 for r in res.results]  # fmt: skip
+        return RerankResponse.model_construct(results=items, usage=RerankUsage.model_construct(total_tokens=res.tokens))
+
+
 @register
 class SimilarityServing(Task):
     kind = "similarity"
-    operations = (Similarity(), Embed())
+    operations = (Similarity(), Embed(), Rerank())
     warm_up = (("embed", {"texts": [WARM_UP_TEXT, WARM_UP_TEXT[:2]]}),)
 
     def postprocess(self, out: np.ndarray, seqs: Sequence[Seq]) -> list[np.ndarray]:

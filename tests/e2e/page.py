@@ -117,7 +117,7 @@ def check_legend_and_table(driver, expected: list[tuple]) -> None:
     rows = [[td.text for td in r.find_elements(By.TAG_NAME, "td")]
             for r in driver.find_elements(By.CSS_SELECTOR, "#ner-table tbody tr")]
     assert sorted((int(chars.split("–")[0]), int(chars.split("–")[1]), label, text, score)
-                  for label, text, chars, score in rows) == expected
+                  for label, text, chars, score, _source in rows) == expected
     driver.find_element(By.CSS_SELECTOR, "#ner-table-box summary").click()  # fold it again
     assert f"{len(expected)} entities" in driver.find_element(By.ID, "ner-status").text
 

@@ -13,6 +13,7 @@ pytest.importorskip("selenium", reason="selenium is in the dev extra")
 from selenium.webdriver.common.by import By
 
 from tests.e2e.page import (
+    api,
     check_legend_and_table,
     drawn_entities,
     drawn_ranking,
@@ -44,6 +45,29 @@ def test_real_sentence_is_drawn_exactly_as_the_api_answered(browser, real_server
     check_legend_and_table(browser, expected)
     info = browser.find_element(By.ID, "model-info").text
     assert "ropenlp-default" in info and "10 labels" in info, info
+
+
+def test_lexicon_box_adds_and_blocks(browser, real_server):
+    """The lexicon box sends its lines as the request's lexicon: the page draws the lexicon's entity,
+    says its source in the table, and no longer draws the blocked one."""
+    lexicon = [{"term": "三体", "label": "product", "action": "add"}, {"term": "周杰伦", "label": "*", "action": "block"}]
+    open_page(browser, real_server)
+    paste(browser, "ner-text", SENTENCE)
+    paste(browser, "ner-lexicon", "三体 product\n周杰伦\t*\tblock")
+    assert submit(browser, "ner-form") == "done"
+    answer = api(real_server, "ner", {"texts": [SENTENCE], "lexicon": lexicon}).json()
+    expected = sorted((e["start"], e["end"], e["label"], e["text"], f"{e['score']:.2f}")
+                      for e in answer["results"][0]["entities"])
+    drawn = drawn_entities(browser, SENTENCE)
+    assert [d[:4] for d in drawn] == [e[:4] for e in expected]
+    assert ("三体", "product") in {(d[3], d[2]) for d in drawn} and "周杰伦" not in {d[3] for d in drawn}
+    browser.find_element(By.CSS_SELECTOR, "#ner-table-box summary").click()
+    sources = {r.find_elements(By.TAG_NAME, "td")[1].text: r.find_elements(By.TAG_NAME, "td")[4].text
+               for r in browser.find_elements(By.CSS_SELECTOR, "#ner-table tbody tr")}
+    assert sources["三体"] == "lexicon" and sources["张伟"] == "model"
+    paste(browser, "ner-lexicon", "only-a-term")
+    assert submit(browser, "ner-form") == "error"
+    assert "lexicon line 1" in browser.find_element(By.ID, "ner-error").text
 
 
 def test_screenshot(browser, real_server):

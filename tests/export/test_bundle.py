@@ -263,3 +263,23 @@ def test_provenance_paths_are_relative_under_the_working_directory(tiny, tmp_pat
     monkeypatch.chdir(tiny.ner.parent)
     m = export_bundle(tmp_path / "b", ner=tiny.ner.relative_to(tiny.ner.parent), precisions=("fp32",))
     assert m.provenance.base_checkpoint == tiny.ner.name  # no machine layout in a shipped manifest
+
+
+def test_the_checkpoints_normalisation_goes_into_the_manifest(tiny, tmp_path):
+    """A checkpoint trained with ``ner.normalize`` records it in ropenlp.json; the bundle's manifest
+    carries it, so serving normalises as training did (models.normalize)."""
+    import shutil
+
+    from export.onnx import export_bundle
+    from models.bundle import load_manifest
+    from models.normalize import Normalize
+    from models.tasks import TASK_FILE, load_ner
+
+    ckpt = tmp_path / "ner"
+    shutil.copytree(tiny.ner, ckpt)
+    cfg = json.loads((ckpt / TASK_FILE).read_text(encoding="utf-8"))
+    (ckpt / TASK_FILE).write_text(json.dumps(cfg | {"normalize": "width,t2s"}), encoding="utf-8")
+    assert load_ner(ckpt).cfg.normalize == "width,t2s"
+    export_bundle(tmp_path / "bundle", ner=ckpt, precisions=("fp32",), name="normalised")
+    assert load_manifest(tmp_path / "bundle").normalize == Normalize(width=True, t2s=True)
+    assert load_manifest(tiny.bundle).normalize == Normalize()  # nothing recorded: none

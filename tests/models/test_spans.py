@@ -172,7 +172,7 @@ def test_merge_entities() -> None:
 
 def test_to_dict() -> None:
     got = Entity(2, 4, "LOC", "北京", 1.5).to_dict()
-    assert got == {"start": 2, "end": 4, "label": "LOC", "text": "北京", "score": 1.5}
+    assert got == {"start": 2, "end": 4, "label": "LOC", "text": "北京", "score": 1.5, "source": "model"}
 
 
 def test_windows_decode_like_whole_text(tmp_path: Path) -> None:

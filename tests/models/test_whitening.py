@@ -115,3 +115,26 @@ def test_jl_dimension():
     assert jl_dimension(10**9, max_dim=128) == 128
     with pytest.raises(ValueError):
         jl_dimension(0)
+
+
+def test_first_d_dimensions_renormalised_are_whitening_with_k_d():
+    """The claim behind /v1/embeddings' ``dimensions``: the similarity head ends in
+    ``l2_normalize(whitening(x))``, whitening's columns are ordered by decreasing variance, so the first d
+    outputs of the full-k head, re-normalised, are the head fitted with k = d (fp32, through the torch
+    stage that exports as one MatMul + Add, and through the service's own ``shorten``)."""
+    from models.pooling import l2_normalize
+    from service.http.openai import shorten
+
+    x = correlated(seed=3)
+    mu, W = fit_whitening(x)
+    s = np.linalg.svd(np.cov(x.T), compute_uv=False)
+    assert np.all(np.diff(s) <= 0)  # variances decrease along W's columns
+    pooled = torch.from_numpy(correlated(seed=4, n=64)).float()  # (64, D) unseen vectors
+    full = l2_normalize(Whitening(mu, W)(pooled)).numpy()  # (64, D): what the graph outputs
+    for d in (1, 3, 8, D):
+        want = l2_normalize(Whitening(mu, W, k=d)(pooled)).numpy()  # (64, d)
+        np.testing.assert_allclose(shorten(full, d), want, rtol=0, atol=2e-6)
+        np.testing.assert_allclose(np.linalg.norm(shorten(full, d), axis=1), 1.0, atol=1e-6)
+    # so a query's candidates rank the same by the shortened vectors as by whitening with k = d
+    short, k4 = shorten(full, 4), l2_normalize(Whitening(mu, W, k=4)(pooled)).numpy()
+    np.testing.assert_array_equal(np.argsort(-(short[1:] @ short[0])), np.argsort(-(k4[1:] @ k4[0])))

@@ -167,3 +167,11 @@ def test_resume_compares_configs_key_by_key_with_defaults_for_new_keys(tmp_path)
     saved.write_text(saved.read_text().replace("[section]\n", "[section]\nremoved = 2\n"))
     with pytest.raises(ConfigError, match=r"section\.removed"):
         write_run_config(tmp_path, _RunConfig(), resuming=True)
+
+
+def test_heap_growth_limits_apply_on_glibc():
+    import platform
+
+    from training.loop import limit_heap_growth
+
+    assert limit_heap_growth() is (platform.libc_ver()[0] == "glibc")

@@ -208,3 +208,22 @@ def test_a_few_electra_steps_reduce_the_loss():
     losses = [i.loss for i in train_steps(model, opt, build_scheduler(opt, cfg, 30),
                                           EpochBatches(seqs, collate=collate, batch_size=16), max_steps=30)]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_cached_sequences_give_the_same_run(corpus_dir, tmp_path):
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    over = {"data.cache_dir": str(tmp_path / "cache"), "training.threads": 1}
+    train_mlm(tiny_mlm_config(corpus_dir, tmp_path / "a", **over))  # builds the vocabulary, packs, fills the cache
+    assert len(list((tmp_path / "cache").glob("packed-*.npz"))) == 1
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_bytes((tmp_path / "a" / "vocab.txt").read_bytes())
+    train_mlm(tiny_mlm_config(corpus_dir, tmp_path / "b", **over, **{"vocab.path": str(vocab)}))
+    assert (tmp_path / "a" / "data_report.json").exists()
+    assert not (tmp_path / "b" / "data_report.json").exists()  # from the cache: not a text was read
+    runs = {n: json.loads((tmp_path / n / "metrics.json").read_text()) for n in "ab"}
+    assert runs["a"]["data"] == runs["b"]["data"] and runs["a"]["vocab"] == runs["b"]["vocab"]
+    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
