@@ -122,11 +122,14 @@ USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8000
 
+# /health is 503 when the inference worker is stalled (a model call past ROPENLP_WATCHDOG_S, 30 s, or
+# queued work with no batch for as long): urlopen raises, the check fails; 3 failures: unhealthy.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % (os.environ.get('ROPENLP_PORT') or '8000'), timeout=4)"]
 
-# SIGTERM: uvicorn stops accepting, finishes in-flight requests (up to 10 s), shuts the batcher down,
-# then re-raises the signal on itself; tini (-e 143) reports that requested stop as exit code 0.
+# SIGTERM: uvicorn stops accepting, finishes in-flight requests (up to ROPENLP_DRAIN_S, 10 s), shuts the
+# batcher down (waiting at most ROPENLP_DRAIN_S for a model call still running), then re-raises the
+# signal on itself; tini (-e 143) reports that requested stop as exit code 0.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "-e", "143", "--", "ropenlp", "serve"]
 CMD []

@@ -26,7 +26,7 @@
 #   --rmi               remove the built images at the end (implied when the data root is temporary)
 #   --keep              keep the temporary work folder (logs, bundle) for inspection
 # Environment
-#   PYTHON      a Python with the project installed ('.[train,serve-cpu,dev]'), for the tiny bundle and
+#   PYTHON      a Python with the project installed ('.[train,serve-cpu,dev,ray]'), for the tiny bundle and
 #               hadolint; default: .venv/bin/python, else python3
 #   SMOKE_PORT  the port to serve on (default: a free one)
 set -euo pipefail

@@ -31,24 +31,25 @@ fi
 SPEED=(--training.max_steps 40 --training.eval_every 0 --training.checkpoint_every 0 --training.warmup_steps 5
        --training.warmup_ratio 0)
 MLM=(--mlm.objective mlm --mlm.replace_mask 0.8 --mlm.replace_random 0.1)
+ELECTRA=(--mlm.objective electra --mlm.replace_mask 1.0 --mlm.replace_random 0.0)
 case "$WHAT" in
 speed)
     pretrain runs/spd_mlm "${SPEED[@]}" "${MLM[@]}"
     pretrain runs/spd_wwm "${SPEED[@]}" "${MLM[@]}" --mlm.whole_word true
-    pretrain runs/spd_electra "${SPEED[@]}"
+    pretrain runs/spd_electra "${SPEED[@]}" "${ELECTRA[@]}"
     pretrain runs/spd_mlm_fp32 "${SPEED[@]}" "${MLM[@]}" --training.precision fp32
     pretrain runs/spd_mlm_noprefetch "${SPEED[@]}" "${MLM[@]}" --data.prefetch 0
     pretrain runs/spd_mlm_unpacked "${SPEED[@]}" "${MLM[@]}" --data.pack none
     pretrain runs/spd_mlm_6x384 "${SPEED[@]}" "${MLM[@]}" --model.encoder.hidden_size 384 \
         --model.encoder.num_hidden_layers 6 --model.encoder.num_attention_heads 6 --model.encoder.intermediate_size 1536
-    pretrain runs/spd_electra_6x384 "${SPEED[@]}" --model.encoder.hidden_size 384 --model.encoder.num_hidden_layers 6 \
+    pretrain runs/spd_electra_6x384 "${SPEED[@]}" "${ELECTRA[@]}" --model.encoder.hidden_size 384 --model.encoder.num_hidden_layers 6 \
         --model.encoder.num_attention_heads 6 --model.encoder.intermediate_size 1536 --electra.generator_hidden 192 \
         --electra.generator_heads 3 --electra.generator_intermediate 768
     ;;
 objectives)
     pretrain runs/obj_mlm --training.max_steps "$STEPS_MLM" "${MLM[@]}"
     pretrain runs/obj_wwm --training.max_steps "$STEPS_WWM" "${MLM[@]}" --mlm.whole_word true
-    pretrain runs/obj_electra --training.max_steps "$STEPS_ELECTRA"
+    pretrain runs/obj_electra --training.max_steps "$STEPS_ELECTRA" "${ELECTRA[@]}"
     for r in obj_mlm obj_wwm obj_electra; do finetune "runs/ner_$r" "runs/$r/model"; done
     ;;
 collect)

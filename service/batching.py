@@ -24,6 +24,9 @@ Only data crosses the queue and the threads (the query, the job, the rows): the 
 * Inference runs on one worker thread, never on the event loop; one batch at a time.
 * A request whose client went away is cancelled: its future is cancelled, and its rows still in the
   queue are dropped before they reach the model.
+* Every call on the worker and the gatherer's end are reported to a :class:`~service.watchdog.Watchdog`
+  (``/health`` asks it whether the worker still makes progress); :meth:`Batcher.stop` waits for the
+  worker a bounded time, so a hung model call cannot hold up the process's exit.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +44,7 @@ from typing import Any, Protocol, TypeVar
 from models.batches import MAX_PADDING, padded_cost, select_batch
 from service.errors import InferenceError, NotReady, Overloaded
 from service.jobs import Job, Seq
+from service.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +112,10 @@ class Batcher:
         max_queue: int,
         retry_after_s: float = 1.0,
         observer: BatchObserver | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self._core = core
+        self.watchdog = watchdog if watchdog is not None else Watchdog()
         self._budget, self._max_wait = batch_tokens, max_wait_ms / 1e3
         self._max_queue, self._retry_after = max_queue, retry_after_s
         self._observer = observer
@@ -125,8 +132,10 @@ class Batcher:
     async def start(self) -> None:
         self._wake = asyncio.Event()
         self._loop_task = asyncio.create_task(self._gather_loop(), name="ropenlp-batcher")
+        self._loop_task.add_done_callback(self.watchdog.gatherer_done)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Fail what is still queued, then wait at most ``timeout_s`` for the call now on the worker."""
         task, self._loop_task = self._loop_task, None
         if task is not None:
             task.cancel()
@@ -137,11 +146,18 @@ class Batcher:
             if not t.future.done():
                 t.future.set_exception(NotReady("the server is shutting down"))
         self._pending.clear()
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        # joined from a daemon thread: a hung call must hold up neither the event loop nor its shutdown
+        joined = asyncio.get_running_loop().create_future()
+        threading.Thread(target=_join, args=(self._executor, joined), daemon=True).start()
+        try:
+            await asyncio.wait_for(joined, timeout_s)
+        except TimeoutError:
+            log.error("the inference worker did not finish its call within %.1f s; exiting without it", timeout_s)
 
     async def run_in_worker(self, fn: Callable[..., R], *args: Any) -> R:
         """Run ``fn`` on the inference thread (warm-up: so it never overlaps a batch)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        with self.watchdog.busy():
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -260,9 +276,10 @@ class Batcher:
     async def _run(self, task: str, batch: list[_Item], tickets: list[_Ticket]) -> None:
         """One batch on the worker thread; each row's output into its request's slot."""
         t0 = time.perf_counter()
-        outputs = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._core.run_batch, task, [it.seq for it in batch]
-        )
+        with self.watchdog.busy():
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._core.run_batch, task, [it.seq for it in batch]
+            )
         seconds = time.perf_counter() - t0
         for t in tickets:
             t.inference_s += seconds
@@ -294,6 +311,21 @@ class Batcher:
         return self._preparing
 
     @property
+    def oldest_queued(self) -> float | None:
+        """Arrival time (``time.perf_counter``) of the oldest row still queued; None when none is."""
+        heads = (next((it.arrived for it in items if not it.ticket.future.done()), None)
+                 for items in self._pending.values())  # each task's rows stay in arrival order
+        return min((t for t in heads if t is not None), default=None)
+
+    @property
     def pending(self) -> int:
         """Rows queued for the worker (not yet in a batch)."""
         return sum(len(items) for items in self._pending.values())
+
+
+def _join(executor: ThreadPoolExecutor, joined: asyncio.Future) -> None:
+    """Shut the worker down (queued calls cancelled, the running one awaited); then resolve ``joined``."""
+    executor.shutdown(wait=True, cancel_futures=True)
+    loop = joined.get_loop()
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+        loop.call_soon_threadsafe(lambda: joined.done() or joined.set_result(None))

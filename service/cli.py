@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from service.settings import DEFAULT_BUNDLE, Settings, SettingsError, shipped_bundles
 
@@ -41,8 +42,12 @@ def require_bundle(settings: Settings) -> None:
         )
 
 
-def run_server(settings: Settings) -> None:
-    """Load the engine (clear errors before anything listens), then serve it with uvicorn, 1 worker."""
+def run_server(settings: Settings, engine=None) -> None:
+    """Load the engine (clear errors before anything listens), then serve it with uvicorn, 1 worker.
+
+    SIGTERM: the socket closes, in-flight requests get ``drain_s`` seconds to finish (then they are
+    cancelled), the batcher waits at most ``drain_s`` for the model call then running, and the process
+    exits by the signal (status 143). ``engine``: one already loaded (tests serve a fake one)."""
     import uvicorn
 
     from service.core import Engine
@@ -53,7 +58,13 @@ def run_server(settings: Settings) -> None:
     require_bundle(settings)
     public = settings.public()
     log.info("settings: %s", " ".join(f"{k}={v}" for k, v in public.items()), extra={"settings": public})
-    engine = Engine.from_settings(settings)
+    if settings.ray_replicas > 0:  # the same app as replicas on Ray Serve
+        from service.serve_ray import run
+
+        run(settings)
+        return
+    if engine is None:
+        engine = Engine.from_settings(settings)
     uvicorn.run(
         create_app(settings, engine=engine),
         host=settings.host,
@@ -62,7 +73,7 @@ def run_server(settings: Settings) -> None:
         log_config=None,
         access_log=False,  # ours is in service.http (JSON, with route and timings)
         server_header=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.drain_s,
     )
 
 
@@ -148,6 +159,29 @@ class InputFormat(str, enum.Enum):
     csv = "csv"
     tsv = "tsv"
     text = "text"
+    parquet = "parquet"
+
+
+RAY_LOCAL = "local"  # `--ray` given without an address
+SCALING_PANEL = "Scaling out (docs/scaling.md)"
+
+
+def with_ray_default(args: list[str]) -> list[str]:
+    """``--ray [ADDRESS]``, an option whose value may be left out (typer has none): a bare ``--ray``
+    (last, or before another option) gets :data:`RAY_LOCAL`."""
+    args = list(args)
+    for k, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--ray" and (k + 1 == len(args) or args[k + 1].startswith("-")):
+            args.insert(k + 1, RAY_LOCAL)
+            break
+    return args
+
+
+class _ScoreCommand(TyperCommand):
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, with_ray_default(args))
 
 
 class ProgressMode(str, enum.Enum):
@@ -163,15 +197,16 @@ def _score(
     ],
     *,
     input: Annotated[
-        str, typer.Option("--input", "-i", help="JSONL, CSV, TSV or plain text file; - for stdin.")
+        str, typer.Option("--input", "-i", help="JSONL, CSV, TSV, plain text or Parquet file; - for stdin.")
     ],
     output: Annotated[
-        str, typer.Option("--output", "-o", help="JSONL, one line per input record; - for stdout.")
+        str,
+        typer.Option("--output", "-o", help="JSONL, one line per input record (*.parquet: Parquet); - for stdout."),
     ],
     format: Annotated[
         InputFormat | None,
         typer.Option(
-            "--format", "-f", help="Default: from the extension (.jsonl .ndjson .csv .tsv .tab .txt)."
+            "--format", "-f", help="Default: from the extension (.jsonl .ndjson .csv .tsv .tab .txt .parquet)."
         ),
     ] = None,
     text_field: Annotated[
@@ -243,10 +278,33 @@ def _score(
         ),
     ] = ProgressMode.auto,
     log_interval: Annotated[float, typer.Option(min=0.1, help="Seconds between progress log lines.")] = 30.0,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Run the model on Ray Data actors (pip install 'ropenlp[ray]'): no ADDRESS starts or joins a "
+            "local cluster, auto joins the running one, ray://HOST:10001 a remote one. Same output bytes.",
+            rich_help_panel=SCALING_PANEL,
+        ),
+    ] = None,
+    actors: Annotated[
+        int,
+        typer.Option(min=1, help="--ray: scoring actors (one bundle each).", rich_help_panel=SCALING_PANEL),
+    ] = 1,
+    threads_per_actor: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="--ray: CPUs each actor reserves = its ONNX Runtime intra-op threads.",
+            rich_help_panel=SCALING_PANEL,
+        ),
+    ] = 1,
     **flags: object,
 ) -> None:
-    """Score a JSONL / CSV / TSV / text file, streaming: one output line per input record, in input
-    order; bad records get error lines; resumable after a crash (--resume)."""
+    """Score a JSONL / CSV / TSV / text / Parquet file, streaming: one output line per input record, in
+    input order; bad records get error lines; resumable after a crash (--resume). An output named
+    *.parquet is written as Parquet. --ray runs the same scoring on Ray Data actors."""
     import signal
 
     from service.score import ScoreError, ScoreOptions, Stopped, make_progress, score
@@ -263,12 +321,15 @@ def _score(
         threshold=threshold, decode=decode, window=window, max_errors=max_errors, resume=resume,
         overwrite=overwrite, npy=npy, vectors=vectors, fsync_interval=fsync_interval,
     )  # fmt: skip
+    if ray is None and (actors != 1 or threads_per_actor != 1):
+        typer.echo("error: --actors and --threads-per-actor are for --ray", err=True)
+        raise typer.Exit(2)
     try:
         settings = Settings.from_env(**flags)
         require_bundle(settings)
         from service.core import Engine
 
-        engine = Engine.from_settings(settings)
+        engine = Engine.from_settings(settings) if ray is None else None  # --ray: loaded by score_ray
     except Exception as e:  # noqa: BLE001 (re-raised unless a start-up problem)
         _startup_error(e)
 
@@ -276,8 +337,15 @@ def _score(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    bar = make_progress(progress.value, interval=log_interval)
     try:
-        summary = score(engine, options, progress=make_progress(progress.value, interval=log_interval))
+        if ray is None:
+            summary = score(engine, options, progress=bar)
+        else:
+            from service.score.ray import RayOptions, score_ray
+
+            address = None if ray == RAY_LOCAL else ray
+            summary = score_ray(settings, options, RayOptions(address, actors, threads_per_actor), progress=bar)
     except Stopped as e:
         typer.echo(e.summary.line(), err=True)
         typer.echo(f"error: {e}", err=True)
@@ -314,4 +382,4 @@ def register(app: typer.Typer) -> None:
         _serve_command()
     )
     # `ropenlp score` calls core directly (service.score -> Engine), never HTTP.
-    app.command("score", epilog=SCORE_EPILOG)(_score_command())
+    app.command("score", epilog=SCORE_EPILOG, cls=_ScoreCommand)(_score_command())

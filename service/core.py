@@ -94,14 +94,7 @@ class Engine:
     def from_settings(cls, settings) -> Engine:
         """An engine as ``service.settings.Settings`` describe it (the server and the CLI)."""
         s = settings
-        limits = Limits(
-            max_items=s.max_items,
-            max_chars=s.max_chars,
-            threshold_min=s.threshold_min,
-            threshold_max=s.threshold_max,
-            max_entities=s.max_entities,
-            batch_tokens=s.batch_tokens,
-        )
+        limits = Limits.of(s)
         options = {k: getattr(s, k) for task in TASKS.values() for k in task.option_keys}
         return cls.load(
             s.bundle_dir,

@@ -98,7 +98,25 @@ class NotFound(ServiceError):
 
 
 class MethodNotAllowed(ServiceError):
+    """A method the route does not offer; ``allow`` lists the ones it does (the ``Allow`` header)."""
+
     error_type = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.allow = allow
+
+
+class UnsupportedMediaType(ServiceError):
+    """A request body that is not JSON (``Content-Type`` other than ``application/json`` or ``*/*+json``)."""
+
+    error_type = "unsupported_media_type"
+
+
+class NotAcceptable(ServiceError):
+    """An ``Accept`` header that admits no media type the route can answer in (JSON)."""
+
+    error_type = "not_acceptable"
 
 
 class TaskUnavailable(ServiceError):
@@ -118,6 +136,15 @@ class NotReady(ServiceError):
     def __init__(
         self, message: str = "the model is not ready yet", *, retry_after: float = 1.0, **kw
     ) -> None:
+        super().__init__(message, retry_after=retry_after, **kw)
+
+
+class Unhealthy(ServiceError):
+    """The inference worker makes no progress (a hung model call, a dead batcher): restart the process."""
+
+    error_type = "unhealthy"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw) -> None:
         super().__init__(message, retry_after=retry_after, **kw)
 
 

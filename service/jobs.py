@@ -7,7 +7,7 @@ callables travel with it, so the batcher only moves data between threads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,11 @@ class Limits:
     threshold_max: float = 10.0
     max_entities: int = 20_000  # per request: a low threshold must not flood memory
     batch_tokens: int = 8192  # padded cost of a batch: longest sequence x number of sequences
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        """The limits ``service.settings.Settings`` set (its fields of the same names)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True, eq=False)

@@ -100,11 +100,28 @@ class Settings(BaseModel):
     )
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429 / 503")
 
+    # health and shutdown
+    watchdog_s: float = Field(
+        30.0, gt=0, description="a model call running longer than this, or queued work with no batch started "
+        "or finished for this long, makes /health and /ready answer 503 (restart the process)",
+    )
+    drain_s: float = Field(
+        10.0, ge=0, description="after SIGTERM: seconds in-flight requests get to finish (then they are "
+        "cancelled), and again for the model call then running",
+    )
+
     # HTTP server
     host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0: all)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     api_key: SecretStr | None = Field(
         None, description="when set, inference routes need 'Authorization: Bearer <key>'"
+    )
+    ray_replicas: int = Field(
+        0, ge=0, description="serve through Ray Serve, this many replicas of the app (pip install "
+        "'ropenlp[ray]'); 0: one uvicorn process"
+    )
+    ray_address: str | None = Field(
+        None, description="with ray_replicas: the Ray cluster to join (auto: the running one); default: a local one"
     )
     log_format: Literal["json", "text"] = Field("json", description="log lines as JSON objects or plain text")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")

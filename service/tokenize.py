@@ -9,15 +9,23 @@ model would truncate it. The same tokenizer, normaliser and window code as the e
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from service.core import Engine
+from service.jobs import Limits
 from service.tasks import Body
+from service.tasks.base import constrained, items_type, text_type
 from service.validate import check_texts
 
 
 class TokenizeQuery(Body):
     texts: list[str] = Field(description="texts to tokenize (the same limits as /ner)")
+
+    @classmethod
+    def contract(cls, limits: Limits) -> dict[str, Any]:
+        return constrained(cls, {"texts": items_type(text_type(limits), limits)})
 
 
 class WindowOut(BaseModel):

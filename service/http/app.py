@@ -2,7 +2,8 @@
 
 Settings are read here (``ROPENLP_*``), never at import; the engine is loaded in the lifespan hook (or
 passed in, by tests and by ``ropenlp serve``), the batcher started and the model warmed up in the
-background: ``/ready`` answers 503 until then. The :class:`~service.http.service.Service` reaches the
+background: ``/ready`` answers 503 until then. The OpenAPI schema documents every query body by its
+contract under the limits these settings serve (``service.http.contract``). The :class:`~service.http.service.Service` reaches the
 handlers by dependency injection (``Provide``). One outer layer (:class:`ServiceApp`) sees every
 HTTP request, routed or not: ``x-total-time`` header, request metrics, one JSON access-log line.
 """
@@ -21,10 +22,12 @@ from litestar.plugins.pydantic import PydanticPlugin
 import ropenlp
 from service.core import Engine
 from service.demo import demo_router
+from service.http.contract import ContractSchemas, negotiate
 from service.http.errors import ExceptionHandler
 from service.http.openai import openai_router
 from service.http.routes import ApiKeyGuard, route_handlers
 from service.http.service import Service
+from service.jobs import Limits
 from service.settings import Settings
 
 access_log = logging.getLogger("ropenlp.access")
@@ -101,7 +104,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         dependencies={"service": Provide(_Provider(service), use_cache=True, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={Exception: ExceptionHandler(settings.max_body_bytes)},
-        plugins=[PydanticPlugin(validate_strict=True)],
+        before_request=negotiate,
+        # the query bodies documented by their contract under the served limits (before pydantic's plugin)
+        plugins=[ContractSchemas(Limits.of(settings)), PydanticPlugin(validate_strict=True)],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="ropenlp", version=ropenlp.__version__),
         logging_config=None,

@@ -31,6 +31,7 @@ from service.errors import (
     MalformedBody,
     MethodNotAllowed,
     NotFound,
+    NotAcceptable,
     NotReady,
     OutOfRange,
     Overloaded,
@@ -40,6 +41,8 @@ from service.errors import (
     TooManyEntities,
     TooManyItems,
     Unauthorized,
+    Unhealthy,
+    UnsupportedMediaType,
 )
 from service.http.schemas import ErrorBody
 
@@ -51,9 +54,11 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
     Unauthorized: 401,
     NotFound: 404,
     MethodNotAllowed: 405,
+    NotAcceptable: 406,
     BodyTooLarge: 413,
     TooManyItems: 413,
     TextTooLong: 413,
+    UnsupportedMediaType: 415,
     InvalidRequest: 422,
     OutOfRange: 422,
     TooManyEntities: 422,
@@ -63,11 +68,12 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
     InternalError: 500,
     TaskUnavailable: 501,
     NotReady: 503,
+    Unhealthy: 503,
 }
 # what every inference route can answer besides 200 (an operation adds its own: Operation.errors)
 INFERENCE_ERRORS = (
-    EmptyInput, MalformedBody, Unauthorized, BodyTooLarge, TooManyItems, TextTooLong, InvalidRequest,
-    Overloaded, InferenceError, InternalError, TaskUnavailable, NotReady,
+    EmptyInput, MalformedBody, Unauthorized, NotAcceptable, BodyTooLarge, TooManyItems, TextTooLong,
+    UnsupportedMediaType, InvalidRequest, Overloaded, InferenceError, InternalError, TaskUnavailable, NotReady,
 )  # fmt: skip
 
 
@@ -120,7 +126,8 @@ def to_service_error(exc: Exception, *, max_body_bytes: int) -> ServiceError:
     if isinstance(exc, NotFoundException):
         return NotFound("no such route (see /schema)")
     if isinstance(exc, MethodNotAllowedException):
-        return MethodNotAllowed("method not allowed on this route (see /schema)")
+        allow = (exc.headers or {}).get("allow")
+        return MethodNotAllowed(f"method not allowed on this route (allowed: {allow or 'see /schema'})", allow=allow)
     if isinstance(exc, UnicodeDecodeError):
         return MalformedBody("request body is not valid UTF-8", field="body")
     if isinstance(exc, HTTPException) and 400 <= exc.status_code < 500:
@@ -135,6 +142,8 @@ def error_response(err: ServiceError) -> Response[ErrorBody]:
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
     if isinstance(err, Unauthorized):
         headers["www-authenticate"] = 'Bearer realm="ropenlp"'
+    if isinstance(err, MethodNotAllowed) and err.allow:
+        headers["allow"] = err.allow  # RFC 9110: a 405 lists the methods the resource offers
     return Response(err.to_dict(), status_code=status_of(err), headers=headers)
 
 

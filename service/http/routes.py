@@ -22,7 +22,10 @@ from pydantic import SecretStr
 
 import ropenlp
 from service.batching import Timings
-from service.errors import EmptyInput, InvalidRequest, MalformedBody, NotReady, TextTooLong, TooManyItems, Unauthorized
+from service.errors import (
+    EmptyInput, InvalidRequest, MalformedBody, NotAcceptable, NotReady, TextTooLong, TooManyItems, Unauthorized,
+    Unhealthy,
+)  # fmt: skip
 from service.http.errors import INFERENCE_ERRORS, error_responses
 from service.http.schemas import Health, Info, Ready
 from service.http.service import Service
@@ -95,21 +98,25 @@ def tokenize_route(guard: ApiKeyGuard) -> HTTPRouteHandler:
     )(tokenize_handler)  # fmt: skip
 
 
-@get("/health", summary="Liveness: the process answers")
-async def health() -> Health:
+@get("/health", summary="Liveness: the process answers and its inference worker makes progress",
+     responses=error_responses(NotAcceptable, Unhealthy))  # fmt: skip
+async def health(service: NamedDependency[Service]) -> Health:
+    if (err := service.unhealthy()) is not None:
+        raise err
     return Health(status="alive")
 
 
-@get("/ready", summary="Readiness: bundle loaded and warmed up", responses=error_responses(NotReady))
+@get("/ready", summary="Readiness: bundle loaded, warmed up, worker making progress",
+     responses=error_responses(NotAcceptable, NotReady))  # fmt: skip
 async def ready(service: NamedDependency[Service]) -> Ready:
-    if not service.ready:
+    if not service.ready or service.stalled():
         raise service.not_ready()
     info = service.engine.info()
     return Ready(status="ready", bundle=info["name"], provider=info["provider"], precision=info["precision"],
                  warm_up_ms=round(service.warm_up_ms, 3))  # fmt: skip
 
 
-@get("/info", summary="Model, labels, limits, version", responses=error_responses(NotReady))
+@get("/info", summary="Model, labels, limits, version", responses=error_responses(NotAcceptable, NotReady))
 async def info(service: NamedDependency[Service]) -> Info:
     if service.engine is None:
         raise service.not_ready()

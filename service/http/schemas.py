@@ -15,11 +15,11 @@ class ErrorBody(BaseModel):
     error: str = Field(description="what went wrong, for humans")
     error_type: str = Field(description="stable snake_case name of the error class")
     field: str | None = Field(None, description="the offending request field, e.g. texts[3]")
-    limit: int | float | None = Field(None, description="the limit that was exceeded")
+    limit: float | None = Field(None, description="the limit that was exceeded (a count, a length or a bound)")
 
 
 class Health(BaseModel):
-    status: str = Field(description='"alive"')
+    status: str = Field(description='"alive": the process answers and its inference worker makes progress')
 
 
 class Ready(BaseModel):

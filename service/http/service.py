@@ -1,7 +1,11 @@
-"""The service object of one app: settings, metrics, engine, batcher and readiness.
+"""The service object of one app: settings, metrics, engine, batcher, health and readiness.
 
 Routes receive it by dependency injection (``service: Service``, provided by the app factory); it
 runs each request's typed query through the batcher by the operation's name.
+
+Health (``/health``): the process answers and its inference worker makes progress (the batcher's
+:class:`~service.watchdog.Watchdog`); a stalled worker is :class:`Unhealthy` (503), which tells an
+orchestrator to restart it. Readiness (``/ready``): loaded, warmed up and healthy.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from litestar import Request
 import ropenlp
 from service.batching import Batcher, Timings
 from service.core import Engine
-from service.errors import ClientClosedRequest, NotReady
+from service.errors import ClientClosedRequest, NotReady, Unhealthy
 from service.metrics import Metrics
 from service.settings import Settings
+from service.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -48,6 +53,7 @@ class Service:
             max_queue=s.max_queue,
             retry_after_s=s.retry_after_s,
             observer=self.metrics,
+            watchdog=Watchdog(s.watchdog_s),
         )
         await self.batcher.start()
         info = self.engine.info()
@@ -79,16 +85,26 @@ class Service:
         if self._warm is not None:
             self._warm.cancel()
         if self.batcher is not None:
-            await self.batcher.stop()
+            await self.batcher.stop(timeout_s=self.settings.drain_s)
+
+    def stalled(self) -> str | None:
+        """Why the inference worker makes no progress (the watchdog's verdict), or None."""
+        if self.batcher is None:
+            return None
+        return self.batcher.watchdog.verdict(oldest_queued=self.batcher.oldest_queued)
+
+    def unhealthy(self) -> Unhealthy | None:
+        reason = self.stalled()
+        return None if reason is None else Unhealthy(f"unhealthy: {reason}")
 
     def not_ready(self) -> NotReady:
-        reason = self.error or "the model is loading / warming up"
+        reason = self.stalled() or self.error or "the model is loading / warming up"
         return NotReady(f"not ready: {reason}", retry_after=self.settings.retry_after_s)
 
     async def infer(self, request: Request, name: str, query: Any) -> tuple[Any, Timings]:
         """Run operation ``name`` on ``query`` through the batcher; give up (and drop its queued work) if the
         client leaves."""
-        if not self.ready:
+        if not self.ready or self.stalled():
             raise self.not_ready()
         result, t = await _cancel_on_disconnect(request, self.batcher.execute(name, query))
         route = request.scope.get("path_template", request.url.path)

@@ -26,7 +26,10 @@ The modules, in the order a run uses them:
 
 * :mod:`~service.score.options`: :class:`ScoreOptions`, checked and completed into a plan;
 * :mod:`~service.score.inputs`: the input's records (JSONL, CSV, TSV, plain text), record errors;
+* :mod:`~service.score.chunk`: :func:`~service.score.chunk.score_chunk`, THE scoring function (records ->
+  output rows), called by the local loop and by the Ray actors alike;
 * :mod:`~service.score.run`: :func:`score`, the windowed scoring loop;
+* :mod:`~service.score.ray`: ``--ray``, the same windows on Ray Data actors (docs/scaling.md);
 * :mod:`~service.score.outputs`: output lines, the ``.npy``, the state file, checkpoints (durability);
 * :mod:`~service.score.resume`: ``--resume`` (fingerprint, repair of a torn output, where to go on);
 * :mod:`~service.score.progress` and :mod:`~service.score.errors`: what a run reports, why it stops.

@@ -2,7 +2,11 @@
 text), each holding its value or the error that makes it an error line.
 
 Read top to bottom: a record's errors -> :class:`Record` -> lines of a binary stream -> text checks ->
-CSV/TSV columns -> :class:`Source`, the input and its records.
+CSV/TSV columns -> Parquet rows -> :class:`Source`, the input and its records.
+
+Parquet input (pyarrow: ``pip install 'ropenlp[parquet]'``): one record per row, fields are columns (a
+missing column is a usage error, a null or non-string text an ``invalid_request`` error line); its
+``line`` is the 1-based row number and its position the row count (a resumed run starts at that row).
 
 Error types of a record: ``invalid_utf8``, ``invalid_json``, ``invalid_record`` (not an object, CSV
 syntax), ``empty_line``, ``missing_field``, ``line_too_long`` (a line over
@@ -192,6 +196,57 @@ class _Columns:
 
 
 # --------------------------------------------------------------------------------------------
+# Parquet rows
+# --------------------------------------------------------------------------------------------
+
+
+def pyarrow_module():
+    """``pyarrow`` (and its ``parquet``), or a :class:`UsageError` saying which extra brings it."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise UsageError("Parquet needs pyarrow: pip install 'ropenlp[parquet]' (or 'ropenlp[ray]')") from None
+    return pa
+
+
+def _plain(value: object) -> object:
+    """An id as JSON can hold it (a Parquet date, decimal, bytes ... as its text)."""
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+
+
+class _ParquetRows:
+    """The rows of a Parquet file (the wanted columns, as dicts), from row ``start`` on: only the row
+    groups from the one holding ``start`` are read, a batch at a time."""
+
+    def __init__(self, path: str, columns: list[str], start: int = 0) -> None:
+        pa = pyarrow_module()
+        try:
+            self._file = pa.parquet.ParquetFile(path)
+        except (OSError, pa.ArrowException) as e:
+            raise InputOutputError(f"cannot read the Parquet input {path}: {e}") from None
+        names = self._file.schema_arrow.names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise UsageError(f"no column {missing[0]!r} in {path} (has: {', '.join(map(repr, names))})")
+        self.columns, self.start = list(dict.fromkeys(columns)), start
+        self.num_rows = self._file.metadata.num_rows
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        meta, first, skip = self._file.metadata, 0, self.start
+        while first < meta.num_row_groups and skip >= meta.row_group(first).num_rows:
+            skip -= meta.row_group(first).num_rows
+            first += 1
+        groups = list(range(first, meta.num_row_groups))
+        if not groups:
+            return
+        for batch in self._file.iter_batches(batch_size=4096, row_groups=groups, columns=self.columns):
+            rows = batch.to_pylist()
+            yield from rows[skip:]
+            skip = max(0, skip - len(rows))
+
+
+# --------------------------------------------------------------------------------------------
 # The source: the input and its records
 # --------------------------------------------------------------------------------------------
 
@@ -228,6 +283,12 @@ class Source:
         self._columns: _Columns | None = None
         self._csv_rows: Iterator[list[str]] | None = None
         self._row_error: ServiceError | None = None
+        if plan.format == "parquet":  # the columns checked before anything runs
+            try:
+                _ParquetRows(self.path, [*plan.fields, *([plan.id_field] if plan.id_field else [])])
+            except BaseException:
+                self.close()
+                raise
         if plan.format in ("csv", "tsv"):
             try:
                 if plan.format == "csv":
@@ -236,6 +297,8 @@ class Source:
             except BaseException:
                 self.close()
                 raise
+        # where the records start (after a header): the first window of a `--ray` run
+        self.data_start, self.data_line = self._lines.offset, self._lines.line
         # the name each field's errors are reported under
         self._shown = [self._columns.shown(f) for f in plan.fields] if self._columns else list(plan.fields)
 
@@ -258,6 +321,9 @@ class Source:
             except OSError as e:
                 raise InputOutputError(f"cannot seek in the input {self.path}: {e.strerror or e}") from None
             self._lines.offset, self._lines.line = start
+        if self.plan.format == "parquet":
+            yield from self._parquet_records(start[0] if start is not None else 0)
+            return
         if self.plan.format == "jsonl":
             read, fields = self._next_text, _json_fields
         elif self.plan.format == "text":
@@ -274,6 +340,15 @@ class Source:
                 rec.error = got
             else:
                 self._fill(rec, fields, got)
+            yield rec
+
+    def _parquet_records(self, start: int) -> Iterator[Record]:
+        wanted = [*self.plan.fields, *([self.plan.id_field] if self.plan.id_field is not None else [])]
+        for k, row in enumerate(_ParquetRows(self.path, wanted, start).rows(), start=start + 1):
+            rec = Record(k, k, k)
+            self._fill(rec, lambda r: r.__getitem__, row)
+            if rec.id is not None:
+                rec.id = _plain(rec.id)
             yield rec
 
     def _fill(self, rec: Record, fields: Callable[[Any], Callable[[str], object]], content: Any) -> None:

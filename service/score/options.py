@@ -13,10 +13,12 @@ from service.core import Engine
 from service.score.errors import ResumeError, UsageError
 from service.tasks import Operation, scorable
 
-Format = Literal["jsonl", "csv", "tsv", "text"]
+Format = Literal["jsonl", "csv", "tsv", "text", "parquet"]
 EXTENSIONS: dict[str, Format] = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "text",
+    ".parquet": "parquet",
 }  # fmt: skip
+OutputFormat = Literal["jsonl", "parquet"]
 STATE_SUFFIX = ".state"
 
 
@@ -62,7 +64,8 @@ class Plan:
     fields: tuple[str, ...]  # ("text",) or ("a", "b") as the user named them
     id_field: str | None
     header: bool
-    vectors: bool
+    vectors: bool  # the vector in each JSON line
+    output_format: OutputFormat = "jsonl"  # from the output's extension: *.parquet, else JSON lines
 
 
 def plan_for(o: ScoreOptions, engine: Engine) -> Plan:
@@ -96,8 +99,15 @@ def plan_for(o: ScoreOptions, engine: Engine) -> Plan:
             f"the bundle {engine.manifest.name!r} has no {op.task} model (has: {', '.join(engine.tasks)})"
         )
     fmt = o.format if o.format is not None else _format_of(o.input)
+    if fmt == "parquet" and o.input == "-":
+        raise UsageError("Parquet cannot be read from stdin: give --input FILE.parquet")
+    out_fmt: OutputFormat = "parquet" if Path(o.output).suffix.lower() == ".parquet" else "jsonl"
+    if out_fmt == "parquet" and o.resume:
+        raise ResumeError("a Parquet output cannot be resumed: rerun the whole input with --overwrite")
+    if out_fmt == "parquet" and o.vectors:
+        raise UsageError("a Parquet output holds the vectors in its vector column: drop --vectors")
     header = fmt in ("csv", "tsv") if o.header is None else o.header
-    if o.header and fmt in ("jsonl", "text"):
+    if o.header and fmt in ("jsonl", "text", "parquet"):
         raise UsageError(f"--header is for csv / tsv input, not {fmt}")
     indexed = fmt in ("csv", "tsv") and not header  # fields are column indices
     pairs = len(op.score.fields) == 2
@@ -119,9 +129,12 @@ def plan_for(o: ScoreOptions, engine: Engine) -> Plan:
             if not f.isdigit():
                 raise UsageError(f"without a header, columns are 0-based indices: got {f!r}")
     vectors = o.npy is None if o.vectors is None else o.vectors
-    if op.score.vectors and not vectors and o.npy is None:
+    if op.score.vectors and not vectors and o.npy is None and out_fmt == "jsonl":
         raise UsageError("--no-vectors without --npy would write no vectors at all")
-    return Plan(format=fmt, fields=fields, id_field=o.id_field, header=header, vectors=vectors)
+    if out_fmt == "parquet":
+        vectors = False  # the vector column holds them
+    return Plan(format=fmt, fields=fields, id_field=o.id_field, header=header, vectors=vectors,
+                output_format=out_fmt)  # fmt: skip
 
 
 def operation(name: str) -> Operation:
@@ -144,6 +157,6 @@ def _format_of(path: str) -> Format:
     if fmt is None:
         raise UsageError(
             f"cannot tell the format of {path} from its extension "
-            f"(known: {', '.join(EXTENSIONS)}): pass --format jsonl|csv|tsv|text"
+            f"(known: {', '.join(EXTENSIONS)}): pass --format jsonl|csv|tsv|text|parquet"
         )
     return fmt

@@ -1,7 +1,8 @@
 """The output of a scoring run: one JSON line per input record, the optional ``.npy`` of vectors, and
 the state file; :class:`Sink` writes all three.
 
-Read top to bottom: output lines -> fsync -> the ``.npy`` -> :class:`Sink`.
+Read top to bottom: fsync -> the ``.npy`` -> Parquet -> :class:`Sink`. The lines themselves are made by
+:func:`service.score.chunk.score_chunk`.
 
 ``--npy FILE`` writes the vectors as a float32 ``.npy`` of shape (records, dim): row k is output line k
 (0-based, its ``row``), a row of NaN for an error line. It is written in chunks behind a fixed 128-byte
@@ -13,6 +14,13 @@ one ``write`` and flushed to the OS, so killing the process (even ``kill -9``) n
 line; at most a torn last line, which ``--resume`` truncates. Every ``fsync_interval`` seconds (default
 5; 0 = after every window) and at exit: the ``.npy`` and the output are fsync'ed, THEN a checkpoint
 line is appended to the state file and fsync'ed, so a checkpoint never claims more than is on disk.
+
+An output named ``*.parquet`` is a Parquet file instead (pyarrow: ``pip install 'ropenlp[parquet]'``),
+one row per input record, in input order: ``line`` (int64), ``error_type`` (string, null for a result),
+``record`` (the JSON line's object as text, without the vector) and, for operations with vectors,
+``vector`` (``list<float32>``, null on an error row). It is written to ``OUTPUT.partial`` and renamed
+when complete; it has no state file and cannot be resumed: an interrupted run is rerun whole with
+``--overwrite`` (idempotent).
 
 The state file ``OUTPUT.state`` (its format: :mod:`service.score.state`) holds JSON lines: ``start``
 (the run's fingerprint), ``checkpoint`` (a :class:`~service.score.state.Position`), ``resume`` and
@@ -31,45 +39,18 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import InferenceError
+from service.score.chunk import Row
 from service.score.errors import InputOutputError, ResumeError
-from service.score.inputs import Record
-from service.score.options import ScoreOptions
+from service.score.inputs import pyarrow_module
+from service.score.options import Plan, ScoreOptions
 from service.score.progress import Summary
 from service.score.state import Point, Position, checkpoint_entry, complete_entry, encode, resume_entry, start_entry
 
 NPY_HEADER = 128  # bytes; fixed, so the shape can be rewritten in place
 
 # --------------------------------------------------------------------------------------------
-# Output lines
+# Durability
 # --------------------------------------------------------------------------------------------
-
-
-def _dumps(obj: dict[str, Any]) -> bytes:
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    try:
-        return text.encode("utf-8") + b"\n"
-    except UnicodeEncodeError:  # lone surrogates (an id from "\ud800" in JSON): escape them
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("ascii") + b"\n"
-
-
-def output_line(rec: Record, row: int | None, vectors: bool) -> bytes:
-    """The record's output line. A result JSON cannot hold (NaN, infinity) becomes an error line."""
-    head: dict[str, Any] = {"line": rec.line}
-    if rec.id is not None:
-        head["id"] = rec.id
-    if row is not None:  # the .npy row (NaN for an error line)
-        head["row"] = row
-    if rec.error is None:
-        obj = dict(head)
-        if rec.vector is not None and vectors:
-            obj["vector"] = rec.vector.tolist()
-        obj.update(rec.result)
-        try:
-            return _dumps(obj)
-        except ValueError:
-            rec.error, rec.vector = InferenceError("the model returned a value that is not finite"), None
-    return _dumps(head | rec.error.to_dict())
 
 
 def _fsync(f) -> None:
@@ -127,7 +108,7 @@ class Npy:
         self._f.write(self.header_bytes(self.rows, self.dim))
         self._f.seek(pos)
 
-    def write(self, records: list[Record]) -> None:
+    def write(self, records: list[Row]) -> None:
         """One row per record: its vector, NaN for a record without one."""
         block = np.full((len(records), self.dim), np.nan, dtype="<f4")  # (n, dim)
         for k, r in enumerate(records):
@@ -145,6 +126,55 @@ class Npy:
 
 
 # --------------------------------------------------------------------------------------------
+# Parquet
+# --------------------------------------------------------------------------------------------
+
+
+class ParquetOut:
+    """The Parquet output (see the module docstring), written to ``path + '.partial'`` and renamed on
+    :meth:`finish`. A row group per ``row_group`` rows (whole windows)."""
+
+    def __init__(self, path: Path, *, vectors: bool, row_group: int = 65536) -> None:
+        pa = self._pa = pyarrow_module()
+        self.path, self.partial = path, path.with_name(path.name + ".partial")
+        fields = [pa.field("line", pa.int64()), pa.field("error_type", pa.string()), pa.field("record", pa.string())]
+        if vectors:
+            fields.append(pa.field("vector", pa.list_(pa.float32())))
+        self.schema = pa.schema(fields)
+        self._writer = pa.parquet.ParquetWriter(self.partial, self.schema)
+        self._rows: list[Row] = []
+        self._row_group = row_group
+
+    def write(self, rows: list[Row]) -> None:
+        self._rows += rows
+        if len(self._rows) >= self._row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        pa, rows = self._pa, self._rows
+        columns = {
+            "line": pa.array([r.line for r in rows], pa.int64()),
+            "error_type": pa.array([r.error_type for r in rows], pa.string()),
+            "record": pa.array([r.data[:-1].decode("utf-8") for r in rows], pa.string()),
+        }
+        if "vector" in self.schema.names:
+            columns["vector"] = pa.array(
+                [None if r.vector is None else r.vector for r in rows], pa.list_(pa.float32())
+            )
+        self._writer.write_table(pa.table(columns, schema=self.schema))
+        self._rows = []
+
+    def finish(self, complete: bool) -> None:
+        self._flush()
+        self._writer.close()
+        if complete:
+            os.replace(self.partial, self.path)
+            _fsync_dir(self.path)
+
+
+# --------------------------------------------------------------------------------------------
 # The sink: output, .npy and state file together
 # --------------------------------------------------------------------------------------------
 
@@ -154,18 +184,22 @@ class Sink:
     A fresh output starts empty; a resumed one (``resume``) is cut back to where the resume point says."""
 
     def __init__(
-        self, options: ScoreOptions, *, fingerprint: dict[str, Any], dim: int, vectors: bool,
-        resume: Point | None,
+        self, options: ScoreOptions, plan: Plan, *, fingerprint: dict[str, Any], dim: int, resume: Point | None,
     ) -> None:  # fmt: skip
-        self.options, self.vectors = options, vectors
+        self.options = options
         self.path = None if options.streamed else Path(options.output)
         self.at = resume.at if resume is not None else Position()
         self.npy: Npy | None = None
+        self.parquet: ParquetOut | None = None
         self._state = None
+        self._out = None
         self._last_sync = time.monotonic()
         self._closed = False
         try:
-            if options.output == "-":
+            if plan.output_format == "parquet":
+                self.parquet = ParquetOut(Path(options.output), vectors=dim > 0)
+                self.path = None  # no state file: a Parquet output is rerun whole
+            elif options.output == "-":
                 self._out = sys.stdout.buffer
             elif self.path is None:
                 self._out = open(options.output, "wb")  # noqa: SIM115 (a pipe, /dev/null)
@@ -191,23 +225,23 @@ class Sink:
         self._state.write(encode(entry))
         _fsync(self._state)
 
-    def write(self, records: list[Record]) -> None:
+    def write(self, records: list[Row]) -> None:
         """Write a window's lines (one write, flushed) and its .npy rows (first); checkpoint when due."""
-        row0 = self.at.records if self.npy is not None else None
         try:
             if self.npy is not None:
                 self.npy.write(records)
-            blob = b"".join(
-                output_line(r, None if row0 is None else row0 + k, self.vectors)
-                for k, r in enumerate(records)
-            )
-            self._out.write(blob)
-            self._out.flush()
+            if self.parquet is not None:
+                self.parquet.write(records)
+                blob = b""
+            else:
+                blob = b"".join(r.data for r in records)
+                self._out.write(blob)
+                self._out.flush()
         except OSError as e:
             raise InputOutputError(f"cannot write the output: {e.strerror or e}") from None
         self.at = Position(
             records=self.at.records + len(records),
-            errors=self.at.errors + sum(r.error is not None for r in records),
+            errors=self.at.errors + sum(r.error_type is not None for r in records),
             out_bytes=self.at.out_bytes + len(blob),
             in_offset=records[-1].end,
             in_line=records[-1].end_line,
@@ -233,6 +267,8 @@ class Sink:
         self._closed = True
         try:
             self.checkpoint()
+            if self.parquet is not None:
+                self.parquet.finish(complete is not None)
             if complete is not None and self._state is not None:
                 self._append(complete_entry(complete.to_dict()))
         finally:

@@ -1,104 +1,34 @@
-"""The scoring run: :func:`score` reads the input a window at a time, scores each window as one core job
-and writes its lines.
+"""The scoring run: :func:`score` reads the input a window at a time, scores each window with
+:func:`~service.score.chunk.score_chunk` (one core job) and writes its lines.
 
-Read top to bottom: scoring one window (one core job, core's batching; one by one only when the job
-fails) -> reading ahead on a second thread -> :func:`score` (set-up, resume) -> the window loop.
+Read top to bottom: reading ahead on a second thread -> :func:`open_run` (checks, fingerprint, resume:
+shared with the Ray path, :mod:`service.score.ray`) -> :func:`score` -> the window loop ->
+:func:`write_windows` (the writing loop both paths share).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from service.core import Engine
-from service.errors import ServiceError
-from service.jobs import Job
 from service.tasks import Operation
+from service.score.chunk import Row, Scoring, prepare_chunk, score_chunk
 from service.score.errors import Interrupted, TooManyErrors, UsageError
 from service.score.inputs import Record, Source
-from service.score.options import ScoreOptions, operation, plan_for
+from service.score.options import Plan, ScoreOptions, operation, plan_for
 from service.score.outputs import Sink
 from service.score.progress import NoProgress, Progress, Summary
 from service.score.resume import fingerprint, resume_point, skip_done
+from service.score.state import Point
 
 log = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------------
-# Scoring one window: one core job, core's batching; one by one only when the job fails
-# --------------------------------------------------------------------------------------------
-
-
-def _window_engine(engine: Engine, window: int) -> Engine:
-    """The engine as one job of ``window`` records needs it: the same runtime, tokenizer, task settings
-    and batch budget; room for ``window`` items and ``window x max_entities`` entities (each record is
-    still held to ``max_entities`` on its own: ``Operation.records``)."""
-    limits = dataclasses.replace(
-        engine.limits, max_items=max(window, 1), max_entities=engine.limits.max_entities * max(window, 1)
-    )
-    return Engine(engine.runtime, engine.tokenizer, engine.manifest, limits=limits, options=engine.options)
-
-
-@dataclass(frozen=True)
-class _Scoring:
-    """What every window of a run needs: the operation, its flags, the engines."""
-
-    op: Operation
-    flags: dict[str, Any]  # the operation's score flags as given (threshold, decode, ...)
-    engine: Engine  # one record at a time, each held to the limits
-    wengine: Engine  # a whole window as one job
-
-    def job(self, engine: Engine, values: list[Any]) -> Job:
-        return engine.prepare(self.op.name, self.op.score_query(values, self.flags))
-
-    def results(self, result: Any) -> list[dict[str, Any] | ServiceError]:
-        """Per-record output fields (a vector under "vector") from one job's result: the operation's
-        records, the same shape as its HTTP response's items."""
-        return self.op.records(result, self.engine.limits)
-
-
-def _prepare_window(s: _Scoring, records: list[Record]) -> Job | ServiceError | None:
-    """Validate + tokenize a window's valid records into one core job (runs on the reader thread);
-    a :class:`ServiceError` is returned, for :func:`_score_window` to go one by one."""
-    values = [r.value for r in records if r.error is None]
-    try:
-        return s.job(s.wengine, values) if values else None
-    except ServiceError as e:
-        return e
-
-
-def _score_window(s: _Scoring, records: list[Record], job: Job | ServiceError | None) -> None:
-    """Run the window's job (prepared by :func:`_prepare_window`) and put each record's result or
-    error on it. When the job fails as a whole (an inference error, an entity budget), its records
-    are run one by one, so only the records that fail on their own get error lines."""
-    good = [r for r in records if r.error is None]
-    if not good:
-        return
-    try:
-        if isinstance(job, ServiceError):  # preparing the window failed
-            raise job
-        results = s.results(s.engine.execute(job))
-    except ServiceError as e:  # an inference error, the window's entity budget, ...
-        log.warning("a window of %d records failed as a whole (%s); scoring them one by one", len(good), e)
-        results = []
-        for r in good:
-            try:
-                results += s.results(s.engine.execute(s.job(s.engine, [r.value])))
-            except ServiceError as err:
-                results.append(err)
-    for r, res in zip(good, results):
-        if isinstance(res, ServiceError):
-            r.error = res
-        else:
-            r.vector = res.pop("vector", None) if s.op.score.vectors else None
-            r.result = res
-
 
 # --------------------------------------------------------------------------------------------
 # Reading ahead
@@ -153,9 +83,47 @@ class _Ahead:
 # --------------------------------------------------------------------------------------------
 
 
-def score(engine: Engine, options: ScoreOptions, *, progress: Progress | None = None) -> Summary:
-    """Score ``options.input`` into ``options.output`` (see :mod:`service.score`). Returns the summary;
-    raises :class:`~service.score.errors.ScoreError` subclasses (:class:`Stopped` ones carry a summary)."""
+@dataclass
+class Run:
+    """A run set up by :func:`open_run`: its plan, the input, the fingerprint and where it goes on."""
+
+    options: ScoreOptions
+    plan: Plan
+    source: Source
+    fingerprint: dict[str, Any]
+    dim: int | None  # the width of the vectors the records carry
+    point: Point | None  # where a resumed run goes on (None: from the start)
+    t0: float
+
+    @property
+    def total_bytes(self) -> int | None:
+        return None if self.plan.format == "parquet" else self.source.size  # Parquet: rows, not bytes
+
+    def done(self) -> Summary | None:
+        """The summary of a run that is complete already (nothing to resume), else None."""
+        p = self.point
+        if p is None or not p.complete:
+            return None
+        log.info("%s is complete already: nothing to resume", self.options.output)
+        return Summary(p.at.records, p.at.errors, 0, time.monotonic() - self.t0, self.options.output,
+                       resumed_from=p.at.records)  # fmt: skip
+
+    def records(self) -> Iterator[Record]:
+        """The records still to score (a resumed run: after those in the output); fixes ``point``."""
+        p = self.point
+        seek = p is not None and p.at.in_offset > 0 and self.source.seekable
+        records = self.source.records((p.at.in_offset, p.at.in_line) if seek else None)
+        if p is not None:
+            self.point = skip_done(records, p, seek)
+        return records
+
+    def sink(self) -> Sink:
+        return Sink(self.options, self.plan, fingerprint=self.fingerprint, dim=self.dim or 0, resume=self.point)
+
+
+def open_run(engine: Engine, options: ScoreOptions) -> Run:
+    """Check the options, open the input, fingerprint the run and find where a resumed one goes on.
+    The caller closes ``run.source``."""
     t0 = time.monotonic()
     plan = plan_for(options, engine)
     if not (options.streamed or options.resume or options.overwrite):
@@ -172,53 +140,63 @@ def score(engine: Engine, options: ScoreOptions, *, progress: Progress | None = 
         fp = fingerprint(engine, options, plan, source)
         dim = _vector_dim(engine, operation(options.task))
         point = resume_point(options, fp, dim) if options.resume else None
-        if point is not None and point.complete:
-            log.info("%s is complete already: nothing to resume", options.output)
-            return Summary(point.at.records, point.at.errors, 0, time.monotonic() - t0, options.output,
-                           resumed_from=point.at.records)  # fmt: skip
-        seek = point is not None and point.at.in_offset > 0 and source.seekable
-        records = source.records((point.at.in_offset, point.at.in_line) if seek else None)
-        if point is not None:
-            point = skip_done(records, point, seek)
-        sink = Sink(options, fingerprint=fp, dim=dim or 0, vectors=plan.vectors, resume=point)
-        return _score_windows(engine, options, records, sink, progress or NoProgress(), source.size, t0)
-    finally:
+    except BaseException:
         source.close()
+        raise
+    return Run(options, plan, source, fp, dim, point, t0)
+
+
+def score(engine: Engine, options: ScoreOptions, *, progress: Progress | None = None) -> Summary:
+    """Score ``options.input`` into ``options.output`` (see :mod:`service.score`). Returns the summary;
+    raises :class:`~service.score.errors.ScoreError` subclasses (:class:`Stopped` ones carry a summary)."""
+    run = open_run(engine, options)
+    try:
+        if (done := run.done()) is not None:
+            return done
+        records = run.records()
+        return _score_windows(engine, run, records, run.sink(), progress or NoProgress())
+    finally:
+        run.source.close()
 
 
 def _score_windows(
-    engine: Engine,
-    options: ScoreOptions,
-    records: Iterator[Record],
-    sink: Sink,
-    progress: Progress,
-    total_bytes: int | None,
-    t0: float,
+    engine: Engine, run: Run, records: Iterator[Record], sink: Sink, progress: Progress
 ) -> Summary:
     """The window loop: read and prepare window k+1 while window k is scored and written."""
+    options = run.options
     done0 = sink.at.records
-    op = operation(options.task)
-    flags = {k: v for k, v in (("threshold", options.threshold), ("decode", options.decode)) if k in op.score.flags}
-    scoring = _Scoring(op, flags, engine, _window_engine(engine, options.window))
+    scoring = Scoring.build(engine, options, run.plan)
     windows = _windows(records, options.window - done0 % options.window, options.window)
 
     def read_and_prepare() -> tuple[list[Record], Any] | None:
         w = next(windows, None)
-        return None if w is None else (w, _prepare_window(scoring, w))
+        return None if w is None else (w, prepare_chunk(scoring, w))
 
-    def summary(complete: bool, stopped: str | None = None) -> Summary:
-        return Summary(
-            sink.at.records, sink.at.errors, sink.at.records - done0, time.monotonic() - t0, options.output,
-            resumed_from=done0, complete=complete, stopped=stopped,
-        )  # fmt: skip
-
-    progress.start(total_bytes=total_bytes, done_bytes=sink.at.in_offset, done_records=done0)
-    try:
+    def scored() -> Iterator[list[Row]]:
         ahead = _Ahead(read_and_prepare)
         while (got := ahead.next()) is not None:
             window, job = got
-            _score_window(scoring, window, job)
-            sink.write(window)
+            yield score_chunk(scoring, window, sink.at.records, job)
+
+    return write_windows(run, scored(), sink, progress)
+
+
+def write_windows(run: Run, windows: Iterable[list[Row]], sink: Sink, progress: Progress) -> Summary:
+    """Write scored windows in order, checkpointing, stopping after ``--max-errors``; the summary.
+    On Ctrl-C (or SIGTERM) what was written is checkpointed and :class:`Interrupted` raised."""
+    options = run.options
+    done0 = sink.at.records
+
+    def summary(complete: bool, stopped: str | None = None) -> Summary:
+        return Summary(
+            sink.at.records, sink.at.errors, sink.at.records - done0, time.monotonic() - run.t0, options.output,
+            resumed_from=done0, complete=complete, stopped=stopped,
+        )  # fmt: skip
+
+    progress.start(total_bytes=run.total_bytes, done_bytes=sink.at.in_offset, done_records=done0)
+    try:
+        for rows in windows:
+            sink.write(rows)
             progress.update(bytes_read=sink.at.in_offset, records=sink.at.records, errors=sink.at.errors)
             if options.max_errors is not None and sink.at.errors > options.max_errors:
                 s = summary(False, f"more than {options.max_errors} errors")

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from models.bundle import TASK_SPECS, TaskSpec
 from models.text import Tokenizer
@@ -32,10 +32,54 @@ from service.jobs import Job, Limits, Seq
 WARM_UP_TEXT = "北京 warm-up 测试"
 
 
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer field of a query: JSON has one kind of number, and 75.0 is the integer 75 (JSON Schema
+# agrees); 75.5, "75" and true are still refused (the models are strict).
+Integer = Annotated[int, BeforeValidator(_integral)]
+
+
 class Body(BaseModel):
-    """Base of the query models: unknown fields and loose types are refused (HTTP 422)."""
+    """Base of the query models: unknown fields and loose types are refused (HTTP 422).
+
+    The model parses loosely on purpose (``prepare`` checks every value, with the same errors for HTTP
+    and ``ropenlp score``); :meth:`contract` states exactly what ``prepare`` accepts: the OpenAPI
+    schema of the request body (``service.http.contract``).
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @classmethod
+    def contract(cls, limits: Limits) -> dict[str, Any]:
+        """The JSON schema of the queries ``prepare`` accepts under ``limits``: every item count, text
+        length, range, enum and either/or shape it enforces. Default: the model's own schema."""
+        return cls.model_json_schema()
+
+
+def constrained(model: type[BaseModel], fields: Mapping[str, Any], *, required: Sequence[str] = (),
+                title: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The JSON schema of ``model`` with the types of ``fields`` replaced (by constrained ones, or by
+    ``None``: the field must be null or absent); descriptions and defaults kept, ``required`` ones made
+    required. The tasks' :meth:`Body.contract` s are built from it."""
+    replaced = {}
+    for name, annotation in fields.items():
+        info = model.model_fields[name]
+        default = ... if name in required else info.default
+        replaced[name] = (annotation, Field(default, description=info.description))
+    schema = create_model(model.__name__, __base__=model, **replaced).model_json_schema()
+    return schema | ({"title": title} if title else {})
+
+
+def text_type(limits: Limits) -> Any:
+    """A text as ``service.validate.check_text`` accepts it."""
+    return Annotated[str, Field(max_length=limits.max_chars)]
+
+
+def items_type(item: Any, limits: Limits) -> Any:
+    """A list as ``service.validate.check_items`` accepts it: 1 to ``max_items`` items."""
+    return Annotated[list[item], Field(min_length=1, max_length=limits.max_items)]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -34,7 +34,9 @@ from models.spans import Decode, Entity, apply_decode, decode_batch, merge_entit
 from service import lexicon as lex
 from service.errors import InferenceError, InvalidRequest, OutOfRange, ServiceError, TooManyEntities, TooManyItems
 from service.jobs import Job, Limits, Seq
-from service.tasks.base import WARM_UP_TEXT, Body, Operation, ScoreSpec, Task, register
+from service.tasks.base import (
+    WARM_UP_TEXT, Body, Operation, ScoreSpec, Task, constrained, items_type, register, text_type,
+)  # fmt: skip
 from service.validate import check_number, check_texts
 
 # --------------------------------------------------------------------------------------------
@@ -56,6 +58,20 @@ class LexiconEntryIn(Body):
         '"lexicon"); block: the model\'s entities equal to the term are removed'
     )
 
+    @classmethod
+    def contract(cls, limits: Limits) -> dict[str, Any]:
+        """As ``service.lexicon.check_entry`` takes it: a term with a non-blank character; an "add" entry
+        names a label (not blank, not "*"), a "block" entry may leave it "*" (any)."""
+        term = Annotated[str, Field(max_length=lex.MAX_TERM_CHARS, pattern=r"\S")]
+        label = Annotated[str, Field(max_length=lex.MAX_LABEL_CHARS)]
+        named = Annotated[str, Field(max_length=lex.MAX_LABEL_CHARS, pattern=r"\S")]
+        block = constrained(cls, {"term": term, "label": label, "action": Literal["block"]}, required=["term", "action"],
+                            title="block")  # fmt: skip
+        add = constrained(cls, {"term": term, "label": named, "action": Literal["add"]}, required=["term", "label"],
+                          title="add")  # fmt: skip
+        add["properties"]["label"]["not"] = {"pattern": r"^\s*\*\s*$"}
+        return {"title": cls.__name__, "type": "object", "oneOf": [add, block]}
+
 
 class NerQuery(Body):
     texts: list[str] = Field(description="texts to tag (long ones are windowed, never truncated)")
@@ -70,6 +86,15 @@ class NerQuery(Body):
         description=f"this request's lexicon entries (at most {MAX_REQUEST_LEXICON}), applied after the "
         "bundle's and the server's (an entry for the same term and label replaces theirs)",
     )
+
+    @classmethod
+    def contract(cls, limits: Limits) -> dict[str, Any]:
+        threshold = Annotated[float, Field(ge=limits.threshold_min, le=limits.threshold_max)]
+        lexicon = Annotated[list[dict[str, Any]], Field(max_length=MAX_REQUEST_LEXICON)]
+        schema = constrained(cls, {"texts": items_type(text_type(limits), limits), "threshold": threshold | None,
+                                   "lexicon": lexicon | None})  # fmt: skip
+        schema["properties"]["lexicon"]["anyOf"][0]["items"] = LexiconEntryIn.contract(limits)
+        return schema
 
 
 @dataclass(frozen=True)

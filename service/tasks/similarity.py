@@ -24,7 +24,9 @@ from pydantic import BaseModel, Field
 
 from service.errors import InferenceError, InvalidRequest, OutOfRange, ServiceError
 from service.jobs import Job, Limits, Seq
-from service.tasks.base import WARM_UP_TEXT, Body, Operation, ScoreSpec, Task, register
+from service.tasks.base import (
+    WARM_UP_TEXT, Body, Integer, Operation, ScoreSpec, Task, constrained, items_type, register, text_type,
+)  # fmt: skip
 from service.validate import check_items, check_number, check_text, check_texts
 
 # --------------------------------------------------------------------------------------------
@@ -38,7 +40,19 @@ class SimilarityQuery(Body):
     )
     query: str | None = Field(None, description="rank candidates against this text")
     candidates: list[str] | None = None
-    top_k: int | None = Field(None, description="how many ranked candidates to return; default all")
+    top_k: Integer | None = Field(None, description="how many ranked candidates to return; default all")
+
+    @classmethod
+    def contract(cls, limits: Limits) -> dict[str, Any]:
+        """Either ``pairs`` (the rest null or absent), or ``query`` and ``candidates`` (+ ``top_k``)."""
+        text = text_type(limits)
+        pair = Annotated[list[text], Field(min_length=2, max_length=2)]
+        pairs = constrained(cls, {"pairs": items_type(pair, limits), "query": None, "candidates": None,
+                                  "top_k": None}, required=["pairs"], title="pairs")  # fmt: skip
+        rank = constrained(cls, {"pairs": None, "query": text, "candidates": items_type(text, limits),
+                                 "top_k": Annotated[int, Field(ge=1)] | None},
+                           required=["query", "candidates"], title="query and candidates")  # fmt: skip
+        return {"title": cls.__name__, "type": "object", "oneOf": [pairs, rank]}
 
     def form(self) -> str:
         """'pairs' or 'rank'; both forms at once, or neither, is an error naming the fields."""
@@ -59,9 +73,17 @@ class SimilarityQuery(Body):
 class EmbedQuery(Body):
     texts: list[str]
 
+    @classmethod
+    def contract(cls, limits: Limits) -> dict[str, Any]:
+        return constrained(cls, {"texts": items_type(text_type(limits), limits)})
+
 
 class DocumentIn(Body):
     text: str
+
+    @classmethod
+    def contract(cls, limits: Limits) -> dict[str, Any]:
+        return constrained(cls, {"text": text_type(limits)})
 
 
 class RerankQuery(Body):
@@ -69,9 +91,17 @@ class RerankQuery(Body):
 
     query: str = Field(description="the text the documents are ranked against")
     documents: list[str | DocumentIn] = Field(description='strings, or {"text": ...} objects')
-    top_n: int | None = Field(None, description="how many of the best documents to return; default all")
+    top_n: Integer | None = Field(None, description="how many of the best documents to return; default all")
     return_documents: bool = Field(False, description="echo each document's text in its result")
     model: str | None = Field(None, description="accepted for compatibility and ignored: the served bundle answers")
+
+    @classmethod
+    def contract(cls, limits: Limits) -> dict[str, Any]:
+        text = text_type(limits)
+        schema = constrained(cls, {"query": text, "documents": items_type(text | dict[str, Any], limits),
+                                   "top_n": Annotated[int, Field(ge=1)] | None})  # fmt: skip
+        schema["properties"]["documents"]["items"]["anyOf"][1] = DocumentIn.contract(limits)
+        return schema
 
 
 @dataclass(frozen=True)

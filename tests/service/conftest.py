@@ -107,3 +107,23 @@ def server(tiny_bundle) -> Iterator[str]:
     """The tiny bundle behind the default settings (the engine loaded by the app's lifespan)."""
     with running(settings(bundle=tiny_bundle, max_wait_ms=5)) as base:
         yield base
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real one-node Ray cluster for the session (Ray has no local mode), sized for a 2-core CI
+    machine; skipped when Ray is not installed. Joined by ``--ray`` runs in this process, and by
+    ``--ray ADDRESS`` (``ray_cluster.get_runtime_context().gcs_address``) from a subprocess. Its own
+    cluster (``address="local"``), never another one running on the machine."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'ropenlp[ray]'")
+    for attempt in range(3):  # Ray waits 30 s (fixed) for its raylet: a machine busy with others may need another go
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=400 << 20,
+                     logging_level="warning", log_to_driver=False)  # fmt: skip
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+    yield ray
+    ray.shutdown()

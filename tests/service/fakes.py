@@ -3,7 +3,8 @@
 NER: a span scores ``10 + 0.01 * i`` (i = its first token's position in the row, so two windows
 score the same entity differently) when its tokens spell a gazetteer word, else -10.
 Similarity: a deterministic unit vector per row. Knobs: a delay per batch, a gate that blocks the
-worker, failure on rows holding a given token id; every row it sees is recorded.
+worker, failure on rows holding a given token id, a call that never returns (a hung ONNX Runtime call)
+on rows holding another; every row it sees is recorded.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ class FakeRuntime:
     provider = "fake"
 
     def __init__(
-        self, tokenizer, labels, *, dim: int = 32, delay: float = 0.0, fail_on_id: int | None = None
-    ):
+        self, tokenizer, labels, *, dim: int = 32, delay: float = 0.0, fail_on_id: int | None = None,
+        hang_on_id: int | None = None,
+    ):  # fmt: skip
         self.labels, self.dim, self.delay, self.fail_on_id = list(labels), dim, delay, fail_on_id
+        self.hang_on_id = hang_on_id
         self.precision = {"ner": "fp32", "similarity": "fp32"}
         self.words = [
             (np.array([tokenizer.token_to_id(ch) for ch in word], dtype=np.int64), self.labels.index(label))
@@ -52,6 +55,8 @@ class FakeRuntime:
             self.gate.wait(30)
         if self.delay:
             time.sleep(self.delay)
+        if self.hang_on_id is not None and (ids == self.hang_on_id).any():
+            threading.Event().wait()  # never returns
         if self.fail_on_id is not None and (ids == self.fail_on_id).any():
             raise RuntimeError("fake model failure")
         return self._ner(ids, mask) if task == "ner" else self._embed(ids, mask)
@@ -86,7 +91,7 @@ def fake_engine(bundle, **engine_kw):
 
     manifest = load_manifest(bundle)
     tokenizer = Tokenizer.load(bundle / manifest.tokenizer)
-    runtime_kw = {k: engine_kw.pop(k) for k in ("delay", "fail_on_id") if k in engine_kw}
+    runtime_kw = {k: engine_kw.pop(k) for k in ("delay", "fail_on_id", "hang_on_id") if k in engine_kw}
     runtime = FakeRuntime(tokenizer, manifest.tasks["ner"].labels, dim=manifest.tasks["similarity"].dim, **runtime_kw)
     if engine_kw.pop("similarity_only", False):
         manifest = manifest.model_copy(update={"tasks": {"similarity": manifest.tasks["similarity"]}})
