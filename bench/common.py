@@ -161,8 +161,9 @@ def random_bundle(
     like: Path | None = None,
 ) -> tuple[Path, dict[str, Path]]:
     """A two-task bundle of random models under ``workdir``: (bundle dir, {task: checkpoint dir}); ``like``
-    as in :func:`random_checkpoint`."""
+    as in :func:`random_checkpoint`. Static int8 is calibrated on ``texts`` (the bench's sentences)."""
     from export.onnx import export_bundle
+    from export.variants import CalibrationTexts
 
     ckpts = {
         task: random_checkpoint(
@@ -174,8 +175,10 @@ def random_bundle(
     log.info(
         "exporting a random %d-layer / %d-dim bundle (%s) to %s", layers, hidden, "+".join(precisions), bundle
     )
+    calibration = {task: CalibrationTexts("the bench's texts", list(texts)) for task in ckpts} if texts else None
     export_bundle(
-        bundle, **ckpts, precisions=tuple(precisions), name=f"random-{layers}x{hidden}", overwrite=True
+        bundle, **ckpts, precisions=tuple(precisions), name=f"random-{layers}x{hidden}", overwrite=True,
+        calibration=calibration,
     )
     return bundle, ckpts
 

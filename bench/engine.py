@@ -265,12 +265,12 @@ def load_variants(args, bundles: dict[str, Path], ckpts: dict[str, Path], limits
 
 def call_costs(engine, task: str, texts: list[str], configs: dict[str, dict]) -> dict:
     """Rows, model batches, padded / real tokens and matmul FLOPs of one Engine request."""
-    from models.batches import plan_batches
+    from models.batches import MAX_PADDING, plan_batches
 
     op = "ner" if task == "ner" else "embed"
     job = engine.prepare(op, engine.query(op, texts=texts))
     lengths = [len(s) for s in job.seqs]
-    batches = plan_batches(lengths, engine.limits.batch_tokens)
+    batches = plan_batches(lengths, engine.limits.batch_tokens, max_padding=MAX_PADDING)  # as Engine.execute
     shapes = [(len(b), max(lengths[k] for k in b)) for b in batches]  # (rows, padded length)
     out = {
         "rows": len(lengths),

@@ -59,7 +59,10 @@ def prepare(args, workdir: Path) -> tuple[Path, Path | None]:
     task = detect_task(ckpt)
     bundle = workdir / "bundle"
     log.info("exporting %s (%s) to a temporary bundle (fp32 + int8)", ckpt, task)
-    export_bundle(bundle, **{task: ckpt}, precisions=("fp32", "int8"))
+    from ropenlp.export import calibration_for  # static int8: the training data the checkpoint's run recorded
+
+    export_bundle(bundle, **{task: ckpt}, precisions=("fp32", "int8"),
+                  calibration=calibration_for({task: Path(ckpt)}, [], [task]))
     return bundle, ckpt
 
 

@@ -5,7 +5,7 @@ quantized, accuracy per calibration method, batch invariance, and speed with ses
     python bench/static_int8.py --layers 12 --hidden 768 --calibration 128 --json out.json
 
 Steps: a random two-task bundle (``bench.common.random_bundle``: fp32 = ONNX Runtime's offline
-optimiser output, int8 = dynamic) plus each task's raw ``torch.onnx.export`` graph; static int8 from
+optimiser output, int8-dynamic) plus each task's raw ``torch.onnx.export`` graph; static int8 from
 either graph (``export.quantize_static``), calibrated on ``--calibration`` texts drawn (seeded) from
 the training split (CLUENER train for NER, STS-B train sentences for similarity), one unpadded window
 per batch. Accuracy: every evaluation text (dev split) alone, against the fp32 graph: NER scores on
@@ -59,17 +59,21 @@ def prepare(workdir: Path, *, layers: int, hidden: int, like: Path | None) -> tu
     import torch  # noqa: F401  (the raw export needs it)
 
     from export.graphs import NerGraph, SimilarityGraph, to_onnx
+    from export.tasks import EXPORTERS
     from models.tasks import load_ner, load_similarity
 
     bundle = workdir / "bundle"
     if not (bundle / "bundle.json").is_file():
         texts = train_texts("ner")[:2000] + train_texts("similarity")[:2000]
-        random_bundle(workdir, layers=layers, hidden=hidden, texts=texts, like=like)
+        random_bundle(workdir, layers=layers, hidden=hidden, texts=texts, like=like,
+                      precisions=("fp32", "int8-dynamic"))
     raw = {}
     for task, loader, wrap in (("ner", load_ner, NerGraph), ("similarity", load_similarity, SimilarityGraph)):
         raw[task] = workdir / f"{PREFIX[task]}.raw.onnx"
         if not raw[task].is_file():
-            to_onnx(wrap(loader(workdir / f"ckpt-{task}")).eval(), raw[task])
+            exp = EXPORTERS[task]
+            to_onnx(wrap(loader(workdir / f"ckpt-{task}")).eval(), raw[task], output=exp.output,
+                    output_axes=exp.output_axes)
     return bundle, raw
 
 
@@ -141,7 +145,7 @@ def quality(task: str, bundle: Path, raw: Path, workdir: Path, *, calibration: i
     manifest = load_manifest(bundle, verify_hashes=False)
     pad_id = Tokenizer.load(bundle / manifest.tokenizer).pad_id
     prefix = PREFIX[task]
-    opt, dyn = bundle / f"{prefix}.fp32.onnx", bundle / f"{prefix}.int8.onnx"
+    opt, dyn = bundle / f"{prefix}.fp32.onnx", bundle / f"{prefix}.int8-dynamic.onnx"
     feeds = calibration_from_bundle(bundle, task, train_texts(task), n=calibration, seed=seed)
     rows = rows_of(task, bundle, dev_texts(task, eval_texts))
     ref = outputs_alone(opt, task, rows)

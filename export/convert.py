@@ -1,14 +1,16 @@
 """The ONNX side of the export (torch-free): offline optimisation, dynamic int8, fp16, graph facts.
 
-Read top to bottom: graph facts (IO names, opset, IR cap) -> optimize (fp32) -> quantize_int8 (CPU)
+Read top to bottom (graph facts -- IO names, opset, IR cap, the task head -- are in ``export.graph_tools``):
+optimize (fp32) -> quantize_int8 (CPU)
 -> convert_fp16 (GPU) -> the builders the precision registry names (``models.precisions``:
-``build_int8``, ``build_fp16``; each ``(src, dst, options) -> dst``).
+``build_int8`` (static, ``export.quantize_static``), ``build_int8_dynamic``, ``build_fp16``; each
+``(src, dst, options) -> dst`` or a :class:`Built` that also says how the graph was quantized).
 
 * ``optimize``: ONNX Runtime's transformer optimiser with ``model_type='bert'`` and ``opt_level=1``
   (basic, provider-independent rewrites; the result serves CPU and CUDA). For RoFormer it fuses
   LayerNorm (+ residual: SkipLayerNormalization) and BiasGelu; attention stays unfused because the
   rotation breaks the pattern.
-* ``quantize_int8``: ``quantize_dynamic`` with QInt8 weights on the optimised graph. Only MatMuls
+* ``quantize_int8``: (the ``int8-dynamic`` variant) ``quantize_dynamic`` with QInt8 weights on the optimised graph. Only MatMuls
   with a constant weight are quantized (``MatMulConstBOnly``), so attention and span products
   between activations stay fp32; the embedding Gather and the task head (span projections; pooling,
   whitening, normalisation) are left in fp32 as well. ``DefaultTensorType``
@@ -21,46 +23,20 @@ Read top to bottom: graph facts (IO names, opset, IR cap) -> optimize (fp32) -> 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
+from export.graph_tools import LAYER_NORMS, MAX_IR_VERSION, graph_io, head_nodes, opset_of, save  # noqa: F401
+from export.graph_tools import quiet as _quiet
+from models.bundle import Calibration, Quantization
+
 log = logging.getLogger(__name__)
-
-MAX_IR_VERSION = 10  # ONNX Runtime reads at most 13; onnx 1.23 writes 14 for graphs it builds
-
-
-# --------------------------------------------------------------------------------------------
-# Graph facts
-# --------------------------------------------------------------------------------------------
-
-
-def graph_io(model: onnx.ModelProto | str | Path) -> tuple[list[str], list[str]]:
-    """(input names, output names) of a graph; initializers listed as inputs are not inputs."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model), load_external_data=False)
-    inits = {t.name for t in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output]
-
-
-def opset_of(model: onnx.ModelProto | str | Path) -> int:
-    """The default-domain (ai.onnx) opset a graph imports."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model), load_external_data=False)
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    raise ValueError("graph imports no ai.onnx opset")
-
-
-def save(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Save as one file with the IR version capped at ``MAX_IR_VERSION`` (see FACTS: ORT <= 13)."""
-    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
-    onnx.save_model(model, str(path))
-    return Path(path)
+BATCH_TOLERANCE = 1e-4  # a batch-invariant variant: |a text's outputs alone - in a padded batch| at most this
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,6 +84,13 @@ def quantize_int8(src: str | Path, dst: str | Path, *, per_channel: bool = True)
     return save(quantized, dst)
 
 
+def dynamic_matmuls(model: onnx.ModelProto) -> tuple[int, int]:
+    """(integer, float) MatMul / Gemm nodes of a dynamically quantized graph."""
+    ops = [n.op_type for n in model.graph.node]
+    integer = ops.count("MatMulInteger") + ops.count("DynamicQuantizeMatMul")
+    return integer, ops.count("MatMul") + ops.count("Gemm")
+
+
 def quantized_nodes(model: onnx.ModelProto) -> set[str]:
     """Names of the original nodes that the dynamic quantizer turned into integer MatMuls
     (it names its ``MatMulInteger`` / ``DynamicQuantizeMatMul`` node ``<original>_quant``)."""
@@ -134,55 +117,70 @@ def convert_fp16(src: str | Path, dst: str | Path) -> Path:
     return save(wrapped.model, dst)
 
 
-LAYER_NORMS = {"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
-               "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization"}
-
-
-def head_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes that feed the graph outputs without passing through a LayerNorm (the task head).
-
-    Unnamed nodes are given names first (the fp16 converter blocks nodes by name).
-    """
-    graph = model.graph
-    names = {n.name for n in graph.node}
-    for k, node in enumerate(graph.node):
-        if not node.name:
-            node.name = f"{node.op_type}_ropenlp_{k}"
-            while node.name in names:
-                node.name += "_"
-            names.add(node.name)
-    producer = {out: node for node in graph.node for out in node.output}
-    stack, head = [o.name for o in graph.output], {}
-    while stack:
-        node = producer.get(stack.pop())
-        if node is None or node.op_type in LAYER_NORMS or node.name in head:
-            continue
-        head[node.name] = node
-        stack.extend(i for i in node.input if i)
-    return list(head)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the ONNX Runtime tools for a block: their INFO and WARNING logs (module-level loggers named after
-    their files: ``fusion_base``, ``onnx_model``, ...) and what they print to stdout."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
-
-
 # --------------------------------------------------------------------------------------------
 # Builders: what models.precisions.PRECISIONS[name].builder names
 # --------------------------------------------------------------------------------------------
 
 
-def build_int8(src: Path, dst: Path, options) -> Path:
-    """The int8 variant (``options``: ``export.variants.BuildOptions``)."""
-    return quantize_int8(src, dst, per_channel=options.per_channel)
+@dataclass(frozen=True)
+class Built:
+    """What a builder made: the graph file, and for a quantized graph how it was quantized (the manifest's record)."""
+
+    file: Path
+    quantization: Quantization | None = None
+
+
+def build_int8(src: Path, dst: Path, options) -> Built:
+    """The static int8 variant of the raw export (``options``: ``export.variants.BuildOptions``, whose
+    ``calibration`` holds the feeds of texts drawn from the task's training data, described by
+    ``calibration_record``). Fails when the graph's outputs depend on the batch (above ``BATCH_TOLERANCE``)."""
+    from export.errors import ExportError
+    from export.quantize_static import quantize_static_int8
+
+    if not options.calibration or options.calibration_record is None:
+        raise ExportError(f"{dst.name}: static int8 needs calibration texts (a few hundred from the task's "
+                          "training data); none were given")
+    report = quantize_static_int8(src, dst, options.calibration, method=options.method,
+                                  per_channel=options.per_channel)
+    dependence = batch_dependence(dst, options.check_rows, pad_id=options.pad_id)
+    if not dependence <= BATCH_TOLERANCE:  # also NaN
+        raise ExportError(f"{dst.name}: a text's outputs differ by up to {dependence:.3g} between the text alone "
+                          f"and the text in a padded batch (tolerance {BATCH_TOLERANCE:g}): static int8 must not "
+                          "depend on the batch")
+    record = options.calibration_record
+    calibration = Calibration(source=record.source, texts=record.texts, seed=record.seed,
+                              rows=report.calibration_batches, tokens=report.calibration_tokens, method=report.method,
+                              percentile=report.percentile)
+    return Built(dst, Quantization(
+        mode="static", batch_invariant=True, batch_dependence=dependence, format=report.format,
+        activations=f"{report.activation_type} per-tensor, calibrated",
+        weights=f"{report.weight_type} {'per-channel' if report.per_channel else 'per-tensor'}",
+        matmuls_int8=report.matmuls_quantized, matmuls_fp32=len(report.fp32_matmuls), calibration=calibration,
+        source=options.source_note or f"the raw torch.onnx export ({src.name})",
+    ))
+
+
+def build_int8_dynamic(src: Path, dst: Path, options) -> Built:
+    """The dynamic int8 variant: activation scales per call, so its outputs depend on the batch (recorded)."""
+    quantize_int8(src, dst, per_channel=options.per_channel)
+    integer, floating = dynamic_matmuls(onnx.load(str(dst), load_external_data=False))
+    return Built(dst, Quantization(
+        mode="dynamic", batch_invariant=False,
+        batch_dependence=batch_dependence(dst, options.check_rows, pad_id=options.pad_id), format="qoperator",
+        activations="uint8 per-tensor, scale per call over the whole batch (padding included)",
+        weights=f"int8 {'per-channel' if options.per_channel else 'per-tensor'}",
+        matmuls_int8=integer, matmuls_fp32=floating, source=f"the optimised fp32 graph ({src.name})",
+    ))
+
+
+def batch_dependence(graph: Path, rows: Sequence[np.ndarray], *, pad_id: int) -> float | None:
+    """Largest |output of a row alone - in a padded batch| over ``rows`` (token id arrays of varied lengths) in
+    shuffled batches of 4 and of 8; None without rows."""
+    from export.quantize_static import max_batch_dependence
+
+    if len(rows) < 2:
+        return None
+    return max(max_batch_dependence(graph, rows, pad_id=pad_id, batch_size=b, seed=b) for b in (4, 8))
 
 
 def build_fp16(src: Path, dst: Path, options) -> Path:

@@ -8,6 +8,10 @@
       <prefix>.<precision>.onnx   per task and precision (ner.int8.onnx, sim.fp32.onnx, ...)
       MODEL_CARD.md        data, terms, metrics, limits, from the manifest (``models.card``)
 
+Variants the registry marks ``calibrated`` (static int8) need ``calibration``: per task, texts of its
+training data (:class:`export.variants.CalibrationTexts`), of which ``calibration_size`` are drawn with
+``calibration_seed``; without them the export fails (it never calibrates on the parity sample).
+
 Any registered task kind is a keyword (``export.tasks``: ``ner``, ``similarity``, ...). Steps per task,
 the same for every kind: load the checkpoint (its exporter) -> ``torch.onnx.export`` of the exporter's
 graph -> the precision registry's variants (``models.precisions``: the optimised fp32 reference, then
@@ -28,7 +32,9 @@ from pathlib import Path
 
 import ropenlp
 from export.errors import ExportError, stage
+from export.quantize_static import DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, DEFAULT_SEED
 from export.tasks import EXPORTERS, TaskExporter
+from export.variants import CalibrationTexts
 from models.bundle import (
     FORMAT_VERSION,
     MANIFEST,
@@ -41,6 +47,7 @@ from models.bundle import (
 from models.card import write_model_card
 from models.normalize import Normalize
 from models.precisions import NAMES as PRECISIONS
+from models.precisions import PRECISIONS as PRECISION_KINDS
 from models.precisions import REFERENCE
 from models.tasks import TASK_FILE, read_task, tokenizer_file
 from models.text import Tokenizer
@@ -49,7 +56,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 DEFAULT_TOLERANCE = 1e-3
-__all__ = ["DEFAULT_TOLERANCE", "PRECISIONS", "ExportError", "detect_task", "export_bundle"]
+__all__ = ["DEFAULT_TOLERANCE", "PRECISIONS", "CalibrationTexts", "ExportError", "detect_task", "export_bundle"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,6 +79,10 @@ def export_bundle(
     exporter: str = "legacy",
     per_channel: bool = True,
     overwrite: bool = False,
+    calibration: Mapping[str, CalibrationTexts] | None = None,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    calibration_seed: int = DEFAULT_SEED,
+    calibration_method: str = DEFAULT_METHOD,
     **by_task: str | Path | None,
 ) -> Manifest:
     """Export task checkpoints into one bundle at ``out``; return its manifest.
@@ -82,6 +93,8 @@ def export_bundle(
     every task, or per task as ``{"ner": [...], "similarity": [...]}`` (e.g. int8 NER beside an fp32
     similarity model whose whitening amplifies int8 noise). ``sample_texts``: texts for the parity checks
     (default ``SAMPLE_TEXTS``). ``tolerance``: the largest reference-vs-PyTorch difference accepted.
+    ``calibration``: ``{task: CalibrationTexts}`` for the calibrated variants (static int8), drawn as
+    ``calibration_size`` texts with ``calibration_seed``; ranges by ``calibration_method``.
     Raises ``ExportError``.
     """
     from export.graphs import DEFAULT_OPSET
@@ -102,6 +115,8 @@ def export_bundle(
     for task, path in paths.items():
         _check_checkpoint(task, path)
     wanted = _precisions_by_task(precisions, list(paths))
+    calibration = dict(calibration or {})
+    _check_calibration(wanted, calibration, calibration_method)
     tokenizer, tokenizer_json = _shared_tokenizer(paths)
     datasets = [_dataset(d) for d in training_data]
     texts = [t for t in (sample_texts if sample_texts is not None else SAMPLE_TEXTS) if t.strip()]
@@ -117,7 +132,9 @@ def export_bundle(
         tokenizer.save(staging / "tokenizer.json")
         tasks = {task: _export_task(EXPORTERS[task], path, staging, tokenizer=tokenizer, texts=texts,
                                     precisions=wanted[task], tolerance=tolerance, opset=opset or DEFAULT_OPSET,
-                                    exporter=exporter, per_channel=per_channel)
+                                    exporter=exporter, per_channel=per_channel,
+                                    calibration=calibration.get(task), size=calibration_size,
+                                    seed=calibration_seed, method=calibration_method)
                  for task, path in paths.items()}  # fmt: skip
         manifest = Manifest(
             format_version=FORMAT_VERSION,
@@ -186,6 +203,30 @@ def _check_precisions(precisions: Iterable[str]) -> list[str]:
     if bad or not given:
         raise ExportError(f"precision(s) {bad or given} not supported: choose from {', '.join(PRECISIONS)}")
     return [p for p in PRECISIONS if p in given]
+
+
+def _check_calibration(wanted: Mapping[str, list[str]], calibration: Mapping[str, CalibrationTexts],
+                       method: str) -> None:
+    """Every task that gets a calibrated variant has calibration texts (never the parity sample, silently)."""
+    from export.quantize_static import METHODS
+
+    if method not in METHODS:
+        raise ExportError(f"unknown calibration method {method!r}: choose from {', '.join(METHODS)}")
+    unknown = sorted(set(calibration) - set(wanted))
+    if unknown:
+        raise ExportError(f"calibration data given for {unknown}, but the bundle has only {list(wanted)}")
+    for task, names in wanted.items():
+        need = [p for p in names if PRECISION_KINDS[p].calibrated]
+        if not need:
+            continue
+        given = calibration.get(task)
+        if given is None:
+            raise ExportError(
+                f"{', '.join(need)} of the {task} model needs calibration texts: a few hundred are drawn from the "
+                f"task's training data (CLI: --calibration-data {task}=FILE, or a checkpoint whose run recorded "
+                "its training data); int8-dynamic needs none but its results depend on the batch")
+        if not any(isinstance(t, str) and t.strip() for t in given.texts):
+            raise ExportError(f"the {task} calibration data ({given.source}) holds no text")
 
 
 def _check_checkpoint(task: str, path: Path) -> None:
@@ -266,7 +307,8 @@ def _check_length(path: Path, max_length: int, max_positions: int) -> None:
 
 
 def _export_task(exp: TaskExporter, path: Path, staging: Path, *, tokenizer: Tokenizer, texts: list[str],
-                 precisions: list[str], tolerance: float, opset: int, exporter: str, per_channel: bool) -> TaskSpec:
+                 precisions: list[str], tolerance: float, opset: int, exporter: str, per_channel: bool,
+                 calibration: CalibrationTexts | None, size: int, seed: int, method: str) -> TaskSpec:
     """Load, check against the tokenizer and the encoder's positions, export, build and check the variants,
     and the task's manifest spec."""
     from export import variants
@@ -278,15 +320,43 @@ def _export_task(exp: TaskExporter, path: Path, staging: Path, *, tokenizer: Tok
     graph = exp.graph(model).eval()
     with stage(f"PyTorch on the sample texts ({exp.kind})"):
         parity = exp.parity(model, graph, tokenizer, texts)
-    files = variants.build(graph, staging, prefix=exp.file_prefix, task=exp.kind, output=exp.output,
+    options = build_options(exp, model.cfg, _normalizing(tokenizer, path), texts, calibration, size=size, seed=seed,
+                            method=method, per_channel=per_channel)
+    built = variants.build(graph, staging, prefix=exp.file_prefix, task=exp.kind, output=exp.output,
                            output_axes=exp.output_axes, precisions=precisions, opset=opset, exporter=exporter,
-                           encoder_cfg=enc_cfg,
-                           options=variants.BuildOptions(per_channel=per_channel, calibration=parity.feeds))
+                           encoder_cfg=enc_cfg, options=options)
     with stage(f"the parity check of the {exp.kind} graphs on ONNX Runtime"):
-        report = variants.check(files, parity, tolerance=tolerance, texts=len(texts))
+        report = variants.check({p: b.file for p, b in built.items()}, parity, tolerance=tolerance, texts=len(texts))
     for p, r in report.items():
         log.info("%s %s parity: %s", exp.kind, p, ", ".join(f"{k}={_fmt(v)}" for k, v in r.items()))
-    return exp.spec(model, variants.specs(files, report, keep=precisions), _metrics(path))
+    return exp.spec(model, variants.specs(built, report, keep=precisions), _metrics(path))
+
+
+CHECK_ROWS = 64  # calibration rows added to the sample's for the batch-dependence check
+
+
+def build_options(exp: TaskExporter, settings, tokenizer: Tokenizer, texts: Sequence[str],
+                  calibration: CalibrationTexts | None, *, size: int, seed: int, method: str,
+                  per_channel: bool = True, source_note: str | None = None):
+    """The builders' options for one task: calibration feeds (``size`` texts drawn with ``seed`` from
+    ``calibration``, each row its own unpadded batch) and the rows of the batch-dependence check (the
+    sample's and some calibration rows: many lengths)."""
+    import numpy as np
+
+    from export.quantize_static import draw_texts
+    from export.variants import BuildOptions, CalibrationRecord
+
+    check = exp.rows(settings, tokenizer, texts)
+    feeds, record = [], None
+    if calibration is not None:
+        drawn = draw_texts(calibration.texts, size, seed=seed)
+        rows = exp.rows(settings, tokenizer, drawn)
+        feeds = [{"input_ids": r[None, :].astype(np.int64), "attention_mask": np.ones((1, len(r)), np.int64)}
+                 for r in rows]
+        record = CalibrationRecord(source=calibration.source, texts=len(drawn), seed=seed)
+        check = check + rows[:CHECK_ROWS]
+    return BuildOptions(per_channel=per_channel, calibration=feeds, calibration_record=record, method=method,
+                        check_rows=check, pad_id=tokenizer.pad_id, source_note=source_note)
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,6 +410,15 @@ def _describe_checkpoints(checkpoints: Mapping[str, Path]) -> str:
     if len(set(paths.values())) == 1:
         return next(iter(paths.values()))
     return "; ".join(f"{task}: {p}" for task, p in paths.items())
+
+
+def _normalizing(tokenizer: Tokenizer, checkpoint: Path) -> Tokenizer:
+    """The tokenizer as the service will run it for this checkpoint: with its recorded normalisation (the rows
+    static int8 is calibrated on must be the rows it will see)."""
+    from models.normalize import Normalizer
+
+    norm = _normalize({"": checkpoint})
+    return tokenizer.normalizing(Normalizer(norm) if norm.enabled else None)
 
 
 def _normalize(checkpoints: Mapping[str, Path]) -> Normalize:

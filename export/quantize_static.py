@@ -36,7 +36,7 @@ How (each choice measured with ``bench/static_int8.py`` on a 4 x 256 random mode
   points every reader of a quantized tensor at its dequantized copy, the residual connection
   included, which made the error 5x that of the QOperator graph.
 * **The task head stays fp32**, found exactly as the dynamic path finds it
-  (``export.convert.head_nodes``); the quantized graph is checked afterwards and a head node that
+  (``export.graph_tools.head_nodes``); the quantized graph is checked afterwards and a head node that
   is gone or reads a dequantized tensor raises :class:`StaticQuantError`.
 * **Calibration**: each text window is its own batch of one, with no padding. Static scales are
   the same whatever batch a text later rides in, so calibration batching decides only which values
@@ -285,14 +285,15 @@ def quantize_static_int8(
     ``calibration``: a list of feeds (``{"input_ids": (1, T) int64, "attention_mask": (1, T) int64}``,
     see :func:`calibration_feeds`) or an ``onnxruntime.quantization.CalibrationDataReader``.
     ``method``: activation ranges by ``minmax``, ``entropy`` or ``percentile`` (``percentile``, e.g. 99.99).
-    ``exclude``: more node names to keep fp32; the task head (``export.convert.head_nodes``) always is.
+    ``exclude``: more node names to keep fp32; the task head (``export.graph_tools.head_nodes``) always is.
     ``quantize_attention``: also quantize the activation x activation MatMuls (q.k, p.v).
     Raises :class:`StaticQuantError` when a head node gets quantized, or a MatMul that should be
     quantized (every one with a constant weight outside the head) stays fp32.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from export.convert import _quiet, head_nodes, save
+    from export.graph_tools import head_nodes, save
+    from export.graph_tools import quiet as _quiet
 
     if method not in METHODS:
         raise StaticQuantError(f"unknown calibration method {method!r}: choose from {', '.join(METHODS)}")

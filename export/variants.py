@@ -38,22 +38,47 @@ class Parity:
 
 
 @dataclass(frozen=True)
+class CalibrationTexts:
+    """Texts a calibrated variant may draw from (the task's training data) and where they come from."""
+
+    source: str  # for the manifest, e.g. "cluener/train.json"
+    texts: Sequence[str]
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """What the manifest says of a calibrated variant's texts: where from, how many were drawn, the seed."""
+
+    source: str
+    texts: int
+    seed: int
+
+
+@dataclass(frozen=True)
 class BuildOptions:
     """What the registry's builders (``export.convert``) may use."""
 
     per_channel: bool = True  # int8: one weight scale per output channel
-    calibration: Sequence[dict[str, np.ndarray]] = ()  # model feeds of the sample (for calibrated variants)
+    # calibrated variants (static int8): one unpadded batch per row of the calibration texts, and their record
+    calibration: Sequence[dict[str, np.ndarray]] = ()
+    calibration_record: CalibrationRecord | None = None
+    method: str = "minmax"  # activation ranges: minmax | entropy | percentile (export.quantize_static)
+    # the batch-dependence check: token id rows of varied lengths, each run alone and in padded batches
+    check_rows: Sequence[np.ndarray] = ()
+    pad_id: int = 0
+    source_note: str | None = None  # what the builder's input graph is, when not the export (requantize)
 
 
 def build(graph, staging: Path, *, prefix: str, task: str, output: str, output_axes: dict[int, str],
           precisions: Sequence[str], opset: int, exporter: str, encoder_cfg, options: BuildOptions) -> dict[str, Path]:
     """Export ``graph``, optimise it (the reference variant) and build the other variants ``precisions``
-    need, each from its reference: ``{precision: file}`` in build order."""
+    need, each from its reference or from the raw export (the registry's ``source``): ``{precision: Built}``
+    in build order."""
     from export import convert
     from export.graphs import to_onnx
 
     raw = staging / f"{prefix}.raw.onnx"
-    files: dict[str, Path] = {}
+    files: dict[str, convert.Built] = {}
     with stage(f"torch.onnx.export ({exporter} exporter) of the {task} graph"):
         to_onnx(graph, raw, output=output, output_axes=output_axes, opset=opset, exporter=exporter)
     for name in build_order(precisions):
@@ -61,20 +86,30 @@ def build(graph, staging: Path, *, prefix: str, task: str, output: str, output_a
         dst = staging / f"{prefix}.{name}.onnx"
         if kind.builder is None:  # the reference: the optimised export
             with stage(f"ONNX Runtime's optimiser on {dst.name}"):
-                files[name] = convert.optimize(raw, dst, num_heads=encoder_cfg.num_attention_heads,
-                                               hidden_size=encoder_cfg.hidden_size)
+                files[name] = convert.Built(convert.optimize(raw, dst, num_heads=encoder_cfg.num_attention_heads,
+                                                             hidden_size=encoder_cfg.hidden_size))
         else:
-            src = files[kind.reference]
-            with stage(f"{name} ({kind.summary}) of {src.name}"):
-                files[name] = getattr(convert, kind.builder)(src, dst, options)
+            files[name] = build_variant(name, raw if kind.source == "export" else files[kind.reference].file, dst,
+                                        options)
     raw.unlink()
     return files
 
 
-def check(files: dict[str, Path], parity: Parity, *, tolerance: float, texts: int) -> dict[str, dict[str, Any]]:
+def build_variant(name: str, src: Path, dst: Path, options: BuildOptions):
+    """One registry variant by its builder -> ``export.convert.Built``."""
+    from export import convert
+
+    kind = PRECISIONS[name]
+    with stage(f"{name} ({kind.summary}) of {src.name}"):
+        built = getattr(convert, kind.builder)(src, dst, options)
+    return built if isinstance(built, convert.Built) else convert.Built(Path(built))
+
+
+def check(files: dict[str, Path], parity: Parity, *, tolerance: float, texts: int,
+          references: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Each variant against its reference (PyTorch, or the variant the registry names); raise when a gated
-    one differs by more than ``tolerance``."""
-    outputs: dict[str, Any] = {PYTORCH: parity.reference}
+    one differs by more than ``tolerance``. ``references``: outputs of references not in ``files`` (by name)."""
+    outputs: dict[str, Any] = {PYTORCH: parity.reference, **(references or {})}
     report: dict[str, dict[str, Any]] = {}
     for name, file in files.items():
         kind = PRECISIONS[name]
@@ -91,16 +126,18 @@ def check(files: dict[str, Path], parity: Parity, *, tolerance: float, texts: in
     return report
 
 
-def specs(files: dict[str, Path], report: dict[str, dict[str, Any]], keep: Sequence[str]) -> dict[str, GraphSpec]:
-    """GraphSpecs of the variants asked for; the others (references built only to check) are deleted."""
+def specs(built: dict[str, Any], report: dict[str, dict[str, Any]], keep: Sequence[str]) -> dict[str, GraphSpec]:
+    """GraphSpecs of the variants asked for (``built``: ``{precision: export.convert.Built}``); the others
+    (references built only to check) are deleted."""
     from export import convert
 
     out = {}
-    for name, f in files.items():
+    for name, b in built.items():
+        f = b.file
         if name not in keep:
             f.unlink()
             continue
         inputs, outputs = convert.graph_io(f)
         out[name] = GraphSpec(file=f.name, precision=name, opset=convert.opset_of(f), inputs=inputs,
-                              outputs=outputs, parity=report[name])
+                              outputs=outputs, parity=report[name], quantization=b.quantization)
     return out

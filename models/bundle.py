@@ -11,7 +11,9 @@ Torch-free (pydantic + stdlib). Layout::
 
 ``tasks`` maps a name to its spec, a union discriminated by ``kind`` over the registered kinds
 (:func:`register_task_spec`; the name is the kind). Format 1 held each task under a top-level key of
-its name: still read. A task may carry several precision variants of its graph (the precision registry,
+its name: still read. Format 3 added ``GraphSpec.quantization`` (how an int8 graph was quantized and
+calibrated, and whether its results depend on the batch); formats 1 and 2 wrote no such record and
+their int8 graphs were all dynamic: they are read as ``int8-dynamic``. A task may carry several precision variants of its graph (the precision registry,
 ``models.precisions``); the runtime picks one for its execution provider with ``TaskSpec.pick``.
 """
 
@@ -29,8 +31,9 @@ from pydantic.fields import FieldInfo
 from models.normalize import Normalize
 from models.precisions import Precision, preference
 
-FORMAT_VERSION = 2  # what this ropenlp writes: tasks under "tasks", keyed by name
-READS = (1, 2)  # what it reads: version 1 holds each task under a top-level key of its name ("ner", ...)
+FORMAT_VERSION = 3  # what this ropenlp writes: tasks under "tasks", keyed by name; graphs' quantization
+READS = (1, 2, 3)  # what it reads: version 1 holds each task under a top-level key of its name ("ner", ...)
+LEGACY_INT8 = "int8-dynamic"  # what an "int8" graph of a format 1 / 2 bundle is (dynamic quantization)
 MANIFEST = "bundle.json"
 
 
@@ -42,6 +45,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Calibration(_Strict):
+    """Where a static int8 graph's activation ranges come from."""
+
+    source: str = Field(description="the texts' origin, e.g. 'cluener/train.json'")
+    texts: int = Field(ge=1, description="texts drawn (random.Random(seed).sample of the distinct texts)")
+    seed: int
+    rows: int = Field(ge=1, description="model rows run: every window of every text, each its own unpadded batch")
+    tokens: int
+    method: Literal["minmax", "entropy", "percentile"]
+    percentile: float | None = None
+
+
+class Quantization(_Strict):
+    """How an int8 graph was built, measured at export."""
+
+    mode: Literal["static", "dynamic"]
+    batch_invariant: bool = Field(description="a text's outputs are the same alone and in any batch")
+    batch_dependence: float | None = Field(
+        None, description="largest |output alone - output in a padded batch| over the export's check rows")
+    format: Literal["qdq", "qoperator"]
+    activations: str  # e.g. "uint8 per-tensor, calibrated" / "uint8 per-tensor, scale per call"
+    weights: str  # e.g. "int8 per-channel"
+    matmuls_int8: int
+    matmuls_fp32: int  # the task head's and the attention products (activation x activation)
+    calibration: Calibration | None = None  # static only
+    source: str | None = None  # what was quantized (the raw export, a dequantized graph, ...)
+
+
 class GraphSpec(_Strict):
     file: str
     precision: Precision
@@ -49,6 +80,7 @@ class GraphSpec(_Strict):
     inputs: list[str]
     outputs: list[str]
     parity: dict[str, float | int | str] = Field(default_factory=dict)  # measured at export
+    quantization: Quantization | None = None  # int8 graphs (format 3 on)
 
 
 class TaskSpec(_Strict):
@@ -154,7 +186,10 @@ class Manifest(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _upgrade(cls, raw):
-        """Format 1 (and keyword construction): each task under a top-level key of its kind's name."""
+        """Format 1 (and keyword construction): each task under a top-level key of its kind's name. Formats 1
+        and 2: their int8 graphs are dynamic (``LEGACY_INT8``)."""
+        if isinstance(raw, dict) and raw.get("format_version") in (1, 2):
+            raw = _legacy_int8(raw)
         if not isinstance(raw, dict) or not any(k in TASK_SPECS for k in raw):
             return raw
         raw = dict(raw)
@@ -180,6 +215,27 @@ class Manifest(_Strict):
         for task in self.tasks.values():
             names += [g.file for g in task.graphs.values()]
         return names
+
+
+def _legacy_int8(raw: dict) -> dict:
+    """A format 1 / 2 manifest with each task's ``int8`` graph renamed ``int8-dynamic`` (what it is)."""
+
+    def task(spec):
+        graphs = spec.get("graphs") if isinstance(spec, dict) else None
+        if not isinstance(graphs, dict) or "int8" not in graphs or LEGACY_INT8 in graphs:
+            return spec
+        g = graphs["int8"]
+        g = {**g, "precision": LEGACY_INT8} if isinstance(g, dict) and g.get("precision") == "int8" else g
+        return {**spec, "graphs": {(LEGACY_INT8 if k == "int8" else k): (g if k == "int8" else v)
+                                   for k, v in graphs.items()}}
+
+    raw = dict(raw)
+    if isinstance(raw.get("tasks"), dict):
+        raw["tasks"] = {name: task(spec) for name, spec in raw["tasks"].items()}
+    for kind in TASK_SPECS:  # format 1: tasks at the top level
+        if kind in raw:
+            raw[kind] = task(raw[kind])
+    return raw
 
 
 # --------------------------------------------------------------------------------------------

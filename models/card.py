@@ -71,7 +71,26 @@ def _task(name: str, spec: TaskSpec) -> list[str]:
         parity = ", ".join(f"{k}={_value(v)}" for k, v in g.parity.items() if k != "reference")
         lines.append(f"| {g.file} | {p} | {kind.summary if kind else '?'} | {g.parity.get('reference', '?')} | "
                      f"{parity} |")
+    quantized = [(g.file, g.quantization) for g in spec.graphs.values() if g.quantization is not None]
+    if quantized:
+        lines += ["", *(f"* `{file}`: {_quantization(q)}" for file, q in quantized)]
     return [*lines, ""]
+
+
+def _quantization(q) -> str:
+    """One line on how an int8 graph was quantized (``models.bundle.Quantization``)."""
+    dependence = "" if q.batch_dependence is None else f"{q.batch_dependence:.2g}"
+    if q.mode == "static":
+        c = q.calibration
+        how = (f"static int8, calibrated on {c.texts} texts of {c.source} (seed {c.seed}, {c.method}, "
+               f"{c.rows} rows)" if c is not None else "static int8")
+    else:
+        how = "dynamic int8: activation scales computed per call over the whole batch"
+    invariance = ("batch invariant" if q.batch_invariant else "batch-dependent: a text's scores follow its neighbours")
+    if dependence:
+        invariance += f" (max |alone - in a batch| {dependence} at export)"
+    return (f"{how} ({q.format}; activations {q.activations}; weights {q.weights}); {q.matmuls_int8} MatMuls in "
+            f"int8, {q.matmuls_fp32} in fp32; {invariance}" + (f"; quantized from {q.source}" if q.source else "") + ".")
 
 
 def model_card(manifest: Manifest) -> str:

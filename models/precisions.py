@@ -6,6 +6,13 @@ or another variant), and which execution providers prefer it. Everything else de
 table: the manifest's allowed precisions, the runtime's choice per provider, the export CLI's
 choices and the ``precision`` setting.
 
+``int8`` is static: its activation scales are constants of the graph, calibrated at export on texts
+drawn from the task's training data, so a text's numbers do not depend on its batch neighbours.
+``int8-dynamic`` (ONNX Runtime's ``DynamicQuantizeLinear``: one activation scale per tensor per call,
+over every row and the padding of the batch) is kept as an explicit choice only: a text's scores follow
+its neighbours, so a CPU runtime prefers fp32 to it, and bundles written before format 3 call their
+(dynamic) int8 graphs ``int8-dynamic`` when read (``models.bundle``).
+
 Adding a precision is one entry here plus its builder function in ``export/convert.py``
 (``docs/adding-a-task.md`` has the checklist; ``tests/models/test_precisions.py`` checks that every
 entry has a builder and a reference that is built before it).
@@ -27,6 +34,9 @@ class PrecisionKind:
     builder: str | None  # function of export.convert that builds it from its reference (None: the reference itself)
     rank: dict[str, int] = field(default_factory=dict)  # provider -> preference, lower first; absent = last
     gate: bool = False  # True: a difference above the export tolerance fails the export (else recorded)
+    source: Literal["reference", "export"] = "reference"  # the builder's input: its reference, or the raw export
+    calibrated: bool = False  # the builder needs calibration texts (drawn from the task's training data)
+    batch_invariant: bool = True  # a text's outputs do not depend on the batch it rides in (checked at export)
 
 
 PRECISIONS: dict[str, PrecisionKind] = {
@@ -41,8 +51,13 @@ PRECISIONS: dict[str, PrecisionKind] = {
             reference="fp32", builder="build_fp16", rank={"cpu": 2, "cuda": 0},
         ),
         PrecisionKind(
-            "int8", "dynamic int8 quantization of the MatMul weights (CPU)",
-            reference="fp32", builder="build_int8", rank={"cpu": 0, "cuda": 2},
+            "int8", "static int8: int8 MatMul weights, activation scales calibrated on training texts (CPU)",
+            reference="fp32", builder="build_int8", rank={"cpu": 0, "cuda": 2}, source="export",
+            calibrated=True,
+        ),
+        PrecisionKind(
+            "int8-dynamic", "dynamic int8: int8 MatMul weights, activation scales per call: batch-dependent (CPU)",
+            reference="fp32", builder="build_int8_dynamic", rank={"cpu": 3, "cuda": 3}, batch_invariant=False,
         ),
     )
 }  # fmt: skip

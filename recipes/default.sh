@@ -53,12 +53,14 @@ general=(--data "CLUENER2020 train split (NER)=$TERMS_CLUENER" --data "Chinese S
          --data "corpus_zh + THUCNews titles (MLM pre-training, whitening)=$TERMS_CORPUS")
 medical=(--data "CMeEE train split (nested medical NER)=$TERMS_CMEEE"
          --data "corpus_zh + THUCNews titles (MLM pre-training)=$TERMS_CORPUS")
+# int8 is static: activation ranges calibrated on 256 training texts per task (seed 0), batch invariant
 $RUN export -m runs/ner_cluener/best -m runs/sim_stsb/best -o service/bundles/default -p int8 \
+    --calibration-data "ner=$DATA/cluener/train.json" --calibration-data "similarity=$DATA/stsb_zh/train.tsv" \
     --name ropenlp-default-small --overwrite "${general[@]}"
 $RUN export -m runs/ner_cluener/best -m runs/sim_stsb/best -o runs/bundle_gpu -p fp16 -p fp32 \
     --name ropenlp-default-small-gpu --overwrite "${general[@]}"
 $RUN export -m runs/ner_cmeee/best -o service/bundles/medical -p int8 --name ropenlp-medical-small --overwrite \
-    "${medical[@]}"
+    --calibration-data "ner=$DATA/cmeee/train.jsonl" "${medical[@]}"
 $RUN export -m runs/ner_cmeee/best -o runs/bundle_medical_gpu -p fp16 -p fp32 --name ropenlp-medical-small-gpu \
     --overwrite "${medical[@]}"
 

@@ -42,7 +42,7 @@ def _register() -> None:
     """Attach the packages' sub-commands (each package owns its ``cli`` module)."""
     import importlib
 
-    for module in ("training.cli", "ropenlp.evaluate", "export.cli", "service.cli"):
+    for module in ("training.cli", "ropenlp.evaluate", "ropenlp.export", "service.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -17,9 +17,10 @@ Only data crosses the queue and the threads (the query, the job, the rows): the 
   token budget: then it waits for them to join, at most ``max_wait_ms`` after the oldest waiting row
   arrived (:meth:`Batcher.wait_s`). A lone request is never delayed; under load batches still fill,
   because requests that arrive while the worker is busy accumulate until it is free. A batch always
-  holds the oldest row (no starvation) plus neighbours in length order, so padding stays small; its
-  padded cost (longest x count) stays within ``batch_tokens`` (a row longer than the budget runs
-  alone).
+  holds the oldest row (no starvation) plus the queued rows closest to it in length
+  (:func:`models.batches.select_batch`); its padded cost (longest x count) stays within ``batch_tokens``
+  (a row longer than the budget runs alone) and its padding within ``MAX_PADDING`` of that cost, so a
+  batch costs about its real tokens; rows of other lengths form the next batches.
 * Inference runs on one worker thread, never on the event loop; one batch at a time.
 * A request whose client went away is cancelled: its future is cancelled, and its rows still in the
   queue are dropped before they reach the model.
@@ -40,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from models.batches import padded_cost
+from models.batches import MAX_PADDING, padded_cost, select_batch
 from service.errors import InferenceError, NotReady, Overloaded
 from service.jobs import Job, Seq
 from service.watchdog import Watchdog
@@ -97,26 +98,6 @@ class _Item:
     index: int  # position of this row in its request
     seq: Seq
     arrived: float
-
-
-def select_batch(lengths: Sequence[int], oldest: int, budget: int) -> list[int]:
-    """Indices (into ``lengths``) of one batch: the ``oldest`` row plus neighbours in length order.
-
-    Shorter neighbours are taken first (they do not raise the padded length), then longer ones,
-    while ``longest x count <= budget``. Returned sorted by length.
-    """
-    by_len = sorted(range(len(lengths)), key=lambda k: (lengths[k], k))
-    k = by_len.index(oldest)
-    lo, hi, longest = k, k + 1, lengths[oldest]
-    while True:
-        n = hi - lo
-        if lo > 0 and longest * (n + 1) <= budget:
-            lo -= 1
-        elif hi < len(by_len) and lengths[by_len[hi]] * (n + 1) <= budget:
-            longest = lengths[by_len[hi]]
-            hi += 1
-        else:
-            return by_len[lo:hi]
 
 
 class Batcher:
@@ -257,9 +238,9 @@ class Batcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
                 continue
-            chosen = set(
-                select_batch([len(it.seq) for it in items], 0, self._budget)
-            )  # items[0] is the oldest
+            chosen = set(  # items[0] is the oldest
+                select_batch([len(it.seq) for it in items], 0, self._budget, max_padding=MAX_PADDING)
+            )
             batch = [items[k] for k in sorted(chosen, key=lambda k: len(items[k].seq))]
             self._pending[task] = [it for k, it in enumerate(items) if k not in chosen]
             self._report_queue()

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from models.batches import plan_batches
+from models.batches import MAX_PADDING, plan_batches
 from models.bundle import BundleError, Manifest, load_manifest
 from models.normalize import Normalize, Normalizer
 from models.text import Tokenizer, pad_batch
@@ -151,9 +151,10 @@ class Engine:
         return self.execute(self.prepare(name, query if query is not None else self.query(name, **fields)))
 
     def execute(self, job: Job) -> Any:
-        """Run a job here and now: its rows sorted by length, in batches of at most ``batch_tokens``."""
+        """Run a job here and now: its rows sorted by length, in batches of at most ``batch_tokens`` and at most
+        ``MAX_PADDING`` padding; outputs back in row order."""
         outputs: list[Any] = [None] * len(job.seqs)
-        for batch in plan_batches([len(s) for s in job.seqs], self.limits.batch_tokens):
+        for batch in plan_batches([len(s) for s in job.seqs], self.limits.batch_tokens, max_padding=MAX_PADDING):
             for k, out in zip(batch, self.run_batch(job.task, [job.seqs[k] for k in batch])):
                 outputs[k] = out
         return self.finish(job, outputs)

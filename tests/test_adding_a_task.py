@@ -257,8 +257,11 @@ def bundle(tmp_path_factory) -> Path:
     _register_exporter()
     root = tmp_path_factory.mktemp("classify")
     ckpt = train(root)
+    from export.variants import CalibrationTexts
+
     export_bundle(root / "bundle", classify=ckpt, precisions=("fp32", "int8"), name="classify-test",
-                  training_data=[("eight synthetic sentences", "CC0-1.0")])
+                  training_data=[("eight synthetic sentences", "CC0-1.0")],
+                  calibration={"classify": CalibrationTexts("the training sentences", [t for t, _ in TRAIN])})
     return root / "bundle"
 
 
@@ -271,6 +274,7 @@ def test_export_writes_the_task_like_any_other(bundle) -> None:
     assert set(spec.graphs) == {"fp32", "int8"} and spec.graphs["fp32"].outputs == ["probabilities"]
     assert spec.graphs["fp32"].parity["reference"] == "pytorch" and spec.graphs["fp32"].parity["max_abs_diff"] < 1e-4
     assert spec.graphs["int8"].parity["reference"] == "fp32" and "label_agreement" in spec.graphs["int8"].parity
+    assert spec.graphs["int8"].quantization.batch_invariant  # static int8 of a new kind: rows by the default
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "## Task: classify" in card and "eight synthetic sentences" in card and "test-only task" in card
 

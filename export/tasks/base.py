@@ -9,8 +9,11 @@ does the rest the same way for every kind: variants by the precision registry, c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
+
+import numpy as np
 
 from models.bundle import TASK_SPECS, GraphSpec, TaskSpec
 from models.text import Tokenizer
@@ -38,6 +41,19 @@ class TaskExporter:
 
     def spec(self, model: Any, graphs: dict[str, GraphSpec], metrics: dict) -> TaskSpec:
         raise NotImplementedError
+
+    def rows(self, settings: Any, tokenizer: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids of the rows the service runs for ``texts`` (calibration, the batch-dependence check).
+        ``settings``: the model's config or the task's manifest spec (``max_length``, ...). Default: one row per
+        text, cut to ``max_length`` with ``[SEP]`` kept last."""
+        from export.parity import sim_batches
+
+        return [b.input_ids[0] for b in sim_batches(tokenizer, texts, max_length=settings.max_length, batch_size=1)]
+
+    def graph_parity(self, spec: TaskSpec, tokenizer: Tokenizer, texts: list[str], reference: Path):
+        """An :class:`export.variants.Parity` whose reference is an ONNX graph file (no PyTorch: re-quantizing a
+        written bundle, ``export.requantize``)."""
+        raise NotImplementedError(f"the {self.kind} exporter cannot compare graphs without its PyTorch model")
 
 
 EXPORTERS: dict[str, TaskExporter] = {}

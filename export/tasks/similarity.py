@@ -33,21 +33,29 @@ class SimilarityExporter(TaskExporter):
     def parity(self, model, graph, tokenizer, texts) -> Parity:
         import torch
 
-        from export import parity
-
-        batches = parity.sim_batches(tokenizer, texts, max_length=model.cfg.max_length)
-
-        def run(runner) -> np.ndarray:
-            return np.concatenate(parity.run_all(runner, batches))  # (N, k), one row per text
-
         def torch_run(batch):
             with torch.no_grad():
                 return graph(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).numpy()
 
+        return self._parity(model.cfg.max_length, tokenizer, texts, torch_run)
+
+    def graph_parity(self, spec, tokenizer, texts, reference) -> Parity:
+        from export import parity
+
+        return self._parity(spec.max_length, tokenizer, texts, parity.onnx_runner(reference))
+
+    def _parity(self, max_length: int, tokenizer, texts, reference_run) -> Parity:
+        from export import parity
+
+        batches = parity.sim_batches(tokenizer, texts, max_length=max_length)
+
+        def run(runner) -> np.ndarray:
+            return np.concatenate(parity.run_all(runner, batches))  # (N, k), one row per text
+
         def compare(ref, got):
             return {"max_abs_diff": parity.max_abs_diff([got], [ref]), **parity.cosine_diffs(ref, got)}
 
-        return Parity(reference=run(torch_run), run=lambda f: run(parity.onnx_runner(f)), compare=compare,
+        return Parity(reference=run(reference_run), run=lambda f: run(parity.onnx_runner(f)), compare=compare,
                       finite=lambda out: [out], what="sentence vectors", feeds=[b.feeds for b in batches])
 
     def spec(self, model, graphs, metrics) -> SimilarityTask:

@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("selenium", reason="selenium is in the dev extra")
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.e2e.page import (
     api,
@@ -62,6 +63,8 @@ def test_lexicon_box_adds_and_blocks(browser, real_server):
     assert [d[:4] for d in drawn] == [e[:4] for e in expected]
     assert ("三体", "product") in {(d[3], d[2]) for d in drawn} and "周杰伦" not in {d[3] for d in drawn}
     browser.find_element(By.CSS_SELECTOR, "#ner-table-box summary").click()
+    # the rows are built on the details' toggle event, which fires after the click returns
+    WebDriverWait(browser, 5).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#ner-table tbody tr"))
     sources = {r.find_elements(By.TAG_NAME, "td")[1].text: r.find_elements(By.TAG_NAME, "td")[4].text
                for r in browser.find_elements(By.CSS_SELECTOR, "#ner-table tbody tr")}
     assert sources["三体"] == "lexicon" and sources["张伟"] == "model"

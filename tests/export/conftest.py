@@ -39,7 +39,7 @@ class Tiny:
     vocab: Path
     ner: Path  # checkpoint directories
     sim: Path
-    bundle: Path  # fp32 + fp16 + int8, both tasks
+    bundle: Path  # fp32 + fp16 + int8 (static) + int8-dynamic, both tasks
     manifest: Manifest
     mu: np.ndarray  # whitening fitted on the similarity model's pooled vectors
     W: np.ndarray
@@ -47,6 +47,19 @@ class Tiny:
     @property
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.from_vocab(self.vocab)
+
+
+def calibration_texts() -> list[str]:
+    """The tiny models' "training data": the sample's sentences cut and recombined, plus the sample."""
+    parts = [t[k : k + 9] for t in SAMPLE_TEXTS for k in range(0, len(t), 7)]
+    return list(SAMPLE_TEXTS) + [a + b for a, b in zip(parts, parts[3:], strict=False)]
+
+
+def calibration(*tasks: str):
+    """``export_bundle(calibration=...)`` for ``tasks``: :func:`calibration_texts` as their training data."""
+    from export.variants import CalibrationTexts
+
+    return {task: CalibrationTexts("tiny calibration texts", calibration_texts()) for task in tasks}
 
 
 def encoder_config(vocab_size: int, **options) -> RoFormerConfig:
@@ -112,8 +125,9 @@ def tiny(tmp_path_factory) -> Tiny:
     ner = build_ner(root, vocab, tok)
     sim, mu, W = build_sim(root, vocab, tok)
     manifest = export_bundle(
-        root / "bundle", ner=ner, similarity=sim, precisions=("fp32", "fp16", "int8"), name="tiny",
-        training_data=[("tiny-random", "CC0-1.0")], notes="test fixture",
+        root / "bundle", ner=ner, similarity=sim, precisions=("fp32", "fp16", "int8", "int8-dynamic"), name="tiny",
+        training_data=[("tiny-random", "CC0-1.0")], notes="test fixture", calibration=calibration("ner", "similarity"),
+        calibration_size=64,
     )
     return Tiny(root=root, vocab=vocab, ner=ner, sim=sim, bundle=root / "bundle", manifest=manifest, mu=mu, W=W)
 

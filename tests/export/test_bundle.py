@@ -12,7 +12,7 @@ import ropenlp
 from export.onnx import ExportError, export_bundle
 from models.bundle import BundleError, check_graph_io, load_manifest, write_manifest
 from models.text import Tokenizer
-from tests.export.conftest import LABELS, WHITENING_K, session
+from tests.export.conftest import LABELS, WHITENING_K, calibration, session
 
 
 @pytest.fixture
@@ -26,10 +26,10 @@ def test_round_trip_with_real_session_names(tiny):
     m = load_manifest(tiny.bundle)
     assert m == tiny.manifest
     assert sorted(p.name for p in tiny.bundle.iterdir()) == sorted(
-        ["MODEL_CARD.md", "bundle.json", "tokenizer.json"] + [f"{t}.{p}.onnx" for t in ("ner", "sim") for p in ("fp32", "fp16", "int8")]
+        ["MODEL_CARD.md", "bundle.json", "tokenizer.json"] + [f"{t}.{p}.onnx" for t in ("ner", "sim") for p in ("fp32", "fp16", "int8", "int8-dynamic")]
     )
     for spec in m.tasks.values():
-        assert set(spec.graphs) == {"fp32", "fp16", "int8"}
+        assert set(spec.graphs) == {"fp32", "fp16", "int8", "int8-dynamic"}
         for g in spec.graphs.values():
             s = session(tiny.bundle / g.file)
             check_graph_io(g, inputs=[i.name for i in s.get_inputs()], outputs=[o.name for o in s.get_outputs()])
@@ -41,7 +41,7 @@ def test_round_trip_with_real_session_names(tiny):
 
 def test_manifest_fields(tiny):
     m = tiny.manifest
-    assert m.name == "tiny" and m.format_version == 2 and m.lowercase is True
+    assert m.name == "tiny" and m.format_version == 3 and m.lowercase is True
     assert m.tasks["ner"].labels == list(LABELS) and m.tasks["ner"].head == "gp" and m.tasks["ner"].max_length == 24 and m.tasks["ner"].stride == 12
     assert m.tasks["ner"].threshold > 0  # the fixture's tuned threshold travelled from ropenlp.json
     assert m.tasks["ner"].decode == "nested"  # the checkpoint's (its NerConfig default)
@@ -215,7 +215,7 @@ def test_precisions_per_task(tiny, tmp_path):
     from models.bundle import load_manifest
 
     export_bundle(tmp_path / "mixed", ner=tiny.ner, similarity=tiny.sim,
-                  precisions={"ner": ["int8"], "similarity": ["fp32"]})
+                  precisions={"ner": ["int8"], "similarity": ["fp32"]}, calibration=calibration("ner"))
     m = load_manifest(tmp_path / "mixed")
     assert list(m.tasks["ner"].graphs) == ["int8"] and list(m.tasks["similarity"].graphs) == ["fp32"]
     assert (m.tasks["ner"].pick("cpu").precision, m.tasks["similarity"].pick("cpu").precision) == ("int8", "fp32")
@@ -225,8 +225,32 @@ def test_precisions_per_task(tiny, tmp_path):
         export_bundle(tmp_path / "y", ner=tiny.ner, precisions={"ner": ["fp32"], "similarity": ["fp32"]})
 
 
+def test_static_int8_needs_calibration_texts_and_records_them(tiny, tmp_path):
+    """Never calibrated silently on the parity sample: static int8 without training texts fails, naming the
+    option; int8-dynamic needs none and says it depends on the batch."""
+    with pytest.raises(ExportError, match=r"int8 of the ner model needs calibration texts.*--calibration-data ner="):
+        export_bundle(tmp_path / "x", ner=tiny.ner, precisions=("int8",))
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ExportError, match=r"calibration data given for \['similarity'\]"):
+        export_bundle(tmp_path / "y", ner=tiny.ner, precisions=("int8",), calibration=calibration("ner", "similarity"))
+    m = export_bundle(tmp_path / "dyn", ner=tiny.ner, precisions=("int8-dynamic",))
+    q = m.tasks["ner"].graphs["int8-dynamic"].quantization
+    assert q.mode == "dynamic" and q.batch_invariant is False and q.batch_dependence > 1e-4 and q.calibration is None
+    q = tiny.manifest.tasks["ner"].graphs["int8"].quantization
+    assert (q.mode, q.format, q.batch_invariant, q.activations, q.weights) == (
+        "static", "qdq", True, "uint8 per-tensor, calibrated", "int8 per-channel")
+    assert q.batch_dependence <= 1e-4 and q.matmuls_int8 == 12 and q.matmuls_fp32 == 5  # 2 layers x 6; q.k, p.v, head
+    c = q.calibration
+    assert (c.source, c.texts, c.seed, c.method) == ("tiny calibration texts", 64, 0, "minmax")
+    assert c.rows >= c.texts and c.tokens > c.rows  # every window of every drawn text
+    for spec in tiny.manifest.tasks.values():
+        assert spec.graphs["fp32"].quantization is None and spec.graphs["fp16"].quantization is None
+    card = (tiny.bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "static int8, calibrated on 64 texts of tiny calibration texts" in card and "batch-dependent" in card
+
+
 def test_cli_precision_syntax():
-    from export.cli import _parse_precisions
+    from ropenlp.export import _parse_precisions
 
     assert _parse_precisions(["int8,fp32"], ["ner", "similarity"]) == ["int8", "fp32"]
     assert _parse_precisions(["ner=int8", "similarity=fp32"], ["ner", "similarity"]) == {

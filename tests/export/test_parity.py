@@ -80,8 +80,10 @@ def test_fp32_parity_recorded(tiny):
     assert ner["texts"] == len(SAMPLE_TEXTS)
 
 
-def test_int8_parity_fields_filled(tiny):
-    ner, sim = tiny.manifest.tasks["ner"].graphs["int8"].parity, tiny.manifest.tasks["similarity"].graphs["int8"].parity
+@pytest.mark.parametrize("precision", ["int8", "int8-dynamic"])
+def test_int8_parity_fields_filled(tiny, precision):
+    ner = tiny.manifest.tasks["ner"].graphs[precision].parity
+    sim = tiny.manifest.tasks["similarity"].graphs[precision].parity
     assert ner["reference"] == sim["reference"] == "fp32"
     assert {"entity_f1", "entities_changed", "entities", "max_abs_diff"} <= set(ner)
     assert {"cosine_max_abs_diff", "cosine_mean_abs_diff", "max_abs_diff"} <= set(sim)
@@ -89,7 +91,7 @@ def test_int8_parity_fields_filled(tiny):
     assert sim["cosine_max_abs_diff"] < 0.1
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp16"])
+@pytest.mark.parametrize("precision", ["int8", "int8-dynamic", "fp16"])
 def test_variant_runs_on_cpu_with_float32_outputs(tiny, precision):
     ids, mask, offsets = padded(tiny.tokenizer)
     scores = run(tiny.bundle / f"ner.{precision}.onnx", ids, mask)
@@ -119,18 +121,22 @@ def test_fp16_graph_is_fp16_inside(tiny):
     assert parity["reference"] == "fp32" and parity["entity_f1"] > 80
 
 
-def test_int8_keeps_the_task_heads_in_fp32(tiny):
+@pytest.mark.parametrize("precision", ["int8", "int8-dynamic"])
+def test_int8_keeps_the_task_heads_in_fp32(tiny, precision):
     """Only encoder MatMuls become integer MatMuls: the span projections and the whitening MatMul
-    (fused into a Gemm by the optimiser, which the quantizer splits and renames) keep fp32 kernels."""
+    (fused into a Gemm by the optimiser, which the dynamic quantizer splits and renames) keep fp32 kernels.
+    (Static int8 quantizes the raw export, whose head is found the same way: ``export.quantize_static``.)"""
     from export.convert import head_nodes, quantized_nodes
+    from export.quantize_static import head_inputs_quantized, quantized_matmuls
 
     for task in ("ner", "sim"):
-        int8 = onnx.load(str(tiny.bundle / f"{task}.int8.onnx"))
-        done = quantized_nodes(int8)
-        assert any("/encoder/" in name for name in done)  # the encoder is quantized ...
+        int8 = onnx.load(str(tiny.bundle / f"{task}.{precision}.onnx"))
+        done = quantized_nodes(int8) | quantized_matmuls(int8)
+        assert sum("/encoder/" in name for name in done) == 12  # the encoder is quantized ...
         fp32 = onnx.load(str(tiny.bundle / f"{task}.fp32.onnx"))
         head = set(head_nodes(fp32))
         assert not {n for n in done if n in head or n.removesuffix("_MatMul") in head}  # ... its head is not
-    floats = {t.name for t in onnx.load(str(tiny.bundle / "sim.int8.onnx")).graph.initializer
+        assert not head_inputs_quantized(int8, [n for n in head if n in {x.name for x in int8.graph.node}])
+    floats = {t.name for t in onnx.load(str(tiny.bundle / f"sim.{precision}.onnx")).graph.initializer
               if t.data_type == onnx.TensorProto.FLOAT}
     assert "model.whitening.kernel" in floats

@@ -18,16 +18,10 @@ from export.quantize_static import (
     quantize_static_int8,
 )
 from models.spans import decode_batch
-from tests.export.conftest import session
+from tests.export.conftest import calibration_texts, session
 
 ENCODER_MATMULS = 2 * 6  # 2 layers x (q, k, v, out, ffn up, ffn down)
 BOUND = 1e-4  # the issue's contract: a text's numbers alone and in any batch
-
-
-def calibration_texts() -> list[str]:
-    # more texts than the parity sample: the sample's sentences cut and recombined, plus the sample
-    parts = [t[k : k + 9] for t in SAMPLE_TEXTS for k in range(0, len(t), 7)]
-    return list(SAMPLE_TEXTS) + [a + b for a, b in zip(parts, parts[3:], strict=False)]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +93,7 @@ def test_static_int8_is_batch_invariant_and_dynamic_int8_is_not(tiny, static):
                                         batch_size=batch_size) <= BOUND
         assert max_batch_dependence(session(tiny.bundle / f"{prefix}.fp32.onnx"), r,
                                     pad_id=tiny.tokenizer.pad_id) <= BOUND
-        dynamic = max_batch_dependence(session(tiny.bundle / f"{prefix}.int8.onnx"), r, pad_id=tiny.tokenizer.pad_id)
+        dynamic = max_batch_dependence(session(tiny.bundle / f"{prefix}.int8-dynamic.onnx"), r, pad_id=tiny.tokenizer.pad_id)
         # one activation scale per call over all rows and padding: a row's numbers follow its neighbours
         # (measured here: NER 7.9e-3, similarity 2.9e-4; deterministic inputs and kernels)
         assert dynamic > (10 * BOUND if task == "ner" else BOUND)
@@ -188,11 +182,12 @@ def test_calibration_draw_is_seeded_and_each_window_is_an_unpadded_batch_of_one(
 def test_the_raw_export_needs_no_runtime_types_and_quantizes_the_same(tiny, tmp_path):
     """The raw torch.onnx.export graph (the faster input: ONNX Runtime fuses it at load time)."""
     from export.graphs import NerGraph, to_onnx
-    from export.tasks.ner import NerExporter
+    from export.tasks import EXPORTERS
     from models.tasks import load_ner
 
-    raw = to_onnx(NerGraph(load_ner(tiny.ner)).eval(), tmp_path / "ner.raw.onnx", output=NerExporter.output,
-                  output_axes=NerExporter.output_axes)  # fmt: skip
+    exp = EXPORTERS["ner"]
+    raw = to_onnx(NerGraph(load_ner(tiny.ner)).eval(), tmp_path / "ner.raw.onnx", output=exp.output,
+                  output_axes=exp.output_axes)
     feeds = calibration_from_bundle(tiny.bundle, "ner", calibration_texts(), n=48, seed=0)
     r = quantize_static_int8(raw, tmp_path / "ner.static.onnx", feeds)
     assert r.untyped_before == 0

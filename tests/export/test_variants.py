@@ -11,7 +11,7 @@ from export.onnx import export_bundle
 from export.parity import span_mask
 from models.roformer import RoFormerEncoder
 from models.tasks import NerConfig, NerModel, SimilarityConfig, SimilarityModel, load_ner, load_similarity
-from tests.export.conftest import encoder_config, padded, session
+from tests.export.conftest import calibration, encoder_config, padded, session
 
 CASES = {
     "ner-egp-entropy-scale": lambda n: NerModel(
@@ -42,9 +42,11 @@ def test_model_options_export_exactly(tiny, tmp_path, case):
     torch.manual_seed(5)
     task = "ner" if case.startswith("ner") else "similarity"
     CASES[case](tiny.tokenizer.vocab_size).save(tmp_path / "ckpt", tokenizer_from=tiny.vocab)
-    m = export_bundle(tmp_path / "bundle", **{task: tmp_path / "ckpt"}, precisions=("fp32", "int8"))
+    m = export_bundle(tmp_path / "bundle", **{task: tmp_path / "ckpt"}, precisions=("fp32", "int8"),
+                      calibration=calibration(task), calibration_size=24)
     spec = m.tasks[task]
     assert spec.graphs["fp32"].parity["max_abs_diff"] < 1e-4
+    assert spec.graphs["int8"].quantization.batch_dependence <= 1e-4  # static int8 of every model option
     check_against_torch(tiny, task, tmp_path / "ckpt", tmp_path / "bundle" / spec.graphs["fp32"].file)
 
 

@@ -118,17 +118,44 @@ def test_graph_io_names(bundle):
 
 
 def test_format_1_still_reads(bundle):
-    """Version 1 held each task under a top-level key of its name, without a kind: read as version 2."""
+    """Version 1 held each task under a top-level key of its name, without a kind: read as version 3. Its int8
+    graphs (all dynamic before format 3) are read as int8-dynamic, the same file."""
     path = bundle / "bundle.json"
     raw = json.loads(path.read_text())
-    assert raw["format_version"] == FORMAT_VERSION == 2 and set(raw["tasks"]) == {"ner", "similarity"}
+    assert raw["format_version"] == FORMAT_VERSION == 3 and set(raw["tasks"]) == {"ner", "similarity"}
     v1 = {k: v for k, v in raw.items() if k != "tasks"} | {"format_version": 1}
     for name, spec in raw["tasks"].items():
         v1[name] = {k: v for k, v in spec.items() if k != "kind"}
     path.write_text(json.dumps(v1))
     m = load_manifest(bundle)
-    assert m.format_version == 1 and m.tasks == Manifest.model_validate(raw).tasks
+    assert m.format_version == 1 and m.tasks["similarity"] == Manifest.model_validate(raw).tasks["similarity"]
     assert isinstance(m.tasks["ner"], NerTask) and isinstance(m.tasks["similarity"], SimilarityTask)
+    assert list(m.tasks["ner"].graphs) == ["fp32", "int8-dynamic"]
+    g = m.tasks["ner"].graphs["int8-dynamic"]
+    assert (g.file, g.precision, g.quantization) == ("ner.int8.onnx", "int8-dynamic", None)
+    assert m.tasks["ner"].pick("cpu").precision == "fp32"  # batch invariance first: dynamic int8 only if asked
+    assert m.tasks["ner"].pick("cpu", "int8-dynamic").file == "ner.int8.onnx"
+
+
+def test_format_2_int8_is_dynamic_and_format_3_keeps_its_quantization(bundle):
+    from models.bundle import Calibration, Quantization
+
+    path = bundle / "bundle.json"
+    raw = json.loads(path.read_text())
+    path.write_text(json.dumps(raw | {"format_version": 2}))
+    assert set(load_manifest(bundle).tasks["ner"].graphs) == {"fp32", "int8-dynamic"}
+    q = Quantization(mode="static", batch_invariant=True, batch_dependence=0.0, format="qdq",
+                     activations="uint8 per-tensor, calibrated", weights="int8 per-channel", matmuls_int8=24,
+                     matmuls_fp32=9, calibration=Calibration(source="cluener/train.json", texts=256, seed=0, rows=260,
+                                                             tokens=9000, method="minmax"))
+    raw["tasks"]["ner"]["graphs"]["int8"]["quantization"] = q.model_dump(mode="json")
+    path.write_text(json.dumps(raw))
+    m = load_manifest(bundle)
+    assert m.tasks["ner"].graphs["int8"].quantization == q and m.tasks["ner"].pick("cpu").precision == "int8"
+    raw["tasks"]["ner"]["graphs"]["int8"]["quantization"]["mode"] = "sometimes"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=r"tasks\.ner\.graphs\.int8\.quantization\.mode"):
+        load_manifest(bundle)
 
 
 def test_tasks_are_a_union_discriminated_by_kind(bundle):

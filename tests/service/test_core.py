@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from models.spans import decode_spans, non_overlapping
-from service.batching import select_batch
-from models.batches import plan_batches
+from models.batches import plan_batches, select_batch
 from service.core import Engine, Limits, Seq
 from service.errors import (
     EmptyInput,
@@ -39,6 +38,31 @@ def test_select_batch_keeps_the_oldest_and_fits() -> None:
     assert 0 in chosen and max(lengths[k] for k in chosen) * len(chosen) <= 120
     assert select_batch(lengths, 2, 120) == [2]  # its neighbours would overflow the budget
     assert sorted(select_batch(lengths, 1, 10_000)) == list(range(len(lengths)))
+
+
+def test_execute_bounds_padding_and_keeps_the_order_of_answers(engine) -> None:
+    """Rows of very different lengths go into separate batches (padding within MAX_PADDING of each batch's
+    cost), and every answer comes back in its input's place: equal to the text run alone."""
+    import numpy as np
+
+    from models.batches import MAX_PADDING, padding_fraction
+
+    texts = ["我", "我爱北京天安门" * 4, "上海", "中国人民银行" * 3, "张三李四", "我爱北京天安门" * 4 + "上海的人"]
+    ran: list[list[int]] = []
+    run_batch = engine.run_batch
+
+    def spy(task, seqs):
+        ran.append([len(s) for s in seqs])
+        return run_batch(task, seqs)
+
+    engine.run_batch = spy
+    try:
+        together = engine.run("embed", texts=texts).vectors
+    finally:
+        del engine.run_batch
+    assert len(ran) > 1 and all(padding_fraction(b) <= MAX_PADDING for b in ran)
+    for text, vector in zip(texts, together, strict=True):
+        assert np.abs(engine.run("embed", texts=[text]).vectors[0] - vector).max() <= 1e-5
 
 
 def test_validation_errors(tiny_bundle) -> None:

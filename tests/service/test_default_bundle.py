@@ -21,6 +21,11 @@ def test_manifest_validates_and_hashes_match():
     assert {"ner", "similarity"} <= set(m.tasks)
     assert "name" in m.tasks["ner"].labels and "address" in m.tasks["ner"].labels  # CLUENER's 10 types
     assert m.tasks["ner"].pick("cpu").precision == "int8"
+    for task, data in (("ner", "cluener/train.json"), ("similarity", "stsb_zh/train.tsv")):
+        q = m.tasks[task].graphs["int8"].quantization  # static since the requantization (issue 16)
+        assert q.mode == "static" and q.batch_invariant and q.batch_dependence <= 1e-4
+        assert q.calibration.source.endswith(data) and (q.calibration.texts, q.calibration.seed) == (256, 0)
+        assert q.matmuls_int8 == 24  # 4 layers x 6 encoder MatMuls
     assert m.tasks["similarity"].whitening
     assert {d.name for d in m.provenance.training_data}  # data and terms are recorded
     assert all(d.terms for d in m.provenance.training_data)
@@ -71,6 +76,8 @@ def medical():
 def test_medical_bundle_validates_and_fits_the_budget_with_the_default():
     m = load_manifest(MEDICAL)  # schema, format version, every file present, SHA-256 equal
     assert "similarity" not in m.tasks and m.tasks["ner"].pick("cpu").precision == "int8"
+    q = m.tasks["ner"].graphs["int8"].quantization
+    assert q.mode == "static" and q.batch_invariant and q.calibration.source.endswith("cmeee/train.jsonl")
     assert {"dis", "sym", "dru", "bod", "pro"} <= set(m.tasks["ner"].labels)  # CMeEE's 9 types
     assert m.tasks["ner"].decode == "nested"  # nested spans are the point of this model
     assert all(d.terms for d in m.provenance.training_data)
@@ -106,11 +113,43 @@ def test_evaluate_a_shipped_bundle_by_name(tmp_path):
 
 @pytest.mark.parametrize("name", ["default", "medical"])
 def test_shipped_bundles_have_their_model_card(name):
-    """The cards are generated from the unchanged (format 1) manifests and kept in sync with them."""
+    """The cards are generated from the (format 3, requantized) manifests and kept in sync with them."""
     from models.card import CARD, model_card
 
     bundle = DEFAULT.parent / name
     m = load_manifest(bundle)
-    assert m.format_version == 1 and CARD not in m.files  # the card is not hashed: adding it changed nothing
+    assert m.format_version == 3 and CARD not in m.files  # the card is not hashed: adding it changed nothing
     assert (bundle / CARD).read_text(encoding="utf-8") == model_card(m)
     assert "## Data and terms" in model_card(m) and "## Limits" in model_card(m)
+
+
+# --------------------------------------------------------------------------------------------
+# Batch invariance (issue 16): a text's answer does not depend on the batch it rides in
+# --------------------------------------------------------------------------------------------
+
+
+def test_default_bundle_results_do_not_depend_on_the_batch(engine):
+    """The issue's case: "李明是上海市第一人民医院的医生。" lost its organization in a batch of four with dynamic int8."""
+    from tests.service.invariance import BOUND, TEXTS, engine_batch_dependence
+
+    (alone,) = engine.run("ner", texts=[TEXTS[1]]).entities
+    assert ("上海市第一人民医院", "organization") in {(e.text, e.label) for e in alone}
+    worst = engine_batch_dependence(engine)
+    assert set(worst) == {"ner", "embed"} and max(worst.values()) <= BOUND, worst
+
+
+def test_medical_bundle_results_do_not_depend_on_the_batch(medical):
+    from tests.service.invariance import BOUND, engine_batch_dependence
+
+    worst = engine_batch_dependence(medical)
+    assert list(worst) == ["ner"] and worst["ner"] <= BOUND, worst
+
+
+def test_http_probe_on_the_default_bundle():
+    """``ropenlp serve``'s defaults on the shipped bundle: /ner and /embed one by one, batched and concurrent."""
+    from tests.service.conftest import running, settings
+    from tests.service.invariance import BOUND, http_batch_dependence
+
+    with running(settings(bundle=DEFAULT, provider="cpu")) as base:
+        worst = http_batch_dependence(base)
+    assert max(worst.values()) <= BOUND, worst
