@@ -84,3 +84,24 @@ def quiet():
             yield
     finally:
         logging.disable(previous)
+
+
+def drop_unused(model: onnx.ModelProto, *, initializers: bool = False) -> None:
+    """Remove nodes none of whose outputs is read, repeatedly (e.g. Q/DQ pairs or DynamicQuantizeLinear
+    nodes left without a reader); with ``initializers``, then the initializers nothing reads."""
+    graph = model.graph
+
+    def read() -> set[str]:
+        return {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+
+    while True:
+        names = read()
+        dead = [n for n in graph.node if not any(o in names for o in n.output if o)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    if initializers:
+        names = read()
+        for t in [t for t in graph.initializer if t.name not in names]:
+            graph.initializer.remove(t)

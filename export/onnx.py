@@ -149,11 +149,7 @@ def export_bundle(
                 notes=notes,
             ),
         )
-        manifest = write_manifest(staging, manifest)
-        write_model_card(staging, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        manifest = publish(staging, out, manifest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -439,3 +435,14 @@ def _lowercase(tokenizer_json: dict) -> bool:
 
 def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def publish(staging: Path, out: Path, manifest):
+    """Finish a bundle built in ``staging``: its manifest (hashes of every file) and model card, then
+    ``staging`` takes the place of ``out``. Returns the manifest as written."""
+    manifest = write_manifest(staging, manifest)
+    write_model_card(staging, manifest)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return manifest

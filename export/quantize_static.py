@@ -63,6 +63,8 @@ from typing import Literal
 import numpy as np
 import onnx
 
+from export.graph_tools import drop_unused
+
 log = logging.getLogger(__name__)
 
 Method = Literal["minmax", "entropy", "percentile"]
@@ -393,20 +395,9 @@ def keep_fp32_consumers(model: onnx.ModelProto, quantized: set[str]) -> int:
                 continue  # a weight's DequantizeLinear: its consumer is quantized by definition
             node.input[k] = q.input[0]
             rewired += 1
-    _drop_unused(model)
+    drop_unused(model)
     return rewired
 
-
-def _drop_unused(model: onnx.ModelProto) -> None:
-    """Remove nodes none of whose outputs is read (Q/DQ pairs left without a reader), repeatedly."""
-    graph = model.graph
-    while True:
-        read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-        dead = [n for n in graph.node if not any(o in read for o in n.output if o)]
-        if not dead:
-            return
-        for n in dead:
-            graph.node.remove(n)
 
 
 # --------------------------------------------------------------------------------------------

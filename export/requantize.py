@@ -36,6 +36,8 @@ import onnx
 from onnx import numpy_helper
 
 from export.errors import ExportError, stage
+from export.graph_tools import drop_unused
+from export.onnx import publish
 from export.quantize_static import DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, DEFAULT_SEED
 from export.variants import CalibrationTexts
 from models.bundle import LEGACY_INT8, GraphSpec, Manifest, load_manifest, sha256, write_manifest
@@ -135,28 +137,13 @@ def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(new_inits)
-    _drop_unused(out)
+    drop_unused(out, initializers=True)
     left = sorted({n.op_type for n in graph.node} & DYNAMIC_OPS)
     if left:
         raise ExportError(f"dequantize: {', '.join(left)} left in the graph after rebuilding {rebuilt} MatMuls")
     del graph.value_info[:]  # the quantized tensors' types; ONNX Runtime re-derives the rest
     return out, rebuilt
 
-
-def _drop_unused(model: onnx.ModelProto) -> None:
-    """Remove nodes none of whose outputs is read (the DynamicQuantizeLinear nodes), then unread initializers."""
-    graph = model.graph
-    while True:
-        read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-        dead = [n for n in graph.node if not any(o in read for o in n.output if o)]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    unread = [t for t in graph.initializer if t.name not in read]
-    for t in unread:
-        graph.initializer.remove(t)
 
 
 def dequantize_file(src: str | Path, dst: str | Path) -> int:
@@ -268,11 +255,7 @@ def requantize_bundle(
         if fp32_dir is not None:
             _write_fp32(fp32_dir, bundle, manifest, fp32_tasks, overwrite=overwrite)
         shutil.rmtree(work)
-        new = write_manifest(staging, new)
-        write_model_card(staging, new)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        new = publish(staging, out, new)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

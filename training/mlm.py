@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -26,7 +25,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from models.mlm import IGNORE, RoFormerForMlm
 from models.roformer import RoFormerConfig, RoFormerEncoder

@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from training.batches import EpochBatches
 from training.mlm import MlmConfig, load_mlm_config
 
 CHARS = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经"
@@ -45,3 +46,13 @@ def tiny_mlm_config(corpus_dir, out_dir, **overrides) -> MlmConfig:
         "output.dir": str(out_dir),
     }
     return load_mlm_config(None, base | overrides)
+
+
+class InterruptedBatches(EpochBatches):
+    """Ctrl-C while fetching the 4th batch (after a step-3 checkpoint): for exact-resume tests."""
+
+    def __next__(self):
+        if getattr(self, "calls", 0) == 3:
+            raise KeyboardInterrupt
+        self.calls = getattr(self, "calls", 0) + 1
+        return super().__next__()

@@ -15,7 +15,7 @@ from training.loop import build_optimizer, build_scheduler, train_steps
 from models.mlm import IGNORE, RoFormerForMlm
 from training.mlm import MaskingConfig, mask_tokens, pack_sequences, train_mlm
 
-from .conftest import tiny_mlm_config
+from .conftest import InterruptedBatches, tiny_mlm_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -140,15 +140,8 @@ def test_resume_gives_identical_weights(corpus_dir, tmp_path, monkeypatch):
 
     import training.mlm
 
-    class Interrupted(EpochBatches):  # Ctrl-C while fetching the 4th batch (after the step-3 checkpoint)
-        def __next__(self):
-            if getattr(self, "calls", 0) == 3:
-                raise KeyboardInterrupt
-            self.calls = getattr(self, "calls", 0) + 1
-            return super().__next__()
-
     cfg = tiny_mlm_config(corpus_dir, tmp_path / "resumed")
-    monkeypatch.setattr(training.mlm, "EpochBatches", Interrupted)
+    monkeypatch.setattr(training.mlm, "EpochBatches", InterruptedBatches)
     with pytest.raises(KeyboardInterrupt):
         train_mlm(cfg)
     monkeypatch.undo()

@@ -16,7 +16,7 @@ from models.mlm import IGNORE
 from training.mlm import MaskingConfig, MlmCollator, WordSegmenter, mask_tokens, train_mlm
 from training.prefetch import Prefetch
 
-from .conftest import tiny_mlm_config
+from .conftest import InterruptedBatches, tiny_mlm_config
 
 SPECIALS = [0, 1, 2, 3, 4]  # [PAD] [UNK] [CLS] [SEP] [MASK]
 TINY = {"vocab_size": 60, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -171,15 +171,8 @@ def test_whole_word_electra_resume_is_exact(corpus_dir, tmp_path, monkeypatch):
 
     import training.mlm
 
-    class Interrupted(EpochBatches):  # Ctrl-C while fetching the 4th batch (after the step-3 checkpoint)
-        def __next__(self):
-            if getattr(self, "calls", 0) == 3:
-                raise KeyboardInterrupt
-            self.calls = getattr(self, "calls", 0) + 1
-            return super().__next__()
-
     cfg = tiny_mlm_config(corpus_dir, tmp_path / "resumed", **over)
-    monkeypatch.setattr(training.mlm, "EpochBatches", Interrupted)
+    monkeypatch.setattr(training.mlm, "EpochBatches", InterruptedBatches)
     with pytest.raises(KeyboardInterrupt):
         train_mlm(cfg)
     monkeypatch.undo()
