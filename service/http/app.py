@@ -3,7 +3,8 @@
 Settings are read here (``ROPENLP_*``), never at import; the engine is loaded in the lifespan hook (or
 passed in, by tests and by ``ropenlp serve``), the batcher started and the model warmed up in the
 background: ``/ready`` answers 503 until then. The OpenAPI schema documents every query body by its
-contract under the limits these settings serve (``service.http.contract``). The :class:`~service.http.service.Service` reaches the
+contract under the limits these settings serve (``service.http.contract``) and, for ``/v1/embeddings``,
+the served bundle (its manifest is read here; the ONNX sessions are not loaded). The :class:`~service.http.service.Service` reaches the
 handlers by dependency injection (``Provide``). One outer layer (:class:`ServiceApp`) sees every
 HTTP request, routed or not: ``x-total-time`` header, request metrics, one JSON access-log line.
 """
@@ -20,11 +21,12 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins.pydantic import PydanticPlugin
 
 import ropenlp
+from models.bundle import load_manifest
 from service.core import Engine
 from service.demo import demo_router
 from service.http.contract import ContractSchemas, negotiate
 from service.http.errors import ExceptionHandler
-from service.http.openai import openai_router
+from service.http.openai import PREFIX, openai_error_response, openai_router
 from service.http.routes import ApiKeyGuard, route_handlers
 from service.http.service import Service
 from service.jobs import Limits
@@ -98,12 +100,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             await service.stop()
 
     guard = ApiKeyGuard(settings.api_key)
+    # the served bundle's manifest (a small JSON, no ONNX session): the /v1 contract depends on it
+    manifest = load_manifest(settings.bundle_dir, verify_hashes=False) if engine is None else engine.manifest
     return ServiceApp(
         service,
-        route_handlers=[*route_handlers(guard), openai_router(guard, settings.max_body_bytes), demo_router()],
+        route_handlers=[*route_handlers(guard), openai_router(guard, manifest), demo_router()],
         dependencies={"service": Provide(_Provider(service), use_cache=True, sync_to_thread=False)},
         lifespan=[lifespan],
-        exception_handlers={Exception: ExceptionHandler(settings.max_body_bytes)},
+        # errors under /v1 in OpenAI's shape, routed or not (an unknown method there: 405)
+        exception_handlers={
+            Exception: ExceptionHandler(settings.max_body_bytes, shapes={PREFIX: openai_error_response})
+        },
         before_request=negotiate,
         # the query bodies documented by their contract under the served limits (before pydantic's plugin)
         plugins=[ContractSchemas(Limits.of(settings)), PydanticPlugin(validate_strict=True)],

@@ -3,13 +3,15 @@
 The exception handler and each route's OpenAPI ``responses`` are both built from :data:`ERROR_STATUS`,
 so the docs cannot drift. Litestar's own errors (validation, malformed JSON, body too large, 404,
 405) are translated into the same classes, so every error body is
-``{"error", "error_type", "field"?, "limit"?}`` (:class:`~service.http.schemas.ErrorBody`).
+``{"error", "error_type", "field"?, "limit"?}`` (:class:`~service.http.schemas.ErrorBody`), except
+under a path prefix that renders its own shape (``/v1``: OpenAI's, :mod:`service.http.openai`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Mapping
 
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -20,6 +22,7 @@ from litestar.exceptions import (
 )
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi import ResponseSpec
+from pydantic import BaseModel
 
 from service.errors import (
     BodyTooLarge,
@@ -84,16 +87,19 @@ def status_of(err: ServiceError) -> int:
     return 500
 
 
-def error_responses(*classes: type[ServiceError]) -> dict[int, ResponseSpec]:
-    """OpenAPI ``responses`` for a route, from :data:`ERROR_STATUS`."""
+def error_responses(
+    *classes: type[ServiceError], body: type[BaseModel] = ErrorBody, statuses: Mapping[int, int] | None = None
+) -> dict[int, ResponseSpec]:
+    """OpenAPI ``responses`` for a route, from :data:`ERROR_STATUS` (``body``: the error body's model;
+    ``statuses``: a status answered as another, as the OpenAI routes answer 422 with 400)."""
+    statuses = statuses or {}
     by_status: dict[int, list[str]] = {}
     for cls in dict.fromkeys(classes):
         doc = (cls.__doc__ or "").strip().splitlines()
-        by_status.setdefault(ERROR_STATUS[cls], []).append(
-            f"`{cls.error_type}`" + (f": {doc[0]}" if doc else "")
-        )
+        status = statuses.get(ERROR_STATUS[cls], ERROR_STATUS[cls])
+        by_status.setdefault(status, []).append(f"`{cls.error_type}`" + (f": {doc[0]}" if doc else ""))
     return {
-        status: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="; ".join(lines))
+        status: ResponseSpec(data_container=body, generate_examples=False, description="; ".join(lines))
         for status, lines in sorted(by_status.items())
     }
 
@@ -136,7 +142,8 @@ def to_service_error(exc: Exception, *, max_body_bytes: int) -> ServiceError:
     return InternalError()
 
 
-def error_response(err: ServiceError) -> Response[ErrorBody]:
+def error_headers(err: ServiceError) -> dict[str, str]:
+    """The headers an error answer carries, whatever the body's shape."""
     headers = {}
     if err.retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
@@ -144,14 +151,29 @@ def error_response(err: ServiceError) -> Response[ErrorBody]:
         headers["www-authenticate"] = 'Bearer realm="ropenlp"'
     if isinstance(err, MethodNotAllowed) and err.allow:
         headers["allow"] = err.allow  # RFC 9110: a 405 lists the methods the resource offers
-    return Response(err.to_dict(), status_code=status_of(err), headers=headers)
+    return headers
+
+
+def error_response(err: ServiceError) -> Response[ErrorBody]:
+    return Response(err.to_dict(), status_code=status_of(err), headers=error_headers(err))
 
 
 class ExceptionHandler:
-    """The app's one exception handler: any exception -> our error class -> its status and body."""
+    """The app's one exception handler: any exception -> our error class -> its status and body.
 
-    def __init__(self, max_body_bytes: int) -> None:
+    ``shapes``: path prefix -> how errors under it are rendered (``/v1``: OpenAI's shape). It applies
+    to every request under the prefix, routed or not (an unknown path or method there too)."""
+
+    def __init__(
+        self, max_body_bytes: int, shapes: Mapping[str, Callable[[ServiceError], Response]] | None = None
+    ) -> None:
         self.max_body_bytes = max_body_bytes
+        self.shapes = dict(shapes or {})
 
-    def __call__(self, request: Request, exc: Exception) -> Response[ErrorBody]:
-        return error_response(to_service_error(exc, max_body_bytes=self.max_body_bytes))
+    def __call__(self, request: Request, exc: Exception) -> Response:
+        err = to_service_error(exc, max_body_bytes=self.max_body_bytes)
+        path = request.scope["path"]
+        for prefix, render in self.shapes.items():
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return render(err)
+        return error_response(err)

@@ -1,7 +1,9 @@
 """Fixtures for the service: a tiny real bundle (built once per session), real uvicorn servers.
 
 * ``tiny_bundle``: random 2-layer, 32-dim NerModel (LOC / ORG / PER) and SimilarityModel saved with
-  ``models.tasks`` and exported with ``export.onnx.export_bundle`` (fp32).
+  ``models.tasks`` and exported with ``export.onnx.export_bundle`` (fp32). The similarity model is
+  whitened by the identity (its vectors are the unwhitened ones, 32 dims), so the routes that need a
+  whitened bundle (``/v1/embeddings``' ``dimensions``) run on it too.
 * ``running(settings)``: the app behind real uvicorn (``tests.servers.serve``), ready to take requests.
 * ``FakeRuntime`` (tests/service/fakes.py) stands in for ONNX Runtime where a test needs known
   entities, a slow model, a blocked worker or a failing one.
@@ -38,11 +40,13 @@ def build_tiny_bundle(root: Path) -> Path:
     A plain function so that scripts (``bench/cli.py`` runs on it) can build the same bundle:
     ``python -c "from tests.service.conftest import build_tiny_bundle as b; b(Path('/tmp/tiny'))"``.
     """
+    import numpy as np
     import torch
 
     from export.onnx import export_bundle
     from models.roformer import RoFormerConfig, RoFormerEncoder
     from models.tasks import NerConfig, NerModel, SimilarityConfig, SimilarityModel
+    from models.whitening import Whitening
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB), encoding="utf-8")
@@ -55,7 +59,8 @@ def build_tiny_bundle(root: Path) -> Path:
         RoFormerEncoder(cfg), NerConfig(labels=LABELS, head="gp", head_size=16, max_length=64, stride=32)
     )
     ner.eval().save(root / "ner", tokenizer_from=root / "vocab.txt")
-    sim = SimilarityModel(RoFormerEncoder(cfg), SimilarityConfig(pooling="mean", max_length=32))
+    identity = Whitening(np.zeros(cfg.hidden_size), np.eye(cfg.hidden_size))  # mu = 0, W = I: y = x
+    sim = SimilarityModel(RoFormerEncoder(cfg), SimilarityConfig(pooling="mean", max_length=32), identity)
     sim.eval().save(root / "sim", tokenizer_from=root / "vocab.txt")
     export_bundle(root / "tiny", ner=root / "ner", similarity=root / "sim", precisions=("fp32",), name="tiny")
     return root / "tiny"

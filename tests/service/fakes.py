@@ -82,9 +82,9 @@ class FakeRuntime:
 
 
 def fake_engine(bundle, **engine_kw):
-    """An Engine over the tiny bundle's tokenizer and manifest, with a FakeRuntime (``similarity_only``:
-    the manifest without its NER task; ``ner_spec``: another NER spec; ``ner_max_length`` / ``ner_stride``:
-    the NER windows)."""
+    """An Engine over the tiny bundle's tokenizer and manifest, with a FakeRuntime (``similarity_only`` /
+    ``ner_only``: the manifest without its NER / similarity task; ``ner_spec`` / ``similarity_spec``: another
+    spec of that task; ``ner_max_length`` / ``ner_stride``: the NER windows)."""
     from models.bundle import load_manifest
     from models.text import Tokenizer
     from service.core import Engine
@@ -95,8 +95,12 @@ def fake_engine(bundle, **engine_kw):
     runtime = FakeRuntime(tokenizer, manifest.tasks["ner"].labels, dim=manifest.tasks["similarity"].dim, **runtime_kw)
     if engine_kw.pop("similarity_only", False):
         manifest = manifest.model_copy(update={"tasks": {"similarity": manifest.tasks["similarity"]}})
-    if "ner_spec" in engine_kw:  # another NER spec (e.g. another decode)
-        manifest = manifest.model_copy(update={"tasks": manifest.tasks | {"ner": engine_kw.pop("ner_spec")}})
+    if engine_kw.pop("ner_only", False):
+        manifest = manifest.model_copy(update={"tasks": {"ner": manifest.tasks["ner"]}})
+    for kind in ("ner", "similarity"):  # another spec (e.g. another decode, no whitening)
+        if f"{kind}_spec" in engine_kw:
+            spec = engine_kw.pop(f"{kind}_spec")
+            manifest = manifest.model_copy(update={"tasks": manifest.tasks | {kind: spec}})
     options = {k: engine_kw.pop(k) for k in ("ner_max_length", "ner_stride") if k in engine_kw}
     if options:
         engine_kw["options"] = options

@@ -1,6 +1,6 @@
-"""The OpenAPI document is the contract: exact request schemas from the served limits, the statuses of
-content negotiation, and schemathesis (``--checks all``, ``schemathesis.toml``) finding nothing against
-a real ``ropenlp serve`` process."""
+"""The OpenAPI document is the contract: exact request schemas from the served limits (and, for
+``/v1/embeddings``, the served bundle), the statuses of content negotiation, and schemathesis
+(``--checks all``, ``schemathesis.toml``) finding nothing against a real ``ropenlp serve`` process."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import tomllib
 import httpx
 import pytest
 
+from models.bundle import load_manifest
 from tests.servers import REPO, server_process
 from tests.service.conftest import running, settings
+from tests.service.fakes import fake_engine
 from tests.service.test_http import assert_error, post
 
 MAX_ITEMS, MAX_CHARS = 4, 48
@@ -39,12 +41,74 @@ def test_request_schemas_state_the_served_limits(tiny_bundle) -> None:
         assert rank["properties"]["candidates"]["maxItems"] == MAX_ITEMS
         assert {"type": "integer", "minimum": 1} in rank["properties"]["top_k"]["anyOf"]
         assert body_schema(doc, "/embed")["properties"]["texts"]["maxItems"] == MAX_ITEMS
+        v1 = body_schema(doc, "/v1/embeddings")
+        assert v1["additionalProperties"] is False and v1["required"] == ["input"]
+        one, many = v1["properties"]["input"]["anyOf"]
+        assert one == {"type": "string", "maxLength": MAX_CHARS}  # empty texts too: embed takes them
+        assert (many["minItems"], many["maxItems"], many["items"]) == (1, MAX_ITEMS, one)
+        assert v1["properties"]["encoding_format"]["enum"] == ["float", "base64"]
+        sim = load_manifest(tiny_bundle).tasks["similarity"]
+        assert sim.whitening  # the tiny bundle's, by the identity
+        assert {"type": "integer", "minimum": 1, "maximum": sim.dim} in v1["properties"]["dimensions"]["anyOf"]
+        r = post(base, "/v1/embeddings", {"input": ["", "北京"], "dimensions": 8.0})  # an integer, to JSON
+        assert r.status_code == 200 and [len(d["embedding"]) for d in r.json()["data"]] == [8, 8], r.text
         assert doc["components"]["schemas"]["ErrorBody"]["properties"]["limit"]["oneOf"][0] == {"type": "number"}
         # what the schema calls an integer, the server takes as one
         r = post(base, "/similarity", {"query": "北京", "candidates": ["上海", "北京", "天安门"], "top_k": 2.0})
         assert r.status_code == 200 and len(r.json()["results"]) == 2, r.text
         assert_error(post(base, "/similarity", {"query": "a", "candidates": ["b"], "top_k": 2.5}), 422,
                      "invalid_request", "top_k")  # fmt: skip
+
+
+@pytest.mark.parametrize("bundle, status", [("unwhitened", 400), ("without similarity", 501)])
+def test_v1_contract_follows_the_served_bundle(tiny_bundle, bundle, status) -> None:
+    """Not whitened: ``dimensions`` is null in the schema, 400 when given. No similarity task: 501, documented."""
+    sim = load_manifest(tiny_bundle).tasks["similarity"]
+    kw = {"similarity_spec": sim.model_copy(update={"whitening": False})} if status == 400 else {"ner_only": True}
+    engine, _ = fake_engine(tiny_bundle, **kw)
+    with running(settings(), engine) as base:
+        doc = httpx.get(base + "/schema/openapi.json").json()
+        assert body_schema(doc, "/v1/embeddings")["properties"]["dimensions"]["type"] == "null"
+        responses = doc["paths"]["/v1/embeddings"]["post"]["responses"]
+        assert responses[str(status)]["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
+        r = post(base, "/v1/embeddings", {"input": "北京", "dimensions": 8})
+        assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+        if status == 400:
+            assert r.json()["error"]["param"] == "dimensions" and "whitened" in r.json()["error"]["message"]
+        else:
+            assert r.json()["error"]["code"] == "task_unavailable" and "similarity" in r.json()["error"]["message"]
+
+
+def test_v1_errors_have_openai_shape_routed_or_not(tiny_bundle) -> None:
+    """405 (no route's own handler sees it), 404, 406, 415 and 413 under /v1: OpenAI's error body, declared
+    with it in the OpenAPI document; the rest of the API keeps ropenlp's."""
+    with running(settings(bundle=tiny_bundle, max_body_bytes=2048)) as base:
+        big = ('{"input": ["' + "北" * 3000 + '"]}').encode()
+        cases = [
+            (httpx.put(base + "/v1/embeddings", json={"input": "a"}), 405, "method_not_allowed"),
+            (httpx.delete(base + "/v1/models"), 405, "method_not_allowed"),
+            (httpx.get(base + "/v1/nowhere"), 404, "not_found"),
+            (httpx.get(base + "/v1/models/gpt-4"), 404, "not_found"),
+            (post(base, "/v1/embeddings", {"input": "a"}, accept="text/html"), 406, "not_acceptable"),
+            (httpx.get(base + "/v1/models", headers={"accept": "text/html"}), 406, "not_acceptable"),
+            (httpx.post(base + "/v1/embeddings", content=b'{"input": "a"}',
+                        headers={"content-type": "text/plain"}), 415, "unsupported_media_type"),
+            (post(base, "/v1/embeddings", big), 413, "body_too_large"),
+        ]  # fmt: skip
+        for r, status, code in cases:
+            assert r.status_code == status, (r.request.method, r.request.url, r.text)
+            assert set(r.json()) == {"error"} and r.json()["error"]["code"] == code, r.text
+        assert {m.strip() for m in cases[0][0].headers["allow"].split(",")} >= {"POST"}
+        doc = httpx.get(base + "/schema/openapi.json").json()
+        declared = {("/v1/embeddings", "post"): {400, 401, 405, 406, 413, 415, 429, 500, 501, 503},
+                    ("/v1/models", "get"): {401, 405, 406, 503},
+                    ("/v1/models/{model_id}", "get"): {400, 401, 404, 405, 406, 503}}  # fmt: skip
+        for (path, method), statuses in declared.items():
+            responses = doc["paths"][path][method]["responses"]
+            assert {int(s) for s in responses} == {200, *statuses}, (path, sorted(responses))
+            assert all(r["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
+                       for s, r in responses.items() if s != "200"), path  # fmt: skip
+        assert_error(httpx.put(base + "/ner", json={"texts": ["a"]}), 405, "method_not_allowed")  # ropenlp's body
 
 
 def test_method_not_allowed_lists_the_allowed_ones(server: str) -> None:
@@ -83,8 +147,9 @@ def test_body_too_large_wrong_content_type_and_not_acceptable(tiny_bundle) -> No
 @pytest.mark.timeout(900)  # ~20 s on a quiet machine; minutes when training shares its 2 cores
 def test_schemathesis_finds_nothing(tiny_bundle, tmp_path) -> None:
     """``schemathesis run URL --checks all`` through its Python API: coverage and fuzzing phases, positive
-    and negative data, a fixed seed, deterministic generation, a bounded number of examples per route
-    (the /v1 routes aside)."""
+    and negative data, a fixed seed, deterministic generation, a bounded number of examples per route,
+    every route of the document (the OpenAI-compatible /v1 ones included: the tiny bundle is whitened,
+    so ``dimensions`` has a range to explore)."""
     schemathesis = pytest.importorskip("schemathesis")
     from schemathesis.engine import Status, events
 
@@ -99,9 +164,6 @@ def test_schemathesis_finds_nothing(tiny_bundle, tmp_path) -> None:
                    "checks": {"enabled": True, **config.get("checks", {})}}  # fmt: skip
         schema = schemathesis.openapi.from_url(f"{server.base}/schema/openapi.json",
                                                config=schemathesis.Config.from_dict(config))  # fmt: skip
-        # the OpenAI-compatible /v1 routes keep OpenAI's request shape and error body; their `dimensions`
-        # range depends on the bundle, not the settings: not part of the exact contract yet
-        schema = schema.exclude(path_regex="^/v1/")
         t0 = time.perf_counter()
         cases, sent, failures, errors = 0, 0, [], []
         per_route: dict[str, int] = {}
