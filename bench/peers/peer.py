@@ -10,9 +10,11 @@ Not a test.
   ONNX export (``backend="onnx"``: ``onnx/model.onnx``) and its dynamic int8 export
   (``export_dynamic_quantized_onnx_model(model, "avx512_vnni", ...)``: ``onnx/model_qint8_avx512_vnni.onnx``);
 * ``infinity/``: the same sentence-transformers folder without the fp32 graph, ST's int8 graph as
-  ``onnx/model_quantized.onnx`` (the name infinity's optimum engine prefers on a CPU);
+  ``onnx/model_quantized.onnx`` (the name infinity's optimum engine prefers on a CPU), its module files
+  in the layout sentence-transformers 3.x reads (infinity's torch engine, for the reversal check);
 * ``ner/``: ``RoFormerForTokenClassification`` on the encoder, a random classifier (seed 0; BIO tags over
-  the 10 CLUENER types: 21 classes); ``ner-onnx/``: optimum's export of it and ``ORTQuantizer``'s dynamic
+  the 10 CLUENER types: 21 classes; the "O" bias raised until ~3 entities per text come out, as from a
+  trained model, where a random classifier tags most tokens); ``ner-onnx/``: optimum's export of it and ``ORTQuantizer``'s dynamic
   int8 (``AutoQuantizationConfig.avx512_vnni(is_static=False)``): ``model_quantized.onnx``.
 
 The tokenizer everywhere is ``BertTokenizerFast`` on the encoder's vocab.txt (lower case, CJK characters
