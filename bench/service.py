@@ -87,7 +87,12 @@ def free_port() -> int:
 
 
 class Server:
-    """``ropenlp serve`` on 127.0.0.1: started and ready on enter, SIGTERM (then SIGKILL) on exit."""
+    """``ropenlp serve`` on 127.0.0.1: started and ready on enter, SIGTERM (then SIGKILL) on exit.
+
+    Another server (bench/peers_http.py) overrides ``command``, ``environment``, ``name`` and ``ready_path``."""
+
+    name = "ropenlp serve"
+    ready_path = "/ready"  # answers 200 once the server takes requests
 
     def __init__(
         self, flags: dict[str, object], extra: list[str], log_dir: Path, *, ready_timeout: float = 180
@@ -117,10 +122,14 @@ class Server:
                 cmd += [f"--{name.replace('_', '-')}", str(value)]
         return cmd + self.extra
 
+    def environment(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if not k.startswith("ROPENLP_")}
+
     def __enter__(self) -> Self:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ROPENLP_")}
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=self.environment()
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -132,14 +141,14 @@ class Server:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ropenlp serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             with contextlib.suppress(OSError, http.client.HTTPException):
                 c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                c.request("GET", "/ready")
+                c.request("GET", self.ready_path)
                 if c.getresponse().status == 200:
                     return
             time.sleep(0.1)
-        raise RuntimeError(f"ropenlp serve not ready after {self.ready_timeout:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.name} not ready after {self.ready_timeout:.0f} s:\n{self.log_tail()}")
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:
