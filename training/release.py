@@ -6,7 +6,9 @@ later pre-training stage needs to continue exactly where this one stopped: the E
 (``generator/``) and discriminator head, or the MLM head (kept in ``model.safetensors`` under ``cls.*``).
 Weights are stored in fp16 by default (half the size; a 4 x 256 encoder then weighs ~12 MB with its
 generator), ``encoder.json`` records where it came from (the run's resolved config, metrics, the data
-and its terms) and ``README.md`` is its card, written from that record.
+and its terms, and every stage behind it: ``stages``, oldest first, read from the record of the released
+folder the run started from, so a stage released over its own predecessor keeps the lineage) and
+``README.md`` is its card, written from that record.
 """
 
 from __future__ import annotations
@@ -49,6 +51,23 @@ def _copy_model_dir(src: Path, dst: Path, dtype: torch.dtype) -> int:
     return size
 
 
+def _stage(record: dict) -> dict:
+    """One line of the lineage: what a stage was and what it reached."""
+    return {k: record.get(k) for k in ("name", "objective", "whole_word", "steps", "heldout")}
+
+
+def _earlier_stages(init: str | None) -> list[dict]:
+    """The stages behind a run's ``model.init``: the released folder's own ``stages`` (or, for a record
+    written before stages were kept, the record itself), else one entry naming the folder."""
+    if not init:
+        return []
+    path = Path(init) / RECORD_FILE
+    if not path.is_file():  # a run's model/ folder or a foreign checkpoint: named, not described
+        return [{"name": init, "objective": None, "whole_word": None, "steps": None, "heldout": None}]
+    prev = json.loads(path.read_text(encoding="utf-8"))
+    return prev.get("stages") or [_stage(prev)]
+
+
 def release_encoder(model_dir: str | Path, out: str | Path, *, name: str, dtype: str = "fp16",
                     run_dir: str | Path | None = None, data_terms: str = "", overwrite: bool = False,
                     notes: str = "") -> dict:
@@ -58,6 +77,9 @@ def release_encoder(model_dir: str | Path, out: str | Path, *, name: str, dtype:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     src, out = Path(model_dir), Path(out)
     run = Path(run_dir) if run_dir is not None else src.parent
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8")) if (run / "metrics.json").is_file() else {}
+    init = metrics.get("config", {}).get("model", {}).get("init") or None
+    earlier = _earlier_stages(init)  # before ``out`` is replaced: it may be the folder this stage started from
     if out.exists():
         if not overwrite:
             raise FileExistsError(f"{out} exists: pass overwrite to replace it")
@@ -65,7 +87,6 @@ def release_encoder(model_dir: str | Path, out: str | Path, *, name: str, dtype:
     size = _copy_model_dir(src, out, DTYPES[dtype])
     if (src / GENERATOR_DIR).is_dir():
         size += _copy_model_dir(src / GENERATOR_DIR, out / GENERATOR_DIR, DTYPES[dtype])
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8")) if (run / "metrics.json").is_file() else {}
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     record = {
         "name": name,
@@ -80,15 +101,29 @@ def release_encoder(model_dir: str | Path, out: str | Path, *, name: str, dtype:
         "heldout": metrics.get("last_eval"),
         "data": metrics.get("data"),
         "data_terms": data_terms,
-        "continues": metrics.get("config", {}).get("model", {}).get("init") or None,
+        "continues": init,
         "training": metrics.get("config", {}).get("training"),
         "notes": notes,
     }
+    record["stages"] = [*earlier, _stage(record)]
+    record["steps_total"] = sum(s["steps"] or 0 for s in record["stages"])
     if (run / "config.resolved.toml").is_file():
         shutil.copyfile(run / "config.resolved.toml", out / "pretraining.config.toml")
     write_json(out / RECORD_FILE, record)
     (out / "README.md").write_text(encoder_card(record), encoding="utf-8")
     return record
+
+
+def _stage_lines(record: dict) -> list[str]:
+    stages = record.get("stages") or []
+    if len(stages) < 2:
+        return []
+    lines = [f"* stages, oldest first ({record.get('steps_total', 0):,} steps in all):"]
+    for k, s in enumerate(stages, 1):
+        acc = (s.get("heldout") or {}).get("accuracy")
+        reached = f", held-out accuracy {acc:.2%}" if acc is not None else ""
+        lines.append(f"  {k}. {s['name']}: {s.get('objective') or '?'}, {s.get('steps') or '?'} steps{reached}")
+    return lines
 
 
 def encoder_card(record: dict) -> str:
@@ -119,6 +154,7 @@ def encoder_card(record: dict) -> str:
         "## Training",
         "",
         f"* steps in this stage: {record.get('steps')}; continues: {record.get('continues') or 'nothing (from scratch)'}",
+        *_stage_lines(record),
         f"* data: {data.get('read', '?')}; {data.get('train_tokens', 0):,} training tokens an epoch",
         f"* held-out: {json.dumps(held, ensure_ascii=False)}",
         f"* resolved config: `pretraining.config.toml`; full record: `{RECORD_FILE}`",

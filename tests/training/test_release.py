@@ -74,3 +74,19 @@ def test_committed_encoder_loads_in_transformers(folder):
     assert tok.unk_id not in enc.ids.tolist()
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert size < 30e6
+
+
+def test_a_stage_released_over_its_predecessor_keeps_the_lineage(electra_run, tmp_path):
+    _, src = electra_run
+    rel = tmp_path / "rel"
+    release_encoder(src, rel, name="stage 1")
+    metrics = json.loads((src.parent / "metrics.json").read_text())
+    metrics |= {"step": 5, "last_eval": {"accuracy": 0.5}, "config": {**metrics["config"], "model": {"init": str(rel)}}}
+    (src.parent / "metrics.json").write_text(json.dumps(metrics))
+    record = release_encoder(src, rel, name="stage 2", overwrite=True)  # over the folder it started from
+    assert [s["name"] for s in record["stages"]] == ["stage 1", "stage 2"] and record["steps_total"] == 12
+    assert record["continues"] == str(rel)
+    card = (rel / "README.md").read_text()
+    assert "12 steps in all" in card and "2. stage 2: electra, 5 steps, held-out accuracy 50.00%" in card
+    record = release_encoder(src, tmp_path / "rel3", name="stage 3")  # from stage 2's folder: three stages
+    assert [s["name"] for s in record["stages"]] == ["stage 1", "stage 2", "stage 3"]
