@@ -1,30 +1,36 @@
 #!/usr/bin/env bash
 # The shipped models, reproduced from ../shared/data on a CPU: recipes/default.sh [DATA_ROOT]
 #
-#   1. MLM pre-training of a small RoFormer, stage 1 (recipes/mlm_small.toml, 0.85 epoch)   -> runs/mlm_small/model
-#   2. stage 2 (recipes/mlm_long.toml, 1.5 more epochs, one thread), beside
-#      the nested medical NER (CMeEE, 9 types) fine-tuned from stage 1 (one thread)         -> runs/ner_cmeee/best
-#   3. CLUENER NER (10 types, GlobalPointer + EMA, flat decoding) from stage 2, beside
-#      STS-B similarity (CoSENT) from stage 2                                               -> runs/ner_cluener/best
-#                                                                                           -> runs/sim_stsb/best
-#   4. similarity dev scores before whitening; BERT-whitening fitted on unlabelled sentences
-#      (news titles + STS-B train sentences), k chosen on STS-B dev                          -> in runs/sim_stsb/best
-#   5. export: the CPU bundles shipped in the repository (int8): service/bundles/default (NER + similarity)
+# default bundle (encoder v3, issues 14 and 15):
+#   1. encoder v3, stage 1: masked LM from scratch on 95 M tokens (recipes/pretrain_v3.toml, 1,300 steps, one
+#      thread; vocabulary of 8,000 pieces built by a 1-step run)                              -> runs/pretrain_v3_s1
+#   2. stage 2: 2,000 more steps from stage 1 (its own warm-up), beside similarity v3 from stage 1:
+#      every training pair set in one mixture (recipes/sim_v3.toml, 0.63 of an epoch, one thread) -> runs/sim_v3
+#      (each stage released in fp16 as training continues from it; encoders/roformer-zh-v3 holds stage 2) -> runs/encoder_v3_s2
+#   3. CLUENER NER (10 types, GlobalPointer + EMA, flat decoding) from stage 2               -> runs/ner_cluener_v3
+#   4. whitening measured on the five dev sets (research/sim_v3.sh whitening: none vs fitted on the task's own
+#      or general sentences, k from the JL estimate to the full dimension); the best mean is kept -> runs/sim_v3_whitened
+# medical bundle (the first encoder, unchanged since its release):
+#   5. MLM stage 1 of the first encoder (recipes/mlm_small.toml, 0.85 epoch)                 -> runs/mlm_small/model
+#   6. nested medical NER (CMeEE, 9 types) from it                                           -> runs/ner_cmeee/best
+# then
+#   7. export: the CPU bundles shipped in the repository (int8, static): service/bundles/default (NER + similarity)
 #      and service/bundles/medical (CMeEE NER); GPU bundles (fp16 + fp32) in runs/bundle_gpu, runs/bundle_medical_gpu
-#   6. evaluation of every bundle and precision on the dev sets, training metrics -> metrics/*.json (committed)
+#   8. evaluation of every bundle and precision on the dev sets, training metrics -> metrics/*.json (committed)
 #
 # Every step resumes (--resume) or is skipped when its output exists, so the script can be rerun after
 # an interruption. Training texts only: the dev files are used for model selection and reporting.
-# Wall times on 2 CPU cores are in docs/models.md. research/runs.sh has the experiments behind
-# the choices (docs/research.md).
+# Wall times on 2 CPU cores are in docs/models.md. research/pretrain_v3.sh, research/sim_v3.sh and
+# research/runs.sh have the experiments behind the choices (docs/research.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
 RUN="${RUN:-.venv/bin/ropenlp}"
 TERMS_CLUENER="research use; cite CLUENER2020 (arXiv:2001.04351); no license file in the source"
 TERMS_CMEEE="CHIP-2020 task 1 / CBLUE CMeEE: research use, distributed via Alibaba Tianchi (dataset 95414) after registration; redistribution rights unclear (the data itself is not shipped)"
-TERMS_STSB="CNSD Chinese STS-B: academic research only, no commercial use"
-TERMS_CORPUS="research use: see ../shared/data/corpus_zh/README.md for each source's terms"
+TERMS_PAIRS="Chinese STS-B (academic research only), BQ, ATEC, AFQMC, OPPO-xiaobu, BUSTM, Tianchi COVID pairs, SimCLUE, QBQTC, Chinese STS, OCNLI, CNLI, CNSD-SNLI, CMNLI, XNLI, CINLID: research / non-commercial use (../shared/data/README.md)"
+TERMS_CORPUS="research use: see ../shared/data/README.md for each source's terms (corpus_zh, corpus_more, THUCNews titles)"
+MLM=(--mlm.objective mlm --mlm.replace_mask 0.8 --mlm.replace_random 0.1)
 
 side_by_side() {  # side_by_side OUT1 "CMD1" OUT2 "CMD2": two one-thread runs at once, logs in OUT/train.out
     mkdir -p "$1" "$3"
@@ -33,37 +39,53 @@ side_by_side() {  # side_by_side OUT1 "CMD1" OUT2 "CMD2": two one-thread runs at
     wait $a || { echo "failed: see $1/train.out" >&2; exit 1; }
     wait $b || { echo "failed: see $3/train.out" >&2; exit 1; }
 }
+run() { local out=$1; shift; mkdir -p "$out"; "$@" >> "$out/train.out" 2>&1 || { echo "failed: see $out/train.out" >&2; exit 1; }; }
 
-$RUN train mlm recipes/mlm_small.toml --data.root "$DATA" --resume
-side_by_side runs/mlm_long "$RUN train mlm recipes/mlm_long.toml --data.root '$DATA' --resume" \
-             runs/ner_cmeee "$RUN train ner recipes/ner_cmeee.toml --data.root '$DATA' --resume"
-side_by_side runs/ner_cluener "$RUN train ner recipes/ner_cluener.toml --data.root '$DATA' --resume" \
-             runs/sim_stsb "$RUN train sim recipes/sim_stsb.toml --data.root '$DATA' --resume"
-
-sim_dev=(--data "$DATA/stsb_zh/dev.tsv" --data "$DATA/lcqmc/dev.tsv" --data "$DATA/bq/dev.tsv"
-         --data "$DATA/pawsx/dev.tsv" --data "$DATA/atec/dev.tsv")
-if ! grep -q '"whitening"' runs/sim_stsb/best/metrics.json 2>/dev/null; then
-    $RUN evaluate sim --model runs/sim_stsb/best "${sim_dev[@]}" --out metrics/sim_dev_no_whitening.json
-    $RUN train whitening --model runs/sim_stsb/best \
-        --sentences "$DATA/thucnews_titles/titles.txt" --sentences "$DATA/stsb_zh/train.tsv" \
-        --eval "$DATA/stsb_zh/dev.tsv" --k 64,96,128,192,256 --metrics metrics/whitening_sim_stsb.json
+# 1-3: encoder v3, similarity v3, CLUENER
+VOCAB=runs/pretrain_vocab.txt
+if [ ! -f "$VOCAB" ]; then
+    run runs/pt_vocab "$RUN" train mlm recipes/pretrain_v3.toml --data.root "$DATA" --output.dir runs/pt_vocab \
+        --training.max_steps 1 --training.eval_every 0
+    cp runs/pt_vocab/vocab.txt "$VOCAB"
 fi
+PRE=(train mlm recipes/pretrain_v3.toml --data.root "$DATA" --vocab.path "$VOCAB" --resume "${MLM[@]}")
+run runs/pretrain_v3_s1 "$RUN" "${PRE[@]}" --output.dir runs/pretrain_v3_s1 --training.max_steps 1300
+release() { [ -f "$2/encoder.json" ] || "$RUN" train release --model "$1/model" -o "$2" --name "$3" --terms "$TERMS_CORPUS"; }
+release runs/pretrain_v3_s1 runs/encoder_v3_s1 "ropenlp RoFormer zh small v3 (stage 1: MLM, 1,300 steps)"
+side_by_side runs/pretrain_v3_s2 "$RUN ${PRE[*]} --output.dir runs/pretrain_v3_s2 --training.max_steps 2000 \
+                 --training.eval_every 500 --model.init runs/encoder_v3_s1" \
+             runs/sim_v3 "$RUN train sim recipes/sim_v3.toml --data.root '$DATA' --output.dir runs/sim_v3 --resume \
+                 --model.init runs/encoder_v3_s1 --training.threads 1 --training.epochs 0.63"
+release runs/pretrain_v3_s2 runs/encoder_v3_s2 "ropenlp RoFormer zh small v3 (stage 2: MLM, 3,300 steps)"
+run runs/ner_cluener_v3 "$RUN" train ner recipes/ner_cluener.toml --data.root "$DATA" --output.dir runs/ner_cluener_v3 \
+    --resume --model.init runs/encoder_v3_s2 --training.threads 1
 
-general=(--data "CLUENER2020 train split (NER)=$TERMS_CLUENER" --data "Chinese STS-B train (similarity)=$TERMS_STSB"
-         --data "corpus_zh + THUCNews titles (MLM pre-training, whitening)=$TERMS_CORPUS")
+# 4: whitening by measurement on the five dev sets (stored in runs/sim_v3_whitened, or no whitening at all)
+[ -d runs/sim_v3_whitened ] || { research/sim_v3.sh collect "$DATA"; RUN_WHITENING=sim_v3 research/sim_v3.sh whitening "$DATA"; }
+
+# 5-6: the medical model on the first encoder
+run runs/mlm_small "$RUN" train mlm recipes/mlm_small.toml --data.root "$DATA" --resume
+run runs/ner_cmeee "$RUN" train ner recipes/ner_cmeee.toml --data.root "$DATA" --resume
+
+general=(--data "CLUENER2020 train split (NER)=$TERMS_CLUENER" --data "sentence-pair and NLI training sets (similarity)=$TERMS_PAIRS"
+         --data "corpus_zh + corpus_more + THUCNews titles (MLM pre-training, whitening)=$TERMS_CORPUS")
 medical=(--data "CMeEE train split (nested medical NER)=$TERMS_CMEEE"
          --data "corpus_zh + THUCNews titles (MLM pre-training)=$TERMS_CORPUS")
-# int8 is static: activation ranges calibrated on 256 training texts per task (seed 0), batch invariant
-$RUN export -m runs/ner_cluener/best -m runs/sim_stsb/best -o service/bundles/default -p int8 \
-    --calibration-data "ner=$DATA/cluener/train.json" --calibration-data "similarity=$DATA/stsb_zh/train.tsv" \
-    --name ropenlp-default-small --overwrite "${general[@]}"
-$RUN export -m runs/ner_cluener/best -m runs/sim_stsb/best -o runs/bundle_gpu -p fp16 -p fp32 \
+# int8 is static: activation ranges calibrated on 256 training texts per task (seed 0), batch invariant;
+# similarity: drawn from the pair sets with numeric labels (the whitening step's output has no run config)
+simcal=(); for f in stsb_zh/train.tsv bq/train.tsv atec/train.tsv pairs/afqmc/train.tsv pairs/oppo_xiaobu/train.tsv \
+                    pairs/simclue_sample/train.tsv; do simcal+=(--calibration-data "similarity=$DATA/$f"); done
+$RUN export -m runs/ner_cluener_v3/best -m runs/sim_v3_whitened -o service/bundles/default -p int8 \
+    --calibration-data "ner=$DATA/cluener/train.json" "${simcal[@]}" --name ropenlp-default-small --overwrite "${general[@]}"
+$RUN export -m runs/ner_cluener_v3/best -m runs/sim_v3_whitened -o runs/bundle_gpu -p fp16 -p fp32 \
     --name ropenlp-default-small-gpu --overwrite "${general[@]}"
 $RUN export -m runs/ner_cmeee/best -o service/bundles/medical -p int8 --name ropenlp-medical-small --overwrite \
     --calibration-data "ner=$DATA/cmeee/train.jsonl" "${medical[@]}"
 $RUN export -m runs/ner_cmeee/best -o runs/bundle_medical_gpu -p fp16 -p fp32 --name ropenlp-medical-small-gpu \
     --overwrite "${medical[@]}"
 
+sim_dev=(--data "$DATA/stsb_zh/dev.tsv" --data "$DATA/lcqmc/dev.tsv" --data "$DATA/bq/dev.tsv"
+         --data "$DATA/atec/dev.tsv" --data "$DATA/pawsx/dev.tsv")
 for p in int8 fp32 fp16; do
     b=runs/bundle_gpu; m=runs/bundle_medical_gpu
     [ "$p" = int8 ] && { b=service/bundles/default; m=service/bundles/medical; }
@@ -73,7 +95,7 @@ for p in int8 fp32 fp16; do
 done
 
 # the training runs' own metrics and resolved configs, beside the evaluations
-for r in mlm_small mlm_long ner_cluener ner_cmeee sim_stsb; do
+for r in pretrain_v3_s1 pretrain_v3_s2 ner_cluener_v3 sim_v3 mlm_small ner_cmeee; do
     cp "runs/$r/metrics.json" "metrics/train_$r.json"
     cp "runs/$r/config.resolved.toml" "metrics/train_$r.config.toml"
 done

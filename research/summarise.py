@@ -72,7 +72,7 @@ def sim_v3_tables(previous: dict, summary: dict) -> list[str]:
     """The objective / pooling table and the whitening table of similarity v3 (all five dev sets + mean)."""
     out = []
     head = "| " + " | ".join(DEV_SETS.values()) + " | mean |"
-    rows = ["| run | objective | encoder | pooling " + head + " wall (2 threads) |", "|---|---|---|---|" + "---|" * 7]
+    rows = ["| run | objective | encoder | pooling " + head + " wall (threads) |", "|---|---|---|---|" + "---|" * 7]
     for run, what in SIM_V3_RUNS.items():
         cfg_file, ev = DIR / f"{run}.config.toml", _json(DIR / f"{run}.json")
         if not cfg_file.is_file() or ev is None:
@@ -82,16 +82,16 @@ def sim_v3_tables(previous: dict, summary: dict) -> list[str]:
         encoder = Path(init).name if not init.startswith("runs/") else f"`{init}`"
         cols = {k: round(v, 2) for k, v in dev_columns(ev["files"]).items()}
         row = {"objective": what, "encoder": encoder, "pooling": cfg["model"]["pooling"], "dev": cols,
-               "wall_min": wall_minutes(run, previous)}
+               "wall_min": wall_minutes(run, previous), "threads": cfg.get("training", {}).get("threads", "?")}
         summary[run] = row
         rows.append(f"| `{run}` | {what} | {encoder} | {row['pooling']} | "
                     + " | ".join(f"{cols.get(k, float('nan')):.2f}" for k in DEV_SETS.values())
-                    + f" | **{cols['mean']:.2f}** | {row['wall_min']} min |")
+                    + f" | **{cols['mean']:.2f}** | {row['wall_min']} min ({row['threads']}) |")
     if len(rows) > 2:
         out.append("\n".join(rows))
     w = _json(DIR / "sim_v3_whitening.json")
     if w:
-        rows = ["| whitening (fitted on) | sentences | " + head, "|---|---|" + "---|" * 6]
+        rows = ["| whitening (fitted on) | sentences " + head, "|---|---|" + "---|" * 6]
         for setting, files in w["scores"].items():
             fit = setting.split("/")[0] if "/" in setting else ("-" if setting == "none" else "--sentences")
             n = w["fits"].get(fit, {}).get("sentences", "") if fit != "-" else ""

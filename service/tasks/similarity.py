@@ -1,6 +1,6 @@
 """Similarity: sentence vectors (``embed``), cosine scores of pairs or of candidates against a query
 (``similarity``), and documents reranked against a query in the Cohere / Jina shape (``rerank``), from
-the bundle's pooled, whitened, L2-normalised vectors (cosine = dot).
+the bundle's pooled (and, when the bundle has it, whitened), L2-normalised vectors (cosine = dot).
 
 ``rerank`` runs the same bi-encoder: the query and each document are encoded *separately* and scored
 by cosine, so document vectors could be cached or indexed; a cross-encoder reads query and document
@@ -176,7 +176,7 @@ class RerankResponse(BaseModel):
 
 
 class EmbedResponse(BaseModel):
-    vectors: list[list[float]] = Field(description="whitened, L2-normalised: cosine = dot")
+    vectors: list[list[float]] = Field(description="L2-normalised (whitened when the bundle is): cosine = dot")
     dim: int
     truncated: list[bool] = Field(description="per text: cut to the model's max_length tokens")
 
