@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable when run as a script
-from bench.common import split_passthrough  # noqa: E402
+from bench.common import split_passthrough, write_json  # noqa: E402
 
 log = logging.getLogger("bench.cli")
 
@@ -187,9 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in runs:
         print(f"{r['lines']:>9}{r['input_mb']:>10.1f}{r['records_per_s'] or 0:>11.0f}"
               f"{r['records_per_s_wall']:>9.0f}{r['peak_rss_mb']:>13.1f}{r['exit_code']:>6}")  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

@@ -357,3 +357,12 @@ def ner_head_flops(head: Mapping, hidden: int, num_types: int, batch: int, seq: 
 def sim_head_flops(pooling: str, hidden: int, dim: int, whitening: bool, batch: int) -> float:
     """Pooling (RoFormer-Sim's linear pooler: H x H) and whitening (H x k) per row."""
     return float(batch) * (2 * hidden * hidden * (pooling == "linear") + 2 * hidden * dim * whitening)
+
+
+def write_json(path: Path | None, result: dict) -> None:
+    """A script's ``--json OUT``: every figure it printed, as UTF-8 JSON (parent folders made)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"\nwrote {path}")

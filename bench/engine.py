@@ -35,7 +35,6 @@ other (batch planning, loop). The decode share (decode + finish) is checked agai
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -49,6 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable when run as a script
 
 from bench.common import (
+    write_json,
     PEAK_GFLOPS,
     TEXT_SETS,
     bundle_checkpoints,
@@ -653,10 +653,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["decode_target"] = args.decode_target
     else:
         print_table(cells)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

@@ -57,7 +57,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable when run as a script
 
-from bench.common import REPO, SHARED_DATA, load_texts, machine_info, median, percentiles, round_robin
+from bench.common import REPO, SHARED_DATA, load_texts, machine_info, median, percentiles, round_robin, write_json
 
 log = logging.getLogger("bench.peers")
 
@@ -536,10 +536,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_after": machine_info()["load_average"],
     }
     print_report(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

@@ -47,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable when run as a script
 
-from bench.common import load_texts, machine_info, median, percentiles, split_passthrough
+from bench.common import load_texts, machine_info, median, percentiles, split_passthrough, write_json
 from bench.peers import ENCODER, RUNS, build_models, models_ready, ratios, reversal
 from bench.service import Payload, RawClient, Server, client_cpu, closed_loop, summarize
 
@@ -328,10 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
                 result["reversal"] = reversal_checks(args, texts[:8], work, servers)
     result["load_average_after"] = machine_info()["load_average"]
     print_report(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

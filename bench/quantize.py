@@ -17,7 +17,6 @@ The threshold is set so that about ``--spans-per-text`` spans per text pass, as 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import statistics
@@ -29,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable when run as a script
 
-from bench.common import random_checkpoint, round_robin
+from bench.common import random_checkpoint, round_robin, write_json
 
 log = logging.getLogger("bench.quantize")
 
@@ -263,9 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
         for k, v in r["seconds_per_pass"].items():
             print(f"  {k:<32}{v:>10.4f} s/pass")
         print(f"  thresholded-in-graph speed-up: {r['thresholded_speedup']:.2f}x")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

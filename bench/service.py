@@ -57,6 +57,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable when run as a script
 
 from bench.common import (
+    write_json,
     split_passthrough,
     TEXT_SETS,
     chunk,
@@ -799,10 +800,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["grid"] = grid
     result["load_average_after"] = machine_info()["load_average"]
     print_report(result, args)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable when run as a script
 
-from bench.common import load_pairs, load_texts, machine_info, percentiles, split_passthrough  # noqa: E402
+from bench.common import load_pairs, load_texts, machine_info, percentiles, split_passthrough, write_json  # noqa: E402
 from bench.service import HttpxClient, RawClient, Server  # noqa: E402
 
 KINDS = ("ner", "ner_document", "similarity_pairs", "similarity_rank", "embed")
@@ -170,8 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["machine"] = machine_info()
     result["command"] = " ".join(["python", "bench/soak.py", *(sys.argv[1:] if argv is None else argv)])
     print_report(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    write_json(args.json, result)
     return result
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable when run as a script
 
-from bench.common import REPO, SHARED_DATA, machine_info, median, random_bundle, round_robin
+from bench.common import REPO, SHARED_DATA, machine_info, median, random_bundle, round_robin, write_json
 
 log = logging.getLogger("bench.static_int8")
 PREFIX = {"ner": "ner", "similarity": "sim"}
@@ -260,8 +260,7 @@ def main(argv=None) -> int:
         print(f"\nNER speed, texts/s, 1 intra-op thread, {len(texts)} CLUENER dev texts, interleaved, medians "
               f"(load average {machine_info()['load_average']})\n")
         print_table(result["speed"] + result["settings"], ["variant", "batch", "texts_per_s", "calls"])
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(args.json, result)
     if tmp is not None:
         tmp.cleanup()
     return 0
