@@ -28,7 +28,7 @@ far each variant's output is from the first variant's (entities identical / larg
 ``--profile`` runs the ONNX Runtime variants only and splits end-to-end time into stages (timers
 around Engine methods, no change to service code): tokenize (``prepare_*``: validation, tokenizer,
 windows), pad (``run_batch`` minus the model and decoding: padding, feeds), run (the session),
-decode (``Engine._decode``: spans above the threshold), finish (merging windows / stacking vectors),
+decode (the task's ``postprocess``: spans above the threshold), finish (merging windows / stacking vectors),
 other (batch planning, loop). The decode share (decode + finish) is checked against ``--decode-target``.
 """
 
@@ -171,12 +171,15 @@ class Variant:
         return wrapper
 
     def instrument(self) -> None:
-        """Timers around the runtime's ``run``, ``Engine.run_batch`` and ``Engine._decode`` (instance
+        """Timers around the runtime's ``run``, ``Engine.run_batch`` and each task's ``postprocess`` (instance
         attributes shadow the methods; service code is untouched)."""
         e = self.engine
         e.runtime.run = self.timed("run", e.runtime.run)
         e.run_batch = self.timed("batch", e.run_batch)
-        e._decode = self.timed("decode", e._decode)
+        e.finish = self.timed("finish", e.finish)  # a job's answer from its rows' outputs
+        for name in e.manifest.tasks:  # each task's postprocess: the span decoding of NER, pooling's finish
+            task = e.task(name)
+            task.postprocess = self.timed("decode", task.postprocess)
 
     def call(self, task: str, texts: list[str], threshold: float | None):
         """One Engine request, end to end; its stage times appended to ``stages``."""
@@ -187,7 +190,6 @@ class Variant:
         else:
             job = self.engine.prepare("embed", self.engine.query("embed", texts=texts))
         t1 = time.perf_counter()
-        job.finish = self.timed("finish", job.finish)
         result = self.engine.execute(job)
         total = time.perf_counter() - t0
         a = self.acc
