@@ -633,6 +633,7 @@ def parse_args(argv: list[str] | None):
     srv.add_argument("--precision", choices=["fp32", "int8", "fp16"], default=None)
     srv.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="cpu")
     srv.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    srv.add_argument("--workers", type=int, default=None, help="inference workers (default: the server's)")
     srv.add_argument("--max-wait-ms", type=float, default=None, help="default: the server's")
     srv.add_argument("--batch-tokens", type=int, default=None, help="default: the server's")
     srv.add_argument("--max-items", type=int, default=64, help="per request; also the engine's big call")
@@ -698,6 +699,7 @@ def main(argv: list[str] | None = None) -> dict:
             "precision": args.precision,
             "intra_op_threads": args.threads,
             "inter_op_threads": 1,
+            "inference_workers": args.workers,
             "max_wait_ms": args.max_wait_ms,
             "batch_tokens": args.batch_tokens,
             "max_items": args.max_items,
@@ -733,7 +735,7 @@ def main(argv: list[str] | None = None) -> dict:
             "threshold": threshold,
             "bundle": f"random {args.layers} layers x {args.hidden}" if args.random else str(bundle),
             "client": args.client,
-            "settings": settings.public() | {"bundle": str(bundle)},
+            "settings": settings.public() | {"bundle": str(bundle), "workers": settings.workers},
             "serve_extra_flags": args.extra,
             "engine_info": {"precision": info["precision"], "provider": info["provider"]},
             "seconds_per_run": args.seconds,
@@ -841,6 +843,7 @@ def print_report(r: dict, args) -> None:
     print(
         f"\n{r['route']} ({r['texts_per_request']} {unit}/request, {r['texts']}), {r['bundle']}, "
         f"precision {r['engine_info']['precision']}, intra-op threads {s['intra_op_threads']}, "
+        f"inference workers {s.get('workers', 1)}, "
         f"max_wait_ms {s['max_wait_ms']}, batch_tokens {s['batch_tokens']}; client {r['client']}; "
         f"load average {r['machine']['load_average']} -> {r['load_average_after']}"
     )
@@ -855,7 +858,7 @@ def print_report(r: dict, args) -> None:
         f"({e['request']['items_per_s']:.1f} {unit}/s); {e['max_items']['items_per_call']} {unit}/call "
         f"{e['max_items']['items_per_s']:.1f} {unit}/s"
     )
-    print(f"\n{'clients':>8}{head}   (busy: worker thread in the model; CPU: cores used)")
+    print(f"\n{'clients':>8}{head}   (busy: seconds in the model per second, all workers; CPU: cores used)")
     for x in r["levels"]:
         print(f"{x['concurrency']:>8}{_row(x)}")
     m = r["max"]

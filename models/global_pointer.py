@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.roformer import apply_rope, rope_table
+from models.roformer import _permute_rows_, apply_rope, half_layout, rope_table
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,12 @@ def mask_spans(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
     return scores.masked_fill(~(keep & upper), torch.finfo(scores.dtype).min)
 
 
-def _register_rope(module: nn.Module, head_size: int, max_len: int) -> None:
+def _register_rope(module: nn.Module, head_size: int, max_len: int, *, half: bool = False) -> None:
     """RoPE tables as non-persistent buffers (checkpoints hold no tables): rope_sin, rope_cos (L, D)."""
-    sin, cos = rope_table(max_len, head_size)
+    sin, cos = rope_table(max_len, head_size, half=half)
     module.register_buffer("rope_sin", sin, persistent=False)
     module.register_buffer("rope_cos", cos, persistent=False)
+    module.max_len, module.rope_half = max_len, half
 
 
 class GlobalPointer(nn.Module):
@@ -57,9 +58,18 @@ class GlobalPointer(nn.Module):
         super().__init__()
         self.num_types, self.head_size = num_types, head_size
         self.dense = nn.Linear(hidden_size, num_types * head_size * 2)
-        self.rope = rope
+        self.rope, self.rope_half = rope, False
         if rope:
             _register_rope(self, head_size, max_len)
+
+    def half_rope_(self) -> None:
+        """models.roformer.use_half_rope_: q and k channels of every type in the rotate-half layout."""
+        if not self.rope or self.rope_half:
+            return
+        D = self.head_size
+        within = torch.cat([half_layout(D), D + half_layout(D)])  # q, then k, of one type
+        _permute_rows_(self.dense, (torch.arange(self.num_types)[:, None] * 2 * D + within).flatten())
+        _register_rope(self, D, self.max_len, half=True)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         T, D = hidden.shape[1], self.head_size
@@ -67,7 +77,7 @@ class GlobalPointer(nn.Module):
         q, k = x[..., :D], x[..., D:]  # (B, C, T, D) each
         if self.rope:
             sin, cos = self.rope_sin[:T], self.rope_cos[:T]  # (T, D): positions 0..T-1
-            q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+            q, k = apply_rope(q, sin, cos, half=self.rope_half), apply_rope(k, sin, cos, half=self.rope_half)
         q = q * D**-0.5  # scale before the product: smaller intermediates in fp16
         scores = torch.einsum("bcmd,bcnd->bcmn", q, k)  # (B, C, T, T)
         return mask_spans(scores, attention_mask)
@@ -93,21 +103,38 @@ class EfficientGlobalPointer(nn.Module):
         self.num_types, self.head_size = num_types, head_size
         self.dense = nn.Linear(hidden_size, 2 * head_size)  # Su's p_dense
         self.bias = nn.Linear(2 * head_size, 2 * num_types)  # Su's q_dense
-        self.rope = rope
+        self.rope, self.rope_half = rope, False
         if rope:
             _register_rope(self, head_size, max_len)
+
+    def half_rope_(self) -> None:
+        """models.roformer.use_half_rope_: p = [q | k], each in the rotate-half layout, instead of q and k
+        interleaved, and the bias layer's outputs [end | start] instead of interleaved (no step-2 slices);
+        the bias layer reads p's channels in their new places."""
+        if self.rope_half:
+            return
+        order = torch.cat([2 * half_layout(self.head_size), 2 * half_layout(self.head_size) + 1])
+        _permute_rows_(self.dense, order)
+        self.bias.weight.data = self.bias.weight.data[:, order].contiguous()
+        _permute_rows_(self.bias, half_layout(2 * self.num_types))  # [end biases | start biases]
+        if self.rope:
+            _register_rope(self, self.head_size, self.max_len, half=True)
+        self.rope_half = True
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         T = hidden.shape[1]
         p = self.dense(hidden)  # (B, T, 2D)
-        q, k = p[..., ::2], p[..., 1::2]  # (B, T, D) each
+        D = self.head_size
+        q, k = (p[..., :D], p[..., D:]) if self.rope_half else (p[..., ::2], p[..., 1::2])  # (B, T, D) each
         if self.rope:
             sin, cos = self.rope_sin[:T], self.rope_cos[:T]  # (T, D): positions 0..T-1
-            q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+            q, k = apply_rope(q, sin, cos, half=self.rope_half), apply_rope(k, sin, cos, half=self.rope_half)
         q = q * self.head_size**-0.5
         qk = torch.einsum("bmd,bnd->bmn", q, k)  # (B, T, T)
         bias = self.bias(p).transpose(1, 2) / 2  # (B, 2C, T)
-        end, start = bias[:, ::2, None, :], bias[:, 1::2, :, None]  # (B, C, 1, T), (B, C, T, 1)
+        C = self.num_types
+        end, start = (bias[:, :C], bias[:, C:]) if self.rope_half else (bias[:, ::2], bias[:, 1::2])  # (B, C, T)
+        end, start = end[:, :, None, :], start[:, :, :, None]  # (B, C, 1, T), (B, C, T, 1)
         scores = qk[:, None] + end + start  # (B, C, T, T)
         return mask_spans(scores, attention_mask)
 

@@ -32,13 +32,19 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 
 
-def rope_table(max_len: int, dim: int, *, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sin, cos), each (max_len, dim) fp32 with every angle repeated twice: [t0, t0, t1, t1, ...]."""
+def rope_table(
+    max_len: int, dim: int, *, base: float = 10000.0, half: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sin, cos), each (max_len, dim) fp32 with every angle repeated twice: [t0, t0, t1, t1, ...];
+    ``half``: in the rotate-half layout, [t0, t1, ..., t0, t1, ...] (see :func:`use_half_rope_`)."""
     if dim % 2:
         raise ValueError(f"RoPE needs an even dimension, got {dim}")
     inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim/2,)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, dim/2)
-    angles = torch.stack([angles, angles], dim=-1).flatten(-2)  # (L, dim) interleaved
+    if half:
+        angles = torch.cat([angles, angles], dim=-1)  # (L, dim): first halves, then second halves
+    else:
+        angles = torch.stack([angles, angles], dim=-1).flatten(-2)  # (L, dim) interleaved
     return angles.sin().float(), angles.cos().float()
 
 
@@ -48,10 +54,46 @@ def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).flatten(-2)
 
 
-def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., T, d) by position; sin/cos (T, d) broadcast over the leading axes."""
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x0 .. x(d/2-1), x(d/2) .. x(d-1)] -> [-x(d/2) .. -x(d-1), x0 .. x(d/2-1)] on the last axis."""
+    d = x.shape[-1] // 2
+    return torch.cat([-x[..., d:], x[..., :d]], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, *, half: bool = False) -> torch.Tensor:
+    """Rotate x (..., T, d) by position; sin/cos (T, d) broadcast over the leading axes. ``half``: x and
+    the tables are in the rotate-half layout (:func:`use_half_rope_`)."""
     xf = x.float()
-    return (xf * cos + rotate_interleaved(xf) * sin).to(x.dtype)
+    return (xf * cos + (rotate_half(xf) if half else rotate_interleaved(xf)) * sin).to(x.dtype)
+
+
+def half_layout(dim: int) -> torch.Tensor:
+    """The channel order of the rotate-half layout: [0, 2, 4, ..., 1, 3, 5, ...] (the pairs' first
+    members, then their second members), as indices into the interleaved order."""
+    return torch.cat([torch.arange(0, dim, 2), torch.arange(1, dim, 2)])
+
+
+def use_half_rope_(model: nn.Module) -> nn.Module:
+    """Move every RoPE of ``model`` to the rotate-half layout, in place; the model computes the same
+    function (to float rounding). For export only: the checkpoint format stays interleaved.
+
+    Interleaved RoPE rotates pairs (x0, x1), (x2, x3), ...; in ONNX its two step-2 ``Slice``s are copied
+    element by element and took 20 % of an int8 NER call (docs/performance.md). Permuting the output
+    channels of the q and k projections within each head by :func:`half_layout` puts each pair's members
+    d/2 apart, where the rotation is two contiguous halves (:func:`rotate_half`); q.k is unchanged, as
+    both sides get the same permutation. Modules with a ``half_rope_`` method (attention, span heads)
+    permute their own weights and switch their tables.
+    """
+    for m in model.modules():
+        if hasattr(m, "half_rope_"):
+            m.half_rope_()
+    return model
+
+
+def _permute_rows_(linear: nn.Linear, order: torch.Tensor) -> None:
+    """Reorder a Linear's outputs: output k becomes the old output ``order[k]``."""
+    linear.weight.data = linear.weight.data[order].contiguous()
+    linear.bias.data = linear.bias.data[order].contiguous()
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,6 +181,19 @@ class SelfAttention(nn.Module):
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.rope_half = False  # use_half_rope_: q, k (and v) channels in the rotate-half layout
+
+    def half_rope_(self) -> None:
+        if self.rope_half:
+            return
+        H, D = self.cfg.num_attention_heads, self.cfg.head_dim
+        order = (torch.arange(H)[:, None] * D + half_layout(D)).flatten()  # within each head
+        _permute_rows_(self.query, order)
+        _permute_rows_(self.key, order)
+        if self.cfg.rotary_value:  # v rotated too: its channels move, so the output projection's inputs follow
+            _permute_rows_(self.value, order)
+            self.out.weight.data = self.out.weight.data[:, order].contiguous()
+        self.rope_half = True
 
     def forward(
         self,
@@ -155,9 +210,9 @@ class SelfAttention(nn.Module):
             return t.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+        q, k = apply_rope(q, sin, cos, half=self.rope_half), apply_rope(k, sin, cos, half=self.rope_half)
         if self.cfg.rotary_value:
-            v = apply_rope(v, sin, cos)
+            v = apply_rope(v, sin, cos, half=self.rope_half)
         if q_scale is not None:  # entropy-invariant scale, per sequence: (B, 1, 1, 1)
             q = q * q_scale.to(q.dtype)
         dropout = self.cfg.attention_probs_dropout_prob if self.training else 0.0
@@ -214,6 +269,11 @@ class RoFormerEncoder(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.apply(self._init_weights)
+
+    def half_rope_(self) -> None:
+        """The tables in the rotate-half layout (the layers permute their own weights)."""
+        sin, cos = rope_table(self.cfg.max_position_embeddings, self.cfg.head_dim, half=True)
+        self.rope_sin, self.rope_cos = sin.to(self.rope_sin.device), cos.to(self.rope_cos.device)
 
     def _init_weights(self, m: nn.Module) -> None:
         std = self.cfg.initializer_range

@@ -3,7 +3,7 @@
 Three layers, one direction::
 
     http/        parse, call, render; the error table; metrics; API key   (Litestar)
-      -> batching.py  bounded queue, token-budget batches, one worker thread (server only)
+      -> batching.py  bounded queue, token-budget batches, one inference worker per core (server only)
       -> core.py      the engine: an operation's job by token budget       (HTTP-free; the CLI calls it)
            tasks/     one module per task kind: validate, tokenize (windows), decode, merge, render
       -> runtime.py   ONNX Runtime sessions behind the ``Runtime`` protocol

@@ -4,7 +4,7 @@ Flow of one request (:meth:`Batcher.execute` of an operation's name and typed qu
 
     admit (or Overloaded at once) -> core.prepare in a thread (validate + tokenize)
     -> submit its rows to the queue -> the gatherer groups rows of several requests into one batch
-    -> ONE worker thread runs core.run_batch -> rows go back into each request's own order
+    -> one of ``workers`` inference threads runs core.run_batch -> rows go back into each request's own order
     -> core.finish (merge windows / dot products)
 
 Only data crosses the queue and the threads (the query, the job, the rows): the batcher calls its
@@ -12,16 +12,20 @@ Only data crosses the queue and the threads (the query, the job, the rows): the 
 
 * Admission is bounded: at most ``max_queue`` requests are admitted (queued or running); one more
   gets :class:`Overloaded` immediately (HTTP 429 + Retry-After) instead of an unbounded queue.
-* When the worker is free, the gatherer runs what is waiting at once — unless other admitted
+* When a worker is free, the gatherer runs what is waiting at once — unless other admitted
   requests are still being prepared (tokenized) and the waiting rows leave room for more in the
   token budget: then it waits for them to join, at most ``max_wait_ms`` after the oldest waiting row
   arrived (:meth:`Batcher.wait_s`). A lone request is never delayed; under load batches still fill,
-  because requests that arrive while the worker is busy accumulate until it is free. A batch always
+  because requests that arrive while every worker is busy accumulate until one is free. A batch always
   holds the oldest row (no starvation) plus the queued rows closest to it in length
   (:func:`models.batches.select_batch`); its padded cost (longest x count) stays within ``batch_tokens``
   (a row longer than the budget runs alone) and its padding within ``MAX_PADDING`` of that cost, so a
   batch costs about its real tokens; rows of other lengths form the next batches.
-* Inference runs on one worker thread, never on the event loop; one batch at a time.
+* Inference runs on ``workers`` threads, never on the event loop; each runs one batch at a time,
+  so up to ``workers`` batches run at once on one ONNX Runtime session (``InferenceSession.run`` is
+  thread-safe and releases the GIL). One worker per core with one intra-op thread each keeps every
+  core busy under load without the per-operator synchronisation of intra-op threads
+  (docs/performance.md, "Threads"). A row's numbers do not depend on which worker or batch runs it.
 * A request whose client went away is cancelled: its future is cancelled, and its rows still in the
   queue are dropped before they reach the model.
 * Every call on the worker and the gatherer's end are reported to a :class:`~service.watchdog.Watchdog`
@@ -38,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from models.batches import MAX_PADDING, padded_cost, select_batch
@@ -89,7 +93,17 @@ class _Ticket:
     results: list[Any]
     remaining: int
     submitted: float
-    inference_s: float = 0.0
+    calls: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each batch with its rows
+
+    @property
+    def inference_s(self) -> float:
+        """Seconds in which at least one of its batches ran (batches on two workers may overlap)."""
+        total, end = 0.0, float("-inf")
+        for a, b in sorted(self.calls):
+            if b > end:
+                total += b - max(a, end)
+                end = b
+        return total
 
 
 @dataclass(eq=False)
@@ -101,7 +115,7 @@ class _Item:
 
 
 class Batcher:
-    """Bounded queue + gatherer + one inference worker thread (see the module docstring)."""
+    """Bounded queue + gatherer + ``workers`` inference threads (see the module docstring)."""
 
     def __init__(
         self,
@@ -113,8 +127,12 @@ class Batcher:
         retry_after_s: float = 1.0,
         observer: BatchObserver | None = None,
         watchdog: Watchdog | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self._core = core
+        self.workers = workers
         self.watchdog = watchdog if watchdog is not None else Watchdog()
         self._budget, self._max_wait = batch_tokens, max_wait_ms / 1e3
         self._max_queue, self._retry_after = max_queue, retry_after_s
@@ -125,22 +143,27 @@ class Batcher:
         self._running: set[_Ticket] = set()
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ropenlp-inference")
+        self._free: asyncio.Semaphore | None = None  # workers not running a batch
+        self._batches: set[asyncio.Task] = set()  # batches now running
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ropenlp-inference")
 
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
+        self._free = asyncio.Semaphore(self.workers)
         self._loop_task = asyncio.create_task(self._gather_loop(), name="ropenlp-batcher")
         self._loop_task.add_done_callback(self.watchdog.gatherer_done)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
-        """Fail what is still queued, then wait at most ``timeout_s`` for the call now on the worker."""
+        """Fail what is still queued, then wait at most ``timeout_s`` for the calls now on the workers."""
         task, self._loop_task = self._loop_task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for b in list(self._batches):  # their calls go on in the executor (joined below); their requests fail
+            b.cancel()
         tickets = self._running | {it.ticket for items in self._pending.values() for it in items}
         for t in tickets:
             if not t.future.done():
@@ -155,7 +178,7 @@ class Batcher:
             log.error("the inference worker did not finish its call within %.1f s; exiting without it", timeout_s)
 
     async def run_in_worker(self, fn: Callable[..., R], *args: Any) -> R:
-        """Run ``fn`` on the inference thread (warm-up: so it never overlaps a batch)."""
+        """Run ``fn`` on an inference thread (the warm-up: before the first request is admitted)."""
         with self.watchdog.busy():
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -205,7 +228,8 @@ class Batcher:
         self._wake.set()
         await ticket.future  # cancelled with the caller: the gatherer then skips its rows
         total = time.perf_counter() - ticket.submitted
-        return ticket.results, total - ticket.inference_s, ticket.inference_s
+        inference = ticket.inference_s
+        return ticket.results, total - inference, inference
 
     # -- the gatherer -----------------------------------------------------------------------------
 
@@ -248,11 +272,11 @@ class Batcher:
 
     def wait_s(self, lengths: Sequence[int], oldest_arrived: float, now: float) -> float:
         """How much longer rows of these ``lengths`` (the oldest arrived at ``oldest_arrived``) should
-        wait for company before they run, with the worker free; 0: run now.
+        wait for company before they run, with a worker free; 0: run now.
 
         Waiting can only help while other admitted requests are still being prepared (their rows
         may join) and the waiting rows leave room for one more row as long as their longest. Rows
-        that queued while the worker was busy have waited already; a lone request does not wait.
+        that queued while the workers were busy have waited already; a lone request does not wait.
         """
         if self._preparing == 0 or max(lengths) * (len(lengths) + 1) > self._budget:
             return 0.0
@@ -260,29 +284,41 @@ class Batcher:
 
     async def _gather_loop(self) -> None:
         while True:
-            task, batch = await self._next_batch()
+            await self._free.acquire()  # a worker is free: form its batch from what is queued now
+            try:
+                task, batch = await self._next_batch()
+            except BaseException:
+                self._free.release()
+                raise
             tickets = list(dict.fromkeys(it.ticket for it in batch))  # the requests in this batch
             self._running.update(tickets)
-            try:
-                await self._run(task, batch, tickets)
-            except Exception as e:  # the model (or a bug) failed this batch: fail its requests, keep serving
-                log.error("%s batch of %d rows failed: %s", task, len(batch), e, exc_info=e)
-                for t in tickets:
-                    if not t.future.done():
-                        t.future.set_exception(InferenceError())
-            finally:
-                self._running.difference_update(tickets)
+            b = asyncio.create_task(self._run_guarded(task, batch, tickets), name="ropenlp-batch")
+            self._batches.add(b)
+            b.add_done_callback(self._batches.discard)
+
+    async def _run_guarded(self, task: str, batch: list[_Item], tickets: list[_Ticket]) -> None:
+        try:
+            await self._run(task, batch, tickets)
+        except Exception as e:  # the model (or a bug) failed this batch: fail its requests, keep serving
+            log.error("%s batch of %d rows failed: %s", task, len(batch), e, exc_info=e)
+            for t in tickets:
+                if not t.future.done():
+                    t.future.set_exception(InferenceError())
+        finally:
+            self._running.difference_update(tickets)
+            self._free.release()
 
     async def _run(self, task: str, batch: list[_Item], tickets: list[_Ticket]) -> None:
-        """One batch on the worker thread; each row's output into its request's slot."""
+        """One batch on a worker thread; each row's output into its request's slot."""
         t0 = time.perf_counter()
         with self.watchdog.busy():
             outputs = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._core.run_batch, task, [it.seq for it in batch]
             )
-        seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        seconds = t1 - t0
         for t in tickets:
-            t.inference_s += seconds
+            t.calls.append((t0, t1))
         for it, out in zip(batch, outputs, strict=True):
             t = it.ticket
             if t.future.done():  # cancelled meanwhile, or failed in another batch

@@ -98,7 +98,8 @@ class OnnxRuntime:
 
     # -- loading -----------------------------------------------------------------------------
 
-    def _options(self):
+    def session_options(self):
+        """The server's ONNX Runtime session options (threads, no spinning, every graph optimisation)."""
         so = self._ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = self._threads
         so.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
@@ -110,7 +111,7 @@ class OnnxRuntime:
     def _session(self, graph: GraphSpec, providers: list[str]):
         path = self.bundle_dir / graph.file
         try:
-            return self._ort.InferenceSession(str(path), sess_options=self._options(), providers=providers)
+            return self._ort.InferenceSession(str(path), sess_options=self.session_options(), providers=providers)
         except Exception as e:  # ORT raises its own exception types; keep the message, name the file
             raise BundleError(f"{path}: ONNX Runtime cannot load the graph: {e}") from e
 

@@ -4,8 +4,9 @@ HTTP proxy. ``ropenlp serve --ray-replicas N`` (or ``serve run deploy/ray-serve.
 Each replica is a Ray actor that builds the app with :func:`~service.http.create_app` (settings
 handed over from the driver, so every replica serves the same bundle with the same limits) and runs
 its lifespan: the engine is loaded, the batcher started and the model warmed up in every replica;
-``/ready`` answers 503 until then. A replica reserves ``intra_op_threads`` CPUs (its ONNX Runtime
-threads). Ray Serve routes requests across replicas, restarts one that dies, and with
+``/ready`` answers 503 until then. A replica reserves ``intra_op_threads`` x ``inference_workers`` CPUs
+(its ONNX Runtime threads; one worker unless set). Ray Serve routes requests across replicas, restarts
+one that dies, and with
 ``max_ongoing_requests`` bounds what each accepts; past that the proxy queues (the app's own 429 /
 Retry-After still applies inside each replica).
 
@@ -41,18 +42,21 @@ class RopenlpReplica:
 
 def application(settings: Settings, replicas: int | None = None):
     """The Ray Serve application: ``replicas`` (default ``settings.ray_replicas``, at least 1) copies
-    of the app, each reserving ``intra_op_threads`` CPUs (at least 1)."""
+    of the app, each reserving ``intra_op_threads`` x ``inference_workers`` CPUs (at least 1; one worker
+    per replica unless set: a replica sees every core of its node)."""
     from ray import serve
 
     n = max(1, replicas if replicas is not None else settings.ray_replicas)
     # the replicas may run on other nodes, from another working directory: an absolute bundle path
     settings = settings.model_copy(update={"bundle": settings.bundle_dir.resolve()})
+    if not settings.inference_workers:  # a replica sees every core of its node: one worker each, scale by replicas
+        settings = settings.model_copy(update={"inference_workers": 1})
     ingress = serve.ingress()(RopenlpReplica)
     deployment = serve.deployment(
         ingress,
         name="ropenlp",
         num_replicas=n,
-        ray_actor_options={"num_cpus": max(1, settings.intra_op_threads)},
+        ray_actor_options={"num_cpus": max(1, settings.intra_op_threads) * settings.inference_workers},
         max_ongoing_requests=settings.max_queue,
         health_check_period_s=10,
     )

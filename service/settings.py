@@ -39,6 +39,18 @@ def resolve_bundle(bundle: str | Path | None) -> Path:
     return path
 
 
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (``docker --cpus``)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, int(quota) // int(period)))
+
+
 class SettingsError(ValueError):
     """Invalid settings: the message names the variable / flag and the problem."""
 
@@ -65,6 +77,10 @@ class Settings(BaseModel):
         1, ge=0, description="ONNX Runtime threads inside an operator (0 = one per core)"
     )
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators (0 = default)")
+    inference_workers: int = Field(
+        0, ge=0, description="batches run at once by the server, each on its own thread with intra_op_threads "
+        "ONNX Runtime threads (0 = the cores available to the process / intra_op_threads)"
+    )
     ner_max_length: int | None = Field(
         None, ge=3, description="tokens per NER window (<= the bundle's); default: the bundle's"
     )
@@ -143,6 +159,14 @@ class Settings(BaseModel):
                 f"ner_stride {self.ner_stride} exceeds ner_max_length - 2 = {self.ner_max_length - 2}"
             )
         return self
+
+    @property
+    def workers(self) -> int:
+        """``inference_workers`` resolved: 0 = the cores available / ``intra_op_threads`` (at least 1)."""
+        if self.inference_workers:
+            return self.inference_workers
+        per_worker = self.intra_op_threads or available_cores()  # intra_op 0: ONNX Runtime takes every core
+        return max(1, available_cores() // per_worker)
 
     @property
     def bundle_dir(self) -> Path:

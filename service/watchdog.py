@@ -6,7 +6,7 @@ it, so an orchestrator never restarted the process. The :class:`~service.batchin
 to a :class:`Watchdog` (a batch or the warm-up starts and ends on the worker; the gatherer stops), and
 ``/health`` and ``/ready`` ask it for a :meth:`Watchdog.verdict`. The worker is **stalled** when
 
-* one call on the worker (a batch, the warm-up) has run longer than ``stall_s``; or
+* one call on a worker (a batch, the warm-up) has run longer than ``stall_s``; or
 * rows have waited in the queue longer than ``stall_s`` and no call started or finished within
   ``stall_s`` (the gatherer is stuck); or
 * the gatherer task ended while the batcher was running (a bug: nothing would ever run again).
@@ -29,18 +29,26 @@ class Watchdog:
 
     def __init__(self, stall_s: float = 30.0, clock: Callable[[], float] = time.perf_counter) -> None:
         self.stall_s, self.clock = stall_s, clock
-        self.running_since: float | None = None  # the call now on the worker started then
+        self._calls: dict[int, float] = {}  # start times of the calls now on the workers
+        self._next = 0
         self.last_activity = clock()  # a call started or finished then (or the watchdog was made)
         self.crash: str | None = None  # why the gatherer ended, if it did on its own
 
+    @property
+    def running_since(self) -> float | None:
+        """When the longest-running call now on a worker started; None when no call is running."""
+        return min(self._calls.values(), default=None)
+
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
-        """Around one call on the worker thread (the batcher runs one at a time)."""
-        self.running_since = self.last_activity = self.clock()
+        """Around one call on a worker thread (several may run at once, one per worker)."""
+        key, self._next = self._next, self._next + 1
+        self._calls[key] = self.last_activity = self.clock()
         try:
             yield
         finally:
-            self.running_since, self.last_activity = None, self.clock()
+            del self._calls[key]
+            self.last_activity = self.clock()
 
     def gatherer_done(self, task: asyncio.Task) -> None:
         """Done-callback of the batcher's gatherer task: a cancellation is a stop, anything else a crash."""

@@ -23,3 +23,17 @@ def test_a_random_model_like_the_shipped_bundle(tmp_path):
 def test_a_random_model_without_like_keeps_its_own_settings(tmp_path):
     ner = load_ner(random_checkpoint("ner", tmp_path / "ner", layers=1, hidden=32))
     assert ner.cfg.head == "egp" and len(ner.cfg.labels) == 8 and ner.cfg.max_length == 256
+
+
+def test_ort_ops_splits_a_call_of_the_shipped_graph_by_operator(tmp_path):
+    """bench/ort_ops.py on the shipped bundle: every operator type's share of the kernel time, summing to 1."""
+    import json
+
+    from bench.ort_ops import main
+
+    out = tmp_path / "ops.json"
+    assert main(["--bundle", str(DEFAULT), "--batch", "2", "--warmup", "1", "--runs", "2", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["graph"] == "ner.int8.onnx" and r["batch"][0] == 2 and r["median_call_ms"] > 0
+    assert abs(sum(r["op_share"].values()) - 1) < 1e-6
+    assert "MatMulIntegerToFloat" in r["op_share"]  # the static int8 products fused at load

@@ -54,6 +54,7 @@ class Service:
             retry_after_s=s.retry_after_s,
             observer=self.metrics,
             watchdog=Watchdog(s.watchdog_s),
+            workers=s.workers,
         )
         await self.batcher.start()
         info = self.engine.info()
@@ -72,9 +73,12 @@ class Service:
         self.ready = True
         self.metrics.ready.set(1)
         log.info(
-            "ready: bundle %s on %s, warm-up %.0f ms, %.0f ms after start",
+            "ready: bundle %s on %s, %d inference worker(s) x %d intra-op thread(s), warm-up %.0f ms, "
+            "%.0f ms after start",
             self.engine.manifest.name,
             self.engine.info()["provider"],
+            self.batcher.workers,
+            self.settings.intra_op_threads,
             self.warm_up_ms,
             (time.perf_counter() - self.started) * 1e3,
         )
@@ -127,6 +131,8 @@ async def _cancel_on_disconnect(request: Request, work: Awaitable[R]) -> R:
         watch.cancel()
         if not task.done():
             task.cancel()
+    if not task.done():  # cancelled just now: let it unwind (its queued rows are then skipped)
+        await asyncio.wait({task})
     if task.cancelled():
         raise ClientClosedRequest("the client closed the connection; its work was dropped")
     return task.result()

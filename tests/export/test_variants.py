@@ -48,6 +48,20 @@ def test_model_options_export_exactly(tiny, tmp_path, case):
     assert spec.graphs["fp32"].parity["max_abs_diff"] < 1e-4
     assert spec.graphs["int8"].quantization.batch_dependence <= 1e-4  # static int8 of every model option
     check_against_torch(tiny, task, tmp_path / "ckpt", tmp_path / "bundle" / spec.graphs["fp32"].file)
+    assert strided_slices(tmp_path / "bundle" / spec.graphs["fp32"].file) == []  # RoPE: rotate-half layout
+
+
+def strided_slices(path) -> list[str]:
+    """Names of the Slice nodes of a graph whose step is not 1 (RoPE's interleaved pairs were two per q/k)."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    consts |= {n.output[0]: numpy_helper.to_array(a.t) for n in g.node if n.op_type == "Constant"
+               for a in n.attribute if a.name == "value"}
+    return [n.name for n in g.node if n.op_type == "Slice" and len(n.input) > 4
+            and n.input[4] in consts and np.any(consts[n.input[4]] != 1)]
 
 
 def test_dynamo_exporter(tiny, tmp_path):

@@ -239,3 +239,20 @@ def test_gradients_flow_without_nan(kind):
 def test_rope_tables_are_not_in_the_state_dict():
     for kind in HEADS:
         assert not any("rope" in k for k in make(kind).state_dict())
+
+
+@pytest.mark.parametrize("kind", ["gp", "egp"])
+@pytest.mark.parametrize("rope", [True, False])
+def test_half_rope_layout_computes_the_same_scores(kind, rope):
+    import copy
+
+    from models.roformer import use_half_rope_
+
+    head = make(kind, rope=rope).eval()
+    half = use_half_rope_(copy.deepcopy(head))
+    hidden, mask = batch()
+    with torch.no_grad():
+        want, got = head(hidden, mask), half(hidden, mask)
+    keep = want > torch.finfo(torch.float32).min
+    assert torch.equal(keep, got > torch.finfo(torch.float32).min)
+    assert torch.allclose(got[keep], want[keep], atol=1e-5)

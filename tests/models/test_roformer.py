@@ -201,3 +201,32 @@ def test_config_rejects_bad_values():
         RoFormerConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="hidden_act"):
         RoFormerConfig(hidden_act="mystery")
+
+
+@pytest.mark.parametrize("rotary_value", [False, True])
+def test_half_rope_layout_computes_the_same_encoder(rotary_value):
+    """use_half_rope_ (export) permutes q/k (and v) channels per head: same outputs, no strided rotation."""
+    import copy
+
+    from models.roformer import half_layout, rotate_half, rotate_interleaved, use_half_rope_
+
+    x = torch.randn(2, 3, 5, 8)
+    order = half_layout(8)
+    sin, cos = rope_table(5, 8)
+    hsin, hcos = rope_table(5, 8, half=True)
+    assert torch.allclose(apply_rope(x[..., order], hsin, hcos, half=True), apply_rope(x, sin, cos)[..., order])
+    assert torch.equal(rotate_half(x[..., order]), rotate_interleaved(x)[..., order])
+
+    cfg = RoFormerConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64, rotary_value=rotary_value)
+    torch.manual_seed(0)
+    enc = RoFormerEncoder(cfg).eval()
+    half = use_half_rope_(copy.deepcopy(enc))
+    assert all(layer.attn.rope_half for layer in half.layers)
+    ids, mask, types = padded_batch(50)
+    with torch.no_grad():
+        want, got = enc(ids, mask, types), half(ids, mask, types)
+    assert torch.allclose(got, want, atol=1e-5)
+    use_half_rope_(half)  # a second call changes nothing
+    with torch.no_grad():
+        assert torch.allclose(half(ids, mask, types), want, atol=1e-5)

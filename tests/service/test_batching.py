@@ -130,7 +130,7 @@ def test_overload_is_refused_at_once_then_recovers(tiny_bundle) -> None:
 
 def test_cancelled_request_is_dropped_before_inference(tiny_bundle) -> None:
     engine, runtime = fake_engine(tiny_bundle)
-    with running(settings(max_wait_ms=0), engine) as base:
+    with running(settings(max_wait_ms=0, inference_workers=1), engine) as base:  # B must wait in the queue
         runtime.gate = threading.Event()  # from now on the worker blocks until released
         runtime.entered.clear()
         first: list[httpx.Response] = []
@@ -316,3 +316,93 @@ def test_failed_or_cancelled_preparation_stops_the_wait() -> None:
         assert b.preparing == 0 and b.admitted == 0
 
     assert with_batcher(test).batches == [[1]]
+
+
+class Pair(Recorder):
+    """A core whose batches return only once two are on the workers at the same time."""
+
+    def __init__(self, hold_s: float = 0.0) -> None:
+        super().__init__()
+        self.both = threading.Barrier(2, timeout=10)
+        self.hold_s = hold_s
+
+    def run_batch(self, task: str, seqs: list[Seq]) -> list[int]:
+        out = super().run_batch(task, seqs)
+        self.both.wait()  # BrokenBarrierError (a failed request) unless another batch runs meanwhile
+        time.sleep(self.hold_s)  # both batches in the model together for this long
+        return out
+
+
+def test_two_workers_run_two_batches_at_once() -> None:
+    """With ``workers=2`` a second batch starts while the first is still on its worker (one worker
+    would leave the Barrier waiting: both requests would fail)."""
+    core = Pair()
+
+    async def main() -> list[list[int]]:
+        b = Batcher(core, batch_tokens=1024, max_wait_ms=0, max_queue=16, workers=2)
+        await b.start()
+        try:
+            first = asyncio.create_task(b.execute("ner", Req(1)))
+            await until(core.entered.is_set)  # request 1 is on a worker, held at the barrier
+            second = asyncio.create_task(b.execute("ner", Req(2)))
+            return [r for r, _ in await asyncio.wait_for(asyncio.gather(first, second), 30)]
+        finally:
+            await b.stop()
+
+    assert asyncio.run(main()) == [[1], [2]]
+    assert core.batches == [[1], [2]]
+
+
+def test_a_request_on_two_workers_at_once_has_consistent_timings() -> None:
+    """One request's two rows in two batches that run at the same time: its inference time is the time
+    any of them ran, not their sum, so its queue time is never negative (the x-queue-time header)."""
+    core = Pair(hold_s=0.3)  # the sum of the two calls (>= 0.6 s) would exceed the request's own time
+
+    async def main():
+        b = Batcher(core, batch_tokens=4, max_wait_ms=0, max_queue=16, workers=2)  # one 4-token row per batch
+        await b.start()
+        try:
+            t0 = time.perf_counter()
+            result, timings = await asyncio.wait_for(b.execute("ner", Req(1, rows=2)), 30)
+            return result, timings, time.perf_counter() - t0
+        finally:
+            await b.stop()
+
+    result, t, total = asyncio.run(main())
+    assert result == [1, 1] and core.batches == [[1], [1]]
+    assert t.queue_s >= 0 and 0.3 <= t.inference_s <= total
+
+
+def test_workers_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        Batcher(Recorder(), batch_tokens=1024, max_wait_ms=0, max_queue=1, workers=0)
+
+
+def test_a_disconnect_while_the_work_runs_is_a_clean_client_closed() -> None:
+    """The client leaves while its request is in flight (e.g. in a model call on a second worker): the
+    work is cancelled and awaited until it has unwound, and the answer is ClientClosedRequest, not a
+    500 from reading the result of a task still cancelling."""
+    from service.errors import ClientClosedRequest
+    from service.http.service import _cancel_on_disconnect
+
+    async def main() -> None:
+        started, unwound = asyncio.Event(), asyncio.Event()
+
+        async def work() -> None:
+            started.set()
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                await asyncio.sleep(0)  # unwinding takes a turn of the loop
+                unwound.set()
+
+        class Leaving:
+            async def receive(self) -> dict:
+                await started.wait()
+                return {"type": "http.disconnect"}
+
+        with pytest.raises(ClientClosedRequest):
+            await _cancel_on_disconnect(Leaving(), work())
+        assert unwound.is_set()
+
+    asyncio.run(main())

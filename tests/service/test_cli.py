@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.settings import Settings, SettingsError
+from service.settings import Settings, SettingsError, available_cores
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,6 +43,21 @@ def test_settings_from_env_and_flags() -> None:
         Settings.from_env({}, provider="tpu")
     with pytest.raises(SettingsError, match="ner_stride"):
         Settings.from_env({}, ner_max_length=10, ner_stride=9)
+
+
+def test_inference_workers_default_to_one_per_core(tmp_path, monkeypatch) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    assert available_cores(cpu_max) == len(os.sched_getaffinity(0))  # no quota: the affinity
+    cpu_max.write_text("150000 100000\n")
+    assert available_cores(cpu_max) == 1  # docker --cpus 1.5: one whole core
+    assert available_cores(tmp_path / "missing") == len(os.sched_getaffinity(0))
+    monkeypatch.setattr("service.settings.available_cores", lambda: 4)
+    assert Settings.from_env({}).workers == 4  # 0: one per core, one intra-op thread each
+    assert Settings.from_env({}, intra_op_threads=2).workers == 2
+    assert Settings.from_env({}, intra_op_threads=8).workers == 1
+    assert Settings.from_env({}, intra_op_threads=0).workers == 1  # ONNX Runtime takes every core
+    assert Settings.from_env({"ROPENLP_INFERENCE_WORKERS": "3"}).workers == 3
 
 
 def _env() -> dict[str, str]:

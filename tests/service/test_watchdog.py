@@ -40,6 +40,25 @@ def test_verdicts() -> None:
     assert dog.verdict(oldest_queued=clock.now - 50) is None
 
 
+def test_concurrent_calls_the_oldest_counts() -> None:
+    """Two workers: the verdict follows the call that has run longest, until it returns."""
+    clock = Clock()
+    dog = Watchdog(10, clock)
+    with dog.busy():
+        clock.now += 8
+        with dog.busy():
+            assert dog.running_since == 100.0
+            clock.now += 3
+            assert "in one call for 11 s" in dog.verdict(oldest_queued=None)
+        assert dog.running_since == 100.0  # the younger call returned; the old one still runs
+    assert dog.running_since is None and dog.verdict(oldest_queued=None) is None
+    with dog.busy():
+        with dog.busy():
+            pass
+        clock.now += 11
+        assert "hung" in dog.verdict(oldest_queued=None)  # the younger one's return does not hide it
+
+
 def test_a_dead_gatherer_is_a_crash_and_a_stop_is_not() -> None:
     async def main() -> tuple[str | None, str | None]:
         async def boom() -> None:
