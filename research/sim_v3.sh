@@ -3,6 +3,8 @@
 # repository root. Every row is scored on the five dev sets (STS-B, LCQMC, BQ, ATEC, PAWS-X) and their mean.
 #
 #   research/sim_v3.sh objectives [DATA_ROOT]   # CoSENT mixture / NLI SimCSE / NLI -> pairs / one-stage mixtures
+#   research/sim_v3.sh short [DATA_ROOT]        # the objectives again at an equal, short budget (STEPS_SHORT, 600 steps
+#                                               # each, one thread; NLI -> pairs: half and half), all from ENCODER
 #   research/sim_v3.sh pooling [DATA_ROOT]      # cls and mean against the recipes' first-last-avg (the sim_v3 row)
 #   research/sim_v3.sh whitening [DATA_ROOT]    # the whitening table of the best run; stores the choice (or none)
 #   research/sim_v3.sh collect [DATA_ROOT]      # full dev evaluations -> metrics/research/sim_v3_*.json
@@ -14,7 +16,7 @@
 # SIM_V3_ARGS: overrides added to every training run (a smoke run: SIM_V3_ARGS="--training.max_steps 20").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHAT="${1:?objectives, pooling, whitening, collect or all}"
+WHAT="${1:?objectives, short, pooling, whitening, collect or all}"
 DATA="${2:-../shared/data}"
 RUN="${RUN:-.venv/bin/ropenlp}"
 PY="${PY:-.venv/bin/python}"
@@ -22,7 +24,9 @@ ENCODER="${ENCODER:-encoders/roformer-zh-v3}"
 read -r -a EXTRA <<< "${SIM_V3_ARGS:-}"
 OUT=metrics/research
 DEV=(stsb_zh/dev.tsv lcqmc/dev.tsv bq/dev.tsv atec/dev.tsv pawsx/dev.tsv)
-RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean)
+RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean
+      sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs)
+STEPS_SHORT="${STEPS_SHORT:-600}"
 
 train() {  # train OUT_NAME RECIPE [overrides...]: once, resumable, log in runs/OUT_NAME/train.out
     local name=$1 recipe=$2; shift 2
@@ -43,6 +47,17 @@ objectives() {
     train sim_v3_cosent_pairs recipes/sim_v3_pairs.toml --model.init "$ENCODER"
     # NLI -> pairs: stage 2 from stage 1's best checkpoint (the recipe as it is)
     train sim_v3_pairs recipes/sim_v3_pairs.toml --model.init runs/sim_v3_nli/best
+}
+
+short() {  # equal budget: STEPS_SHORT steps of 64 pairs each (the two-stage row: half NLI, half pairs), one thread
+    local n=$STEPS_SHORT h=$((STEPS_SHORT / 2))
+    local at=(--training.threads 1 --training.eval_every $((n / 2)) --training.checkpoint_every $((n / 2)))
+    train sim_s_mix recipes/sim_v3.toml --model.init "$ENCODER" --training.max_steps "$n" "${at[@]}"
+    train sim_s_cosent recipes/sim_v3.toml --model.init "$ENCODER" --sim.objective cosent --training.max_steps "$n" "${at[@]}"
+    train sim_s_pairs recipes/sim_v3_pairs.toml --model.init "$ENCODER" --training.max_steps "$n" "${at[@]}"
+    at=(--training.threads 1 --training.eval_every "$h" --training.checkpoint_every "$h")
+    train sim_s_nli recipes/sim_v3_nli.toml --model.init "$ENCODER" --training.max_steps "$h" "${at[@]}"
+    train sim_s_nli_pairs recipes/sim_v3_pairs.toml --model.init runs/sim_s_nli/best --training.max_steps "$h" "${at[@]}"
 }
 
 pooling() {  # first-last-avg is the sim_v3 row
@@ -98,9 +113,10 @@ print(",".join(sys.argv[2] + "/" + p for s in cfg["data"]["train"] for p in s["p
 
 case "$WHAT" in
     objectives) objectives ;;
+    short) short ;;
     pooling) pooling ;;
     whitening) whitening ;;
     collect) collect ;;
     all) objectives; pooling; collect; whitening ;;
-    *) echo "unknown step $WHAT: objectives, pooling, whitening, collect or all" >&2; exit 2 ;;
+    *) echo "unknown step $WHAT: objectives, short, pooling, whitening, collect or all" >&2; exit 2 ;;
 esac

@@ -33,7 +33,12 @@ OBJECTIVE_RUNS = {"obj_mlm": "MLM (characters)", "obj_wwm": "whole-word MLM", "o
 SIM_V3_RUNS = {"sim_v3": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_cosent": "every set CoSENT (NLI 2 > 1 > 0)",
                "sim_v3_nli": "NLI SimCSE only (stage 1)", "sim_v3_cosent_pairs": "pairs CoSENT only",
                "sim_v3_pairs": "NLI SimCSE -> pairs CoSENT (two stages)",
-               "sim_v3_cls": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_mean": "pairs CoSENT + NLI SimCSE, one mixture"}
+               "sim_v3_cls": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_mean": "pairs CoSENT + NLI SimCSE, one mixture",
+               # the same objectives at an equal short budget (research/sim_v3.sh short: 600 steps each)
+               "sim_s_mix": "pairs CoSENT + NLI SimCSE, one mixture (600 steps)",
+               "sim_s_cosent": "every set CoSENT (600 steps)", "sim_s_pairs": "pairs CoSENT only (600 steps)",
+               "sim_s_nli": "NLI SimCSE only (300 steps)",
+               "sim_s_nli_pairs": "NLI SimCSE 300 -> pairs CoSENT 300 steps"}
 DEV_SETS = {"stsb_zh": "STS-B", "lcqmc": "LCQMC", "bq": "BQ", "atec": "ATEC", "pawsx": "PAWS-X"}
 
 
