@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.roformer import _permute_rows_, apply_rope, half_layout, rope_table
+from models.roformer import apply_rope, half_layout, permute_outputs_, rope_table
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ def _register_rope(module: nn.Module, head_size: int, max_len: int, *, half: boo
     sin, cos = rope_table(max_len, head_size, half=half)
     module.register_buffer("rope_sin", sin, persistent=False)
     module.register_buffer("rope_cos", cos, persistent=False)
-    module.max_len, module.rope_half = max_len, half
 
 
 class GlobalPointer(nn.Module):
@@ -66,10 +65,11 @@ class GlobalPointer(nn.Module):
         """models.roformer.use_half_rope_: q and k channels of every type in the rotate-half layout."""
         if not self.rope or self.rope_half:
             return
-        D = self.head_size
-        within = torch.cat([half_layout(D), D + half_layout(D)])  # q, then k, of one type
-        _permute_rows_(self.dense, (torch.arange(self.num_types)[:, None] * 2 * D + within).flatten())
-        _register_rope(self, D, self.max_len, half=True)
+        D, half = self.head_size, half_layout(self.head_size)
+        within = torch.cat([half, D + half])  # q, then k, of one type
+        permute_outputs_(self.dense, (torch.arange(self.num_types)[:, None] * 2 * D + within).flatten())
+        _register_rope(self, D, self.rope_sin.shape[0], half=True)
+        self.rope_half = True
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         T, D = hidden.shape[1], self.head_size
@@ -113,12 +113,13 @@ class EfficientGlobalPointer(nn.Module):
         the bias layer reads p's channels in their new places."""
         if self.rope_half:
             return
-        order = torch.cat([2 * half_layout(self.head_size), 2 * half_layout(self.head_size) + 1])
-        _permute_rows_(self.dense, order)
+        pairs = 2 * half_layout(self.head_size)  # q's channels of p (even), in the rotate-half order
+        order = torch.cat([pairs, pairs + 1])  # then k's (odd)
+        permute_outputs_(self.dense, order)
         self.bias.weight.data = self.bias.weight.data[:, order].contiguous()
-        _permute_rows_(self.bias, half_layout(2 * self.num_types))  # [end biases | start biases]
+        permute_outputs_(self.bias, half_layout(2 * self.num_types))  # [end biases | start biases]
         if self.rope:
-            _register_rope(self, self.head_size, self.max_len, half=True)
+            _register_rope(self, self.head_size, self.rope_sin.shape[0], half=True)
         self.rope_half = True
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -90,7 +90,7 @@ def use_half_rope_(model: nn.Module) -> nn.Module:
     return model
 
 
-def _permute_rows_(linear: nn.Linear, order: torch.Tensor) -> None:
+def permute_outputs_(linear: nn.Linear, order: torch.Tensor) -> None:
     """Reorder a Linear's outputs: output k becomes the old output ``order[k]``."""
     linear.weight.data = linear.weight.data[order].contiguous()
     linear.bias.data = linear.bias.data[order].contiguous()
@@ -188,10 +188,10 @@ class SelfAttention(nn.Module):
             return
         H, D = self.cfg.num_attention_heads, self.cfg.head_dim
         order = (torch.arange(H)[:, None] * D + half_layout(D)).flatten()  # within each head
-        _permute_rows_(self.query, order)
-        _permute_rows_(self.key, order)
+        permute_outputs_(self.query, order)
+        permute_outputs_(self.key, order)
         if self.cfg.rotary_value:  # v rotated too: its channels move, so the output projection's inputs follow
-            _permute_rows_(self.value, order)
+            permute_outputs_(self.value, order)
             self.out.weight.data = self.out.weight.data[:, order].contiguous()
         self.rope_half = True
 

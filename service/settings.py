@@ -165,8 +165,8 @@ class Settings(BaseModel):
         """``inference_workers`` resolved: 0 = the cores available / ``intra_op_threads`` (at least 1)."""
         if self.inference_workers:
             return self.inference_workers
-        per_worker = self.intra_op_threads or available_cores()  # intra_op 0: ONNX Runtime takes every core
-        return max(1, available_cores() // per_worker)
+        cores = available_cores()
+        return max(1, cores // (self.intra_op_threads or cores))  # intra_op 0: ONNX Runtime takes every core
 
     @property
     def bundle_dir(self) -> Path:

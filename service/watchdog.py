@@ -29,8 +29,7 @@ class Watchdog:
 
     def __init__(self, stall_s: float = 30.0, clock: Callable[[], float] = time.perf_counter) -> None:
         self.stall_s, self.clock = stall_s, clock
-        self._calls: dict[int, float] = {}  # start times of the calls now on the workers
-        self._next = 0
+        self._calls: dict[object, float] = {}  # start times of the calls now on the workers
         self.last_activity = clock()  # a call started or finished then (or the watchdog was made)
         self.crash: str | None = None  # why the gatherer ended, if it did on its own
 
@@ -42,7 +41,7 @@ class Watchdog:
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
         """Around one call on a worker thread (several may run at once, one per worker)."""
-        key, self._next = self._next, self._next + 1
+        key = object()  # this call's own entry
         self._calls[key] = self.last_activity = self.clock()
         try:
             yield
