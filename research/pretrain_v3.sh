@@ -4,6 +4,8 @@
 #   research/pretrain_v3.sh speed [DATA_ROOT]       # tokens/s of each objective and training option (40 steps each)
 #   research/pretrain_v3.sh objectives [DATA_ROOT]  # MLM vs whole-word MLM vs ELECTRA at equal CPU time, then
 #                                                   # the same short CLUENER fine-tune of each
+#   research/pretrain_v3.sh ner [DATA_ROOT]         # NER on the committed encoder: the shipping CLUENER recipe,
+#                                                   # with an intermediate NER stage (ner_more), + FGM; CMeEE
 #   research/pretrain_v3.sh collect [DATA_ROOT]     # evaluations + metrics/research/ JSON of whatever ran
 #
 # One thread per run (two run side by side on 2 cores). All runs share one vocabulary, built once from the
@@ -52,6 +54,18 @@ objectives)
     pretrain runs/obj_electra --training.max_steps "$STEPS_ELECTRA" "${ELECTRA[@]}"
     for r in obj_mlm obj_wwm obj_electra; do finetune "runs/ner_$r" "runs/$r/model"; done
     ;;
+ner)
+    # each a full shipping-recipe fine-tune from encoders/roformer-zh-v3 (one thread); the CLUENER baseline is
+    # recipes/ner_cluener.toml as it is (runs/ner_cluener_v3)
+    ner() { local out=$1; shift; mkdir -p "$out"; "$RUN" train ner "$@" --data.root "$DATA" --output.dir "$out" \
+            --resume >> "$out/train.out" 2>&1; }
+    ner runs/ner_cluener_v3 recipes/ner_cluener.toml
+    ner runs/ner_intermediate recipes/ner_intermediate.toml           # MSRA + Resume, 4 epochs
+    ner runs/ner_cluener_inter recipes/ner_cluener.toml --model.init runs/ner_intermediate/best
+    ner runs/ner_cluener_inter_fgm recipes/ner_cluener.toml --model.init runs/ner_intermediate/best \
+        --training.adversarial 0.5
+    ner runs/ner_cmeee_v3 recipes/ner_cmeee.toml
+    ;;
 collect)
     mkdir -p metrics/research
     for r in spd_mlm spd_wwm spd_electra spd_mlm_fp32 spd_mlm_noprefetch spd_mlm_unpacked spd_mlm_6x384 spd_electra_6x384 \
@@ -79,6 +93,18 @@ PYEOF
         [ -f "metrics/research/${r}_flat.json" ] || "$RUN" evaluate ner --model "runs/$r/best" \
             --data "$DATA/cluener/dev.json" --decode flat "${grid[@]}" --threads 1 --out "metrics/research/${r}_flat.json"
     done
+    for r in ner_cluener_v3 ner_cluener_inter ner_cluener_inter_fgm ner_intermediate ner_cmeee_v3; do
+        [ -d "runs/$r/best" ] || continue
+        cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
+        cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
+        case "$r" in
+        ner_cmeee_v3) "$RUN" evaluate ner --model "runs/$r/best" --data "$DATA/cmeee/dev.jsonl" --decode nested \
+            --threshold-grid=-1,-0.5,-0.25,0,0.25,0.5,1 --threads 1 --out "metrics/research/${r}_nested.json" ;;
+        ner_intermediate) ;;
+        *) "$RUN" evaluate ner --model "runs/$r/best" --data "$DATA/cluener/dev.json" --decode flat "${grid[@]}" \
+            --threads 1 --out "metrics/research/${r}_flat.json" ;;
+        esac
+    done
     ;;
-*) echo "unknown: $WHAT (speed, objectives, collect)" >&2; exit 2 ;;
+*) echo "unknown: $WHAT (speed, objectives, ner, collect)" >&2; exit 2 ;;
 esac

@@ -39,6 +39,11 @@ SIM_V3_RUNS = {"sim_v3": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_cosen
                "sim_s_cosent": "every set CoSENT (600 steps)", "sim_s_pairs": "pairs CoSENT only (600 steps)",
                "sim_s_nli": "NLI SimCSE only (300 steps)",
                "sim_s_nli_pairs": "NLI SimCSE 300 -> pairs CoSENT 300 steps"}
+# NER on the committed v3 encoder (research/pretrain_v3.sh ner): the shipping recipes, and what was added
+NER_V3_RUNS = {"ner_cluener_v3": ("CLUENER", "recipes/ner_cluener.toml (GP, EMA 0.999, 12 epochs)"),
+               "ner_cluener_inter": ("CLUENER", "+ intermediate NER stage (MSRA + Resume, 4 epochs)"),
+               "ner_cluener_inter_fgm": ("CLUENER", "+ intermediate stage + FGM (epsilon 0.5)"),
+               "ner_cmeee_v3": ("CMeEE", "recipes/ner_cmeee.toml (GP, EMA 0.999, 10 epochs)")}
 DEV_SETS = {"stsb_zh": "STS-B", "lcqmc": "LCQMC", "bq": "BQ", "atec": "ATEC", "pawsx": "PAWS-X"}
 
 
@@ -186,6 +191,23 @@ def main() -> int:
         summary[run] = row
         f1 = f"**{row['f1']:.2f}** ({row['threshold']:g})" if ner else "-"
         rows.append(f"| {what} (`{run}`) | {row['steps']} | {row['tokens'] / 1e6:.1f} M | {held} | {f1} |")
+    print("\n" + "\n".join(rows))
+
+    rows = ["| run | data | recipe | dev F1 (decode, threshold) | nested-only F1 | wall (1 thread) |",
+            "|---|---|---|---|---|---|"]
+    for run, (data, what) in NER_V3_RUNS.items():
+        ev = _json(DIR / f"{run}_flat.json") or _json(DIR / f"{run}_nested.json")
+        if ev is None:
+            continue
+        row = {"data": data, "what": what, "f1": round(100 * ev["f1"], 2), "decode": ev.get("decode"),
+               "threshold": ev["threshold"],
+               "nested_f1": round(100 * ev["nested_f1"], 2) if data == "CMeEE" else None,
+               "wall_min": wall_minutes(run, previous)}
+        summary[run] = row
+        nested = f"{row['nested_f1']:.2f}" if row["nested_f1"] is not None else "-"
+        rows.append(f"| `{run}` | {data} | {what} | "
+                    f"**{row['f1']:.2f}** ({row['decode']}, {row['threshold']:g}) | "
+                    f"{nested} | {row['wall_min']} min |")
     print("\n" + "\n".join(rows))
 
     for table in sim_v3_tables(previous, summary):

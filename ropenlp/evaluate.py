@@ -148,7 +148,7 @@ def _need_data(data: list[str] | None) -> None:
 def evaluate_ner_command(
     model: Model = None,
     data: Data = None,
-    format: Annotated[str, typer.Option(help="auto, cluener, cmeee, bio, bioes.")] = "auto",
+    format: Annotated[str, typer.Option(help="auto, cluener, cmeee, spans, bio, bioes.")] = "auto",
     out: Out = None,
     bundle: Bundle = None,
     precision: Precision = None,

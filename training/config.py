@@ -339,6 +339,8 @@ class TrainingConfig:
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     min_lr_ratio: float = 0.0  # the schedule decays to lr * min_lr_ratio
     clip: float = 1.0  # max global gradient norm; 0 = off
+    adversarial: float = 0.0  # > 0: FGM, a second forward/backward with the token embeddings moved this far
+    # (L2 norm) along their gradient; the step then follows the sum of both gradients (~2x a step's cost)
     eval_every: int = 500  # steps; 0 = only at the end
     checkpoint_every: int = 500  # steps; 0 = only at the end
     keep_checkpoints: int = 2
@@ -358,6 +360,8 @@ class TrainingConfig:
             raise ValueError(f"training.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"training.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.adversarial < 0:
+            raise ValueError(f"training.adversarial must be >= 0 (0 = off), got {self.adversarial}")
 
     def total_steps(self, steps_per_epoch: int) -> int:
         return self.max_steps or math.ceil(self.epochs * steps_per_epoch)

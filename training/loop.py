@@ -13,6 +13,7 @@ position, so ``N`` steps straight and ``k`` steps + resume + ``N - k`` steps giv
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -193,13 +194,45 @@ def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
 
+def token_embeddings(model: nn.Module) -> nn.Parameter:
+    """The encoder's token embedding matrix (what FGM perturbs)."""
+    found = [p for name, p in model.named_parameters() if name.endswith("tok_emb.weight")]
+    if len(found) != 1:
+        raise ValueError(f"training.adversarial needs one token embedding matrix (*tok_emb.weight) in the "
+                         f"model, found {len(found)}")
+    return found[0]
+
+
+@contextlib.contextmanager
+def perturbed(weight: nn.Parameter, epsilon: float) -> Iterator[bool]:
+    """FGM (Miyato et al. 2017): ``weight`` moved by ``epsilon`` along its gradient's direction for the
+    duration, restored after. Yields False (and moves nothing) when the gradient is zero or not finite."""
+    grad = weight.grad
+    norm = torch.linalg.vector_norm(grad) if grad is not None else None
+    if norm is None or not torch.isfinite(norm) or norm == 0:
+        yield False
+        return
+    saved = weight.detach().clone()  # restored by copy: w + d - d is not w in floating point
+    with torch.no_grad():
+        weight.add_(grad, alpha=float(epsilon / norm))
+    try:
+        yield True
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, batches: Batches, *,
                 max_steps: int, start_step: int = 0, clip: float = 1.0, device: torch.device | str = "cpu",
-                precision: str = "fp32") -> Iterator[StepInfo]:
-    """Run optimizer steps ``start_step + 1 .. max_steps``, yielding a :class:`StepInfo` after each."""
+                precision: str = "fp32", adversarial: float = 0.0) -> Iterator[StepInfo]:
+    """Run optimizer steps ``start_step + 1 .. max_steps``, yielding a :class:`StepInfo` after each.
+
+    ``adversarial`` > 0: each step adds the gradient of the loss at token embeddings moved that far along
+    their gradient (FGM); the loss reported is the clean one."""
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    embeddings = token_embeddings(model) if adversarial > 0 else None
     for step in range(start_step + 1, max_steps + 1):
         t0 = time.perf_counter()
         batch = next(batches)  # fetch
@@ -210,6 +243,12 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, b
             _, loss = model(**batch)  # forward
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # backward
+        if embeddings is not None:
+            with perturbed(embeddings, adversarial) as moved:
+                if moved:
+                    with autocast:
+                        _, adv_loss = model(**batch)  # the adversarial forward, its gradient added
+                    adv_loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else torch.tensor(float("nan"))
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()  # step
@@ -451,7 +490,8 @@ def fit(model: nn.Module, batches: Batches, cfg: TrainingConfig, *, out_dir: str
     end = start if stopped else total_steps
     try:
         for info in train_steps(model, optimizer, scheduler, batches, max_steps=end, start_step=start,
-                                clip=cfg.clip, device=device, precision=cfg.precision):
+                                clip=cfg.clip, device=device, precision=cfg.precision,
+                                adversarial=cfg.adversarial):
             step = info.step
             tokens, seconds = tokens + info.tokens, seconds + info.seconds
             steplog.write(_json_safe(dataclasses.asdict(info) | {"tokens_per_s": info.tokens_per_s}))

@@ -36,6 +36,7 @@ from training.encoders import VocabConfig, check_length, encoder_overrides, toke
 from training.batches import EpochBatches
 from training.loop import FitResult, finish_run, fit, open_run, to_device, write_run_config
 from training.prefetch import Prefetch
+from training.release import RECORD_FILE
 from training.vocab import unk_rate
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class MlmDataConfig:
     prefetch: int = 4  # batches built ahead on a background thread; 0 = in the training thread
     cache_dir: str = ""  # packed sequences saved here (keyed by files, vocabulary, packing); "" = none
     on_error: Literal["raise", "skip"] = "raise"  # unreadable records: stop, or skip them and report
+    continue_position: bool = True  # start where model.init's stage stopped (encoder.json data_position)
 
     def __post_init__(self):
         if self.max_length < 8:
@@ -302,10 +304,13 @@ def pack_sequences(lines: Iterable[tuple[str, np.ndarray]], *, max_length: int, 
     return seqs
 
 
-def sequence_cache(data: MlmDataConfig, vocab_path: Path) -> Path:
-    """Where the packed sequences of this data, vocabulary and packing are cached: the key hashes every
-    source file's path, size and mtime, the vocabulary file and the packing settings."""
+def data_fingerprint(data: MlmDataConfig, vocab_path: Path) -> str:
+    """What the packed training sequences depend on, hashed: the vocabulary file, the packing settings, the
+    sources and every source file's path under ``data.root`` and content. The same on every machine that
+    holds the same files (mtimes and absolute paths do not enter), so a cache and a stage's place in the
+    data (:func:`data_position`) carry over from one machine to the next."""
     import hashlib
+    import os
 
     from training.data import expand_paths
 
@@ -314,9 +319,51 @@ def sequence_cache(data: MlmDataConfig, vocab_path: Path) -> Path:
     for source in data.sources:
         h.update(json.dumps(dataclasses.asdict(source), sort_keys=True).encode())
         for path in expand_paths(source.paths, root=data.root):
-            st = path.stat()
-            h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return Path(data.cache_dir) / f"packed-{h.hexdigest()[:16]}.npz"
+            h.update(os.path.relpath(path, data.root).replace(os.sep, "/").encode())
+            with open(path, "rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()[:16]
+
+
+def sequence_cache(data: MlmDataConfig, vocab_path: Path, fingerprint: str | None = None) -> Path:
+    """Where the packed sequences of this data, vocabulary and packing are cached (see data_fingerprint)."""
+    return Path(data.cache_dir) / f"packed-{fingerprint or data_fingerprint(data, vocab_path)}.npz"
+
+
+def data_position(batches, *, fingerprint: str, training: TrainingConfig, sequences: int) -> dict:
+    """Where a run stopped in its data: the epoch and batch of the seeded order :class:`EpochBatches` draws,
+    with what that order depends on. A later stage started from the released encoder continues there
+    (:func:`continue_data`) instead of seeing the same batches again."""
+    state = batches.state_dict()
+    return {"fingerprint": fingerprint, "sequences": sequences, "seed": training.seed,
+            "batch_size": training.batch_size, "batch_tokens": training.batch_tokens,
+            "epoch": int(state["epoch"]), "index": int(state["index"])}
+
+
+def continue_data(batches, init: str, *, fingerprint: str, training: TrainingConfig,
+                  sequences: int) -> dict | None:
+    """Move fresh ``batches`` to where the stage behind ``init`` stopped (``encoder.json`` ``data_position``)
+    when that stage drew the same order (same data, seed and batch shape); returns the position, or None (with
+    the reason logged) when the run starts at the beginning of the data."""
+    record = Path(init) / RECORD_FILE if init else None
+    if record is None or not record.is_file():
+        return None
+    pos = json.loads(record.read_text(encoding="utf-8")).get("data_position")
+    here = data_position(batches, fingerprint=fingerprint, training=training, sequences=sequences)
+    keys = ("fingerprint", "sequences", "seed", "batch_size", "batch_tokens")
+    if not pos:
+        log.info("%s records no data position: the data starts at its beginning", record)
+        return None
+    if differ := [k for k in keys if pos.get(k) != here[k]]:
+        log.warning("%s stopped in another data order (%s differ): this stage starts the data over",
+                    record, ", ".join(f"{k} {pos.get(k)!r} -> {here[k]!r}" for k in differ))
+        return None
+    state = batches.state_dict()
+    state.update(epoch=pos["epoch"], index=pos["index"])
+    batches.load_state_dict(state)
+    log.info("continuing the data where %s stopped: epoch %d, batch %d of %d", init, pos["epoch"],
+             pos["index"], batches.steps_per_epoch)
+    return pos
 
 
 def save_sequences(path: Path, train: Sequence[np.ndarray], held: Sequence[np.ndarray], read: dict) -> None:
@@ -430,7 +477,8 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     texts = _Texts(cfg.data, out / "data_report.json")  # read on first use: not at all when the vocabulary and packed sequences are cached
     tokenizer, vocab_path = tokenizer_for(cfg.model.init, cfg.vocab, out, lambda: (r.text for r in texts.train),
                                           resuming=run.resuming)
-    cache = sequence_cache(cfg.data, vocab_path) if cfg.data.cache_dir else None
+    fingerprint = data_fingerprint(cfg.data, vocab_path)
+    cache = sequence_cache(cfg.data, vocab_path, fingerprint) if cfg.data.cache_dir else None
     if cache is not None and cache.is_file():
         train_seqs, held_seqs, read = load_sequences(cache)
         log.info("packed sequences from %s (%s)", cache, read["summary"])
@@ -459,6 +507,9 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     collate = MlmCollator(tokenizer, cfg.mlm)
     batches = EpochBatches(train_seqs, collate=collate, batch_size=cfg.training.batch_size,
                            batch_tokens=cfg.training.batch_tokens, seed=cfg.training.seed)
+    position = dict(fingerprint=fingerprint, training=cfg.training, sequences=len(train_seqs))
+    started_at = None if run.resuming or not cfg.data.continue_position else \
+        continue_data(batches, cfg.model.init, **position)
     if cfg.data.prefetch:
         batches = Prefetch(batches, depth=cfg.data.prefetch)
     per_epoch = batches.steps_per_epoch
@@ -476,7 +527,9 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     finish_run(run, result, {
         "data": {"read": read["summary"], "train_texts": read["train_texts"], "heldout_texts": read["heldout_texts"],
                  "train_sequences": len(train_seqs), "train_tokens": n_tokens,
-                 "heldout_sequences": len(held_seqs), "steps_per_epoch": per_epoch},
+                 "heldout_sequences": len(held_seqs), "steps_per_epoch": per_epoch,
+                 "started_at": started_at and {k: started_at[k] for k in ("epoch", "index")}},
+        "data_position": data_position(batches, **position),
         "vocab": {"size": tokenizer.vocab_size, "heldout_unk_token_rate": read["unk_token_rate"],
                   "heldout_unk_char_rate": read["unk_char_rate"]},
         "config": to_dict(cfg)}, kept="model")

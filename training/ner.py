@@ -62,7 +62,7 @@ class NerDataConfig:
     root: str = "."
     train: tuple[str, ...] = ()
     dev: tuple[str, ...] = ()
-    format: NerFormat = "auto"  # cluener, cmeee (JSON lines or a JSON array), bio / bioes columns
+    format: NerFormat = "auto"  # cluener, cmeee (JSON lines or a JSON array), spans, bio / bioes columns
     labels: tuple[str, ...] = ()  # () = the types found in the training files, sorted
     max_length: int = 256  # tokens per window, [CLS]/[SEP] included (saved with the model)
     stride: int = 128  # tokens between window starts (saved with the model)

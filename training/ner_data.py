@@ -40,8 +40,8 @@ from training.data import ReadReport, expand_paths, json_objects, numbered_lines
 
 log = logging.getLogger(__name__)
 
-NerFormat = Literal["auto", "cluener", "cmeee", "bio", "bioes"]
-NER_FORMATS: tuple[str, ...] = ("auto", "cluener", "cmeee", "bio", "bioes")
+NerFormat = Literal["auto", "cluener", "cmeee", "spans", "bio", "bioes"]
+NER_FORMATS: tuple[str, ...] = ("auto", "cluener", "cmeee", "spans", "bio", "bioes")
 EXAMPLES_KEPT = 10  # examples of each counted problem kept for the report
 
 
@@ -126,8 +126,9 @@ def cluener_spans(obj: object) -> tuple[str, list[Span]]:
     return text, spans
 
 
-def cmeee_spans(obj: object) -> tuple[str, list[Span]]:
-    """``{"text": ..., "entities": [{"start_idx", "end_idx" (inclusive), "type", "entity"}]}`` (CBLUE)."""
+def _entity_list(obj: object, start: str, end: str, *, end_inclusive: bool,
+                 text_key: str) -> tuple[str, list[Span]]:
+    """``{"text": ..., "entities": [{start, end, "type", text_key?}]}``, the end inclusive or not."""
     if not isinstance(obj, dict):
         raise _BadRecord(f"expected a JSON object, got {type(obj).__name__}")
     text = _text_of(obj)
@@ -138,13 +139,26 @@ def cmeee_spans(obj: object) -> tuple[str, list[Span]]:
         raise _BadRecord(f"'entities' is {type(entities).__name__}, expected a list")
     spans = []
     for k, ent in enumerate(entities):
-        if not isinstance(ent, dict) or not {"start_idx", "end_idx", "type"} <= ent.keys():
-            raise _BadRecord(f"entities[{k}] = {ent!r}: expected an object with start_idx, end_idx, type")
-        spans.append(_checked_span(text, ent["start_idx"], ent["end_idx"], ent["type"], ent.get("entity")))
+        if not isinstance(ent, dict) or not {start, end, "type"} <= ent.keys():
+            raise _BadRecord(f"entities[{k}] = {ent!r}: expected an object with {start}, {end}"
+                             f"{'' if end_inclusive else ' (exclusive)'}, type")
+        last = ent[end] if end_inclusive else _int(ent[end], f"end of a {ent['type']} entity") - 1
+        spans.append(_checked_span(text, ent[start], last, ent["type"], ent.get(text_key)))
     return text, spans
 
 
-_JSON_PARSERS = {"cluener": cluener_spans, "cmeee": cmeee_spans}
+def cmeee_spans(obj: object) -> tuple[str, list[Span]]:
+    """``{"text": ..., "entities": [{"start_idx", "end_idx" (inclusive), "type", "entity"}]}`` (CBLUE)."""
+    return _entity_list(obj, "start_idx", "end_idx", end_inclusive=True, text_key="entity")
+
+
+def plain_spans(obj: object) -> tuple[str, list[Span]]:
+    """``{"text": ..., "entities": [{"start", "end" (exclusive), "type", "text"?}]}``: the offsets the service
+    returns (``text[start:end]`` is the entity), as in ``../shared/data/ner_more``."""
+    return _entity_list(obj, "start", "end", end_inclusive=False, text_key="text")
+
+
+_JSON_PARSERS = {"cluener": cluener_spans, "cmeee": cmeee_spans, "spans": plain_spans}
 
 
 def _record(text: str, spans: list[Span], path: Path, line: int) -> NerRecord:
@@ -306,25 +320,36 @@ def read_bio(path: str | Path, report: ReadReport) -> Iterator[NerRecord]:
             yield rec
 
 
-def detect_format(path: str | Path) -> str:
-    """``cluener``, ``cmeee`` (JSON lines), ``cmeee-array`` or ``bio``, from the first non-blank content."""
+def detect_format(path: str | Path, *, look: int = 100) -> str:
+    """``cluener``, ``cmeee`` or ``spans`` (JSON lines), ``cmeee-array`` or ``bio``, from the first non-blank
+    content; JSON lines with ``entities`` are ``spans`` when the first entity within ``look`` records has
+    ``start``/``end`` rather than ``start_idx``/``end_idx``."""
+    json_lines = 0
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         for line in f:
             s = line.strip()
             if not s:
                 continue
-            if s.startswith("["):
-                return "cmeee-array"
-            if s.startswith("{"):
-                try:
-                    obj = json.loads(s)
-                except json.JSONDecodeError:
+            if not json_lines:
+                if s.startswith("["):
+                    return "cmeee-array"
+                if not s.startswith("{"):
+                    return "bio"
+            try:
+                obj = json.loads(s)
+            except json.JSONDecodeError:
+                if not json_lines:
                     return "cmeee-array" if s == "{" else "cmeee"  # a pretty-printed object: let it report
-                if isinstance(obj, dict) and "label" in obj:
-                    return "cluener"
                 return "cmeee"
-            return "bio"
-    return "bio"  # empty file: nothing to read either way
+            json_lines += 1
+            if isinstance(obj, dict) and "label" in obj:
+                return "cluener"
+            first = (obj.get("entities") or [None])[0] if isinstance(obj, dict) else None
+            if isinstance(first, dict):
+                return "spans" if "start" in first and "start_idx" not in first else "cmeee"
+            if json_lines >= look:
+                break
+    return "cmeee" if json_lines else "bio"  # an empty file: nothing to read either way
 
 
 def read_ner(paths: Iterable[str | Path], report: ReadReport, *, format: str = "auto",

@@ -100,6 +100,7 @@ def release_encoder(model_dir: str | Path, out: str | Path, *, name: str, dtype:
         "steps": metrics.get("step"),
         "heldout": metrics.get("last_eval"),
         "data": metrics.get("data"),
+        "data_position": metrics.get("data_position"),  # where the next stage continues the data
         "data_terms": data_terms,
         "continues": init,
         "training": metrics.get("config", {}).get("training"),

@@ -175,3 +175,69 @@ def test_heap_growth_limits_apply_on_glibc():
     from training.loop import limit_heap_growth
 
     assert limit_heap_growth() is (platform.libc_ver()[0] == "glibc")
+
+
+class _Embedded(nn.Module):
+    """Token embeddings -> mean -> linear: a model whose loss is not linear in the embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.tok_emb = nn.Embedding(10, 4)
+        self.out = nn.Linear(4, 1)
+
+    def forward(self, input_ids, targets):
+        pred = torch.tanh(self.tok_emb(input_ids)).mean(1) @ self.out.weight.T
+        return None, ((pred.squeeze(-1) + self.out.bias - targets) ** 2).mean()
+
+
+def test_fgm_adds_the_gradient_at_embeddings_moved_along_their_gradient_and_restores_them():
+    from training.batches import EpochBatches
+    from training.loop import perturbed, train_steps
+
+    ids = torch.tensor([[1, 2, 3], [4, 5, 5], [6, 7, 1], [2, 2, 9]])
+    targets = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    batches = lambda: EpochBatches([0], lengths=[1], batch_size=1, seed=0,  # noqa: E731
+                                   collate=lambda idx, g: {"input_ids": ids, "targets": targets})
+    eps = 0.7
+
+    # by hand: clean gradient, then the gradient at tok_emb + eps * g / |g|, summed
+    ref = _Embedded()
+    w0 = ref.tok_emb.weight.detach().clone()
+    _, loss = ref(ids, targets)
+    loss.backward()
+    g = ref.tok_emb.weight.grad.clone()
+    with perturbed(ref.tok_emb.weight, eps) as moved:
+        assert moved
+        moved_by = ref.tok_emb.weight.detach() - w0
+        assert torch.allclose(moved_by.norm(), torch.tensor(eps))
+        assert torch.allclose(moved_by, eps * g / g.norm())
+        _, adv = ref(ids, targets)
+        adv.backward()
+    assert torch.equal(ref.tok_emb.weight.detach(), w0)  # restored exactly
+    expected = {n: p.grad.clone() for n, p in ref.named_parameters()}
+    assert not torch.allclose(expected["tok_emb.weight"], 2 * g)  # the second gradient is not the first
+
+    for adversarial, want in ((eps, expected), (0.0, None)):
+        model = _Embedded()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights where they were
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        info = next(train_steps(model, opt, sched, batches(), max_steps=1, clip=0, adversarial=adversarial))
+        assert info.loss == pytest.approx(loss.item())  # the clean loss is reported
+        got = {n: p.grad for n, p in model.named_parameters()}
+        if want is None:
+            assert torch.allclose(got["tok_emb.weight"], g)
+        else:
+            assert all(torch.allclose(got[n], want[n], atol=1e-6) for n in want)
+        assert torch.equal(model.tok_emb.weight.detach(), w0)
+
+    # a zero gradient moves nothing
+    flat = nn.Embedding(3, 2)
+    flat.weight.grad = torch.zeros_like(flat.weight)
+    with perturbed(flat.weight, 1.0) as moved:
+        assert not moved
+    with pytest.raises(ValueError, match="tok_emb"):
+        next(train_steps(_Regression(), torch.optim.SGD(_Regression().parameters(), lr=0.1), None,
+                         _regression_batches(), max_steps=1, adversarial=1.0))
+    with pytest.raises(ValueError, match="training.adversarial"):
+        TrainingConfig(adversarial=-1)

@@ -86,6 +86,34 @@ def test_cmeee_lines_and_array_agree(tmp_path):
     assert len(r3.errors) == 1 and r3.errors[0].line == b[1].line and "does not match" in r3.errors[0].reason
 
 
+def test_spans_lines_end_exclusive_detected_past_records_without_entities(tmp_path):
+    def spans(text, ents, with_text=True):
+        return json.dumps({"text": text, "entities": [
+            {"start": s, "end": e, "type": t, **({"text": text[s:e]} if with_text else {})}
+            for s, e, t in ents]},
+            ensure_ascii=False)
+
+    f = write(tmp_path / "more.jsonl", [
+        spans("今天下雨", []),  # no entity yet: detection looks further
+        spans("张三在北京大学", [(0, 2, "PER"), (3, 7, "ORG"), (3, 5, "LOC")]),
+        spans("李四", [(0, 2, "PER")], with_text=False),
+        json.dumps({"text": "王五", "entities": [{"start": 0, "end": 3, "type": "PER"}]}),  # past the end
+        json.dumps({"text": "王五", "entities": [{"start": 0, "end": 1, "type": "PER", "text": "王五"}]}),
+        json.dumps({"text": "王五", "entities": [{"start_idx": 0, "end_idx": 1, "type": "PER"}]}),
+    ])
+    assert detect_format(f) == "spans"
+    report = ReadReport()
+    recs = list(read_ner([f], report))
+    assert [r.spans for r in recs] == [
+        (), (Span(0, 2, "PER"), Span(3, 5, "LOC"), Span(3, 7, "ORG")), (Span(0, 2, "PER"),)]
+    kinds = [(e.line, ("outside" in e.reason, "does not match" in e.reason, "start, end" in e.reason))
+             for e in report.errors]
+    assert kinds == [(4, (True, False, False)), (5, (False, True, False)), (6, (False, False, True))]
+    # the same records under an explicit format; a file whose records never hold an entity reads as cmeee
+    assert [r.spans for r in read_ner([f], ReadReport(), format="spans")] == [r.spans for r in recs]
+    assert detect_format(write(tmp_path / "none.jsonl", [spans("今天", [])])) == "cmeee"
+
+
 def test_bio_and_bioes(tmp_path):
     f = write(tmp_path / "a.bio", [
         "张 B-PER", "三 I-PER", "在 O", "北 B-ORG", "京 I-ORG", "大 I-ORG", "学 I-ORG", "",

@@ -220,3 +220,60 @@ def test_cached_sequences_give_the_same_run(corpus_dir, tmp_path):
     a = load_file(tmp_path / "a" / "model" / "model.safetensors")
     b = load_file(tmp_path / "b" / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stage_continues_the_data_where_the_released_one_stopped(corpus_dir, tmp_path):
+    """Stage 2 from a released stage 1 draws the batches a straight run would draw next, not the first ones
+    again; a stage in another data order (here another seed) starts at the beginning."""
+    from training.release import release_encoder
+
+    over = {"training.threads": 1, "data.prefetch": 2}
+    train_mlm(tiny_mlm_config(corpus_dir, tmp_path / "s1", **{**over, "training.max_steps": 5}))
+    first = json.loads((tmp_path / "s1" / "metrics.json").read_text())
+    vocab = str(tmp_path / "s1" / "vocab.txt")
+    per_epoch = first["data"]["steps_per_epoch"]
+    assert first["data"]["started_at"] is None
+    assert (first["data_position"]["epoch"] * per_epoch + first["data_position"]["index"]) == 5
+    rel = tmp_path / "rel"
+    release_encoder(tmp_path / "s1" / "model", rel, name="stage 1")
+    assert json.loads((rel / "encoder.json").read_text())["data_position"] == first["data_position"]
+
+    stage2 = {**over, "model.init": str(rel), "vocab.path": vocab, "training.max_steps": 4}
+    train_mlm(tiny_mlm_config(corpus_dir, tmp_path / "s2", **stage2))
+    second = json.loads((tmp_path / "s2" / "metrics.json").read_text())
+    assert second["data"]["started_at"] == {k: first["data_position"][k] for k in ("epoch", "index")}
+    train_mlm(tiny_mlm_config(corpus_dir, tmp_path / "straight", **{**over, "vocab.path": vocab,
+                                                                     "training.max_steps": 9}))
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert second["data_position"] == straight["data_position"]  # 5 + 4 batches: where 9 straight ones end
+
+    train_mlm(tiny_mlm_config(corpus_dir, tmp_path / "other", **{**stage2, "training.seed": 7}))
+    assert json.loads((tmp_path / "other" / "metrics.json").read_text())["data"]["started_at"] is None
+    train_mlm(tiny_mlm_config(corpus_dir, tmp_path / "again", **{**stage2, "data.continue_position": False}))
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["data"]["started_at"] is None and again["data_position"]["index"] == 4  # asked to start over
+
+
+def test_continued_batches_are_the_ones_a_straight_run_draws_next(tmp_path):
+    from training.config import TrainingConfig
+    from training.mlm import continue_data, data_position
+
+    examples = [np.full(3, i) for i in range(40)]
+    collate = lambda xs, g: {"ids": torch.tensor(np.stack(xs))}  # noqa: E731
+    make = lambda: EpochBatches(examples, collate=collate, batch_size=4, seed=3)  # noqa: E731
+    training = TrainingConfig(seed=3, batch_size=4)
+    straight = make()
+    drawn = [next(straight)["ids"] for _ in range(13)]  # past the end of the first epoch (10 batches)
+    stopped = make()
+    for _ in range(7):
+        next(stopped)
+    (tmp_path / "enc").mkdir()
+    pos = data_position(stopped, fingerprint="f", training=training, sequences=40)
+    (tmp_path / "enc" / "encoder.json").write_text(json.dumps({"data_position": pos}))
+    fresh = make()
+    enc = str(tmp_path / "enc")
+    assert continue_data(fresh, enc, fingerprint="f", training=training, sequences=40) == pos
+    assert all(torch.equal(next(fresh)["ids"], want) for want in drawn[7:])
+    other = make()  # the data changed: from the beginning
+    assert continue_data(other, enc, fingerprint="g", training=training, sequences=40) is None
+    assert torch.equal(next(other)["ids"], drawn[0])
