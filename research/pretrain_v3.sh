@@ -6,6 +6,8 @@
 #                                                   # the same short CLUENER fine-tune of each
 #   research/pretrain_v3.sh ner [DATA_ROOT]         # NER on the committed encoder: the shipping CLUENER recipe,
 #                                                   # with an intermediate NER stage (ner_more), + FGM; CMeEE
+#   research/pretrain_v3.sh stages [DATA_ROOT]      # the same 5-epoch CLUENER fine-tune on stage 2 and stage 3
+#                                                   # (ENCODER_S2 / ENCODER_S3: released folders of each)
 #   research/pretrain_v3.sh collect [DATA_ROOT]     # evaluations + metrics/research/ JSON of whatever ran
 #
 # One thread per run (two run side by side on 2 cores). All runs share one vocabulary, built once from the
@@ -54,6 +56,10 @@ objectives)
     pretrain runs/obj_electra --training.max_steps "$STEPS_ELECTRA" "${ELECTRA[@]}"
     for r in obj_mlm obj_wwm obj_electra; do finetune "runs/ner_$r" "runs/$r/model"; done
     ;;
+stages)
+    finetune runs/ner_s2_e5 "${ENCODER_S2:-runs/encoder_v3_s2}"
+    finetune runs/ner_s3_e5 "${ENCODER_S3:-encoders/roformer-zh-v3}"
+    ;;
 ner)
     # each a full shipping-recipe fine-tune from encoders/roformer-zh-v3 (one thread); the CLUENER baseline is
     # recipes/ner_cluener.toml as it is (runs/ner_cluener_v3)
@@ -86,7 +92,7 @@ json.dump({"steps": len(steps), "median_tokens_per_s": round(statistics.median(s
 PYEOF
     done
     grid=(--threshold-grid=-2,-1.5,-1,-0.5,-0.25,0,0.25,0.5,1)
-    for r in ner_obj_mlm ner_obj_wwm ner_obj_electra; do
+    for r in ner_obj_mlm ner_obj_wwm ner_obj_electra ner_s2_e5 ner_s3_e5; do
         [ -d "runs/$r/best" ] || continue
         cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
         cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
@@ -106,5 +112,5 @@ PYEOF
         esac
     done
     ;;
-*) echo "unknown: $WHAT (speed, objectives, ner, collect)" >&2; exit 2 ;;
+*) echo "unknown: $WHAT (speed, objectives, stages, ner, collect)" >&2; exit 2 ;;
 esac

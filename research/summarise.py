@@ -43,7 +43,10 @@ SIM_V3_RUNS = {"sim_v3": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_cosen
 NER_V3_RUNS = {"ner_cluener_v3": ("CLUENER", "recipes/ner_cluener.toml (GP, EMA 0.999, 12 epochs)"),
                "ner_cluener_inter": ("CLUENER", "+ intermediate NER stage (MSRA + Resume, 4 epochs)"),
                "ner_cluener_inter_fgm": ("CLUENER", "+ intermediate stage + FGM (epsilon 0.5)"),
-               "ner_cmeee_v3": ("CMeEE", "recipes/ner_cmeee.toml (GP, EMA 0.999, 10 epochs)")}
+               "ner_cmeee_v3": ("CMeEE", "recipes/ner_cmeee.toml (GP, EMA 0.999, 10 epochs)"),
+               # research/pretrain_v3.sh stages: the same 5-epoch CLUENER fine-tune on encoder stages 2 and 3
+               "ner_s2_e5": ("CLUENER", "5 epochs on encoder stage 2"),
+               "ner_s3_e5": ("CLUENER", "5 epochs on encoder stage 3")}
 DEV_SETS = {"stsb_zh": "STS-B", "lcqmc": "LCQMC", "bq": "BQ", "atec": "ATEC", "pawsx": "PAWS-X"}
 
 
