@@ -104,8 +104,7 @@ done
 run runs/pretrain_v3_s3 "$RUN" "${PRE[@]}" --output.dir runs/pretrain_v3_s3 --training.max_steps 2000 \
     --model.init runs/encoder_v3_s2
 release runs/pretrain_v3_s3 runs/encoder_v3_s3 "ropenlp RoFormer zh small v3 (stage 3: MLM, 5,300 steps)"
-[ -f encoders/roformer-zh-v3/encoder.json ] && [ "$(grep -c 'stage 3' encoders/roformer-zh-v3/encoder.json)" -gt 0 ] || \
-    cp -r runs/encoder_v3_s3/. encoders/roformer-zh-v3/
+grep -q 'stage 3' encoders/roformer-zh-v3/encoder.json 2>/dev/null || cp -r runs/encoder_v3_s3/. encoders/roformer-zh-v3/
 
 # the training runs' own metrics and resolved configs, beside the evaluations
 for r in pretrain_v3_s1 pretrain_v3_s2 ner_intermediate ner_cluener_inter_fgm sim_v3 ner_cmeee_v3 pretrain_v3_s3; do

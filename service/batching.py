@@ -140,11 +140,10 @@ class Batcher:
         self._pending: dict[str, list[_Item]] = {}
         self._admitted = 0
         self._preparing = 0  # admitted requests not yet submitted: their rows may still join a batch
-        self._running: set[_Ticket] = set()
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._free: asyncio.Semaphore | None = None  # workers not running a batch
-        self._batches: set[asyncio.Task] = set()  # batches now running
+        self._batches: dict[asyncio.Task, list[_Ticket]] = {}  # batches now running, with their requests
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ropenlp-inference")
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -162,9 +161,10 @@ class Batcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        tickets = {t for running in self._batches.values() for t in running}
+        tickets |= {it.ticket for items in self._pending.values() for it in items}
         for b in list(self._batches):  # their calls go on in the executor (joined below); their requests fail
             b.cancel()
-        tickets = self._running | {it.ticket for items in self._pending.values() for it in items}
         for t in tickets:
             if not t.future.done():
                 t.future.set_exception(NotReady("the server is shutting down"))
@@ -291,10 +291,12 @@ class Batcher:
                 self._free.release()
                 raise
             tickets = list(dict.fromkeys(it.ticket for it in batch))  # the requests in this batch
-            self._running.update(tickets)
             b = asyncio.create_task(self._run_guarded(task, batch, tickets), name="ropenlp-batch")
-            self._batches.add(b)
-            b.add_done_callback(self._batches.discard)
+            self._batches[b] = tickets  # a request split over two running batches stays in both
+            b.add_done_callback(self._batch_done)
+
+    def _batch_done(self, b: asyncio.Task) -> None:
+        self._batches.pop(b, None)
 
     async def _run_guarded(self, task: str, batch: list[_Item], tickets: list[_Ticket]) -> None:
         try:
@@ -305,7 +307,6 @@ class Batcher:
                 if not t.future.done():
                     t.future.set_exception(InferenceError())
         finally:
-            self._running.difference_update(tickets)
             self._free.release()
 
     async def _run(self, task: str, batch: list[_Item], tickets: list[_Ticket]) -> None:

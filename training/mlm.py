@@ -325,9 +325,9 @@ def data_fingerprint(data: MlmDataConfig, vocab_path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def sequence_cache(data: MlmDataConfig, vocab_path: Path, fingerprint: str | None = None) -> Path:
-    """Where the packed sequences of this data, vocabulary and packing are cached (see data_fingerprint)."""
-    return Path(data.cache_dir) / f"packed-{fingerprint or data_fingerprint(data, vocab_path)}.npz"
+def sequence_cache(data: MlmDataConfig, fingerprint: str) -> Path:
+    """Where the packed sequences of this data, vocabulary and packing (:func:`data_fingerprint`) are cached."""
+    return Path(data.cache_dir) / f"packed-{fingerprint}.npz"
 
 
 def data_position(batches, *, fingerprint: str, training: TrainingConfig, sequences: int) -> dict:
@@ -349,12 +349,12 @@ def continue_data(batches, init: str, *, fingerprint: str, training: TrainingCon
     if record is None or not record.is_file():
         return None
     pos = json.loads(record.read_text(encoding="utf-8")).get("data_position")
-    here = data_position(batches, fingerprint=fingerprint, training=training, sequences=sequences)
-    keys = ("fingerprint", "sequences", "seed", "batch_size", "batch_tokens")
     if not pos:
         log.info("%s records no data position: the data starts at its beginning", record)
         return None
-    if differ := [k for k in keys if pos.get(k) != here[k]]:
+    here = data_position(batches, fingerprint=fingerprint, training=training, sequences=sequences)
+    if differ := [k for k in ("fingerprint", "sequences", "seed", "batch_size", "batch_tokens")
+                  if pos.get(k) != here[k]]:
         log.warning("%s stopped in another data order (%s differ): this stage starts the data over",
                     record, ", ".join(f"{k} {pos.get(k)!r} -> {here[k]!r}" for k in differ))
         return None
@@ -478,7 +478,7 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     tokenizer, vocab_path = tokenizer_for(cfg.model.init, cfg.vocab, out, lambda: (r.text for r in texts.train),
                                           resuming=run.resuming)
     fingerprint = data_fingerprint(cfg.data, vocab_path)
-    cache = sequence_cache(cfg.data, vocab_path, fingerprint) if cfg.data.cache_dir else None
+    cache = sequence_cache(cfg.data, fingerprint) if cfg.data.cache_dir else None
     if cache is not None and cache.is_file():
         train_seqs, held_seqs, read = load_sequences(cache)
         log.info("packed sequences from %s (%s)", cache, read["summary"])

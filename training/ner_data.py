@@ -358,10 +358,11 @@ def read_ner(paths: Iterable[str | Path], report: ReadReport, *, format: str = "
     if format not in NER_FORMATS:
         raise ValueError(f"unknown NER format {format!r}; choose from {', '.join(NER_FORMATS)}")
     for path in expand_paths(paths, root=root):
-        fmt = detect_format(path) if format == "auto" else format
+        detected = detect_format(path) if format in ("auto", "cmeee") else None  # cmeee: lines or an array
+        fmt = detected if format == "auto" else format
         if fmt in ("bio", "bioes"):
             yield from read_bio(path, report)
-        elif fmt == "cmeee-array" or (fmt == "cmeee" and detect_format(path) == "cmeee-array"):
+        elif fmt == "cmeee-array" or (fmt == "cmeee" and detected == "cmeee-array"):
             yield from read_json_array(path, report, format="cmeee")
         else:
             yield from read_json_lines(path, report, format=fmt)

@@ -373,6 +373,44 @@ def test_a_request_on_two_workers_at_once_has_consistent_timings() -> None:
     assert t.queue_s >= 0 and 0.3 <= t.inference_s <= total
 
 
+class SecondHeld(Recorder):
+    """A core whose first batch returns at once and whose later batches wait for ``held``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = threading.Event()
+
+    def run_batch(self, task: str, seqs: list[Seq]) -> list[int]:
+        first = not self.batches
+        out = super().run_batch(task, seqs)
+        if not first:
+            assert self.held.wait(30)
+        return out
+
+
+def test_stop_fails_a_request_whose_other_batch_is_still_running() -> None:
+    """One request's two rows on two workers: the first batch has finished, the second is still on its
+    worker when the server stops. The request fails with NotReady (it does not hang): it is still running."""
+    from service.errors import NotReady
+
+    core = SecondHeld()
+
+    async def main() -> BaseException | None:
+        b = Batcher(core, batch_tokens=4, max_wait_ms=0, max_queue=16, workers=2)  # one 4-token row per batch
+        await b.start()
+        request = asyncio.create_task(b.execute("ner", Req(1, rows=2)))
+        await until(lambda: len(core.batches) == 2)  # the first returned, the second is held
+        await asyncio.sleep(0.05)  # the first batch's results are in
+        try:
+            await b.stop(timeout_s=0.1)
+            done, _ = await asyncio.wait({request}, timeout=5)
+            return request.exception() if done else None
+        finally:
+            core.held.set()
+
+    assert isinstance(asyncio.run(main()), NotReady)
+
+
 def test_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers must be >= 1"):
         Batcher(Recorder(), batch_tokens=1024, max_wait_ms=0, max_queue=1, workers=0)
