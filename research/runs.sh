@@ -81,3 +81,11 @@ done
 if [ "${SIM_V3:-0}" = 1 ]; then
     RUN="$RUN" PY="$PY" research/sim_v3.sh all "$DATA"
 fi
+
+# Encoder v3 (issue 14), opt in: ENCODER_V3=1 research/runs.sh [DATA_ROOT]. One command per row lives in
+# research/pretrain_v3.sh (speed, objectives at equal CPU time, encoder stages, NER on the v3 encoder); hours of
+# CPU training, then the evaluations and metrics/research/ JSON that research/summarise.py prints.
+if [ "${ENCODER_V3:-0}" = 1 ]; then
+    for what in speed objectives stages ner collect; do RUN="$RUN" PY="$PY" research/pretrain_v3.sh "$what" "$DATA"; done
+    "$PY" research/summarise.py
+fi
