@@ -1,25 +1,24 @@
 #!/usr/bin/env bash
 # The shipped models, reproduced from ../shared/data on a CPU: recipes/default.sh [DATA_ROOT]
 #
-# default bundle (encoder v3, issues 14 and 15):
-#   1. encoder v3, stage 1: masked LM from scratch on 95 M tokens (recipes/pretrain_v3.toml, 1,300 steps, one
-#      thread; vocabulary of 8,000 pieces built by a 1-step run)                              -> runs/pretrain_v3_s1
-#   2. stage 2: 2,000 more steps from stage 1 (its own warm-up; as committed, it drew the data from its beginning
-#      again, which later stages no longer do), beside similarity v3 from stage 1:
-#      every training pair set in one mixture (recipes/sim_v3.toml, 0.63 of an epoch, one thread) -> runs/sim_v3
-#      (each stage released in fp16 as training continues from it; encoders/roformer-zh-v3 holds stage 2) -> runs/encoder_v3_s2
-#   3. CLUENER NER (10 types, GlobalPointer + EMA + FGM, flat decoding) from stage 2, through an intermediate
-#      NER stage on MSRA + Resume (recipes/ner_intermediate.toml)     -> runs/ner_intermediate, runs/ner_cluener_inter_fgm
-#   4. whitening measured on the five dev sets (research/sim_v3.sh whitening: none vs fitted on the task's own
-#      or general sentences, k from the JL estimate to the full dimension); the best mean is kept -> runs/sim_v3_whitened
-# medical bundle:
-#   5-6. nested medical NER (CMeEE, 9 types, GlobalPointer + EMA) from encoder v3 stage 2   -> runs/ner_cmeee_v3/best
-# then
-#   7. export: the CPU bundles shipped in the repository (int8, static): service/bundles/default (NER + similarity)
+# encoder v3 (issue 14; recipes/pretrain_v3.toml, masked LM, one thread, each stage its own warm-up and released
+# in fp16 as the next one continues from it):
+#   1. stage 1: from scratch on 95 M tokens, 1,300 steps (vocabulary of 8,000 pieces built by a 1-step run)
+#   2. stage 2: 2,000 more steps from stage 1 (as committed, it drew the data from its beginning again, which
+#      later stages no longer do)                                                              -> runs/encoder_v3_s2
+#   3. stage 3: 2,000 more steps from stage 2, continuing its data (encoder.json data_position)
+#                                                           -> runs/encoder_v3_s3, committed as encoders/roformer-zh-v3
+# then three one-thread runs side by side, all from stage 3:
+#   4. CLUENER NER (10 types, GlobalPointer + EMA + FGM, flat decoding) through an intermediate NER stage on
+#      MSRA + Resume (recipes/ner_intermediate.toml)     -> runs/ner_intermediate_s3, runs/ner_cluener_s3_inter_fgm
+#   5. nested medical NER (CMeEE, 9 types, GlobalPointer + EMA + FGM)                   -> runs/ner_cmeee_s3_fgm
+#   6. similarity v3: every training pair set in one mixture (recipes/sim_v3.toml, 0.63 of an epoch) -> runs/sim_v3_s3
+#   7. whitening measured on the five dev sets (research/sim_v3.sh whitening: none vs fitted on the task's own
+#      or general sentences, k from the JL estimate to the full dimension); the best mean is kept
+#                                                                                    -> runs/sim_v3_s3_whitened
+#   8. export: the CPU bundles shipped in the repository (int8, static): service/bundles/default (NER + similarity)
 #      and service/bundles/medical (CMeEE NER); GPU bundles (fp16 + fp32) in runs/bundle_gpu, runs/bundle_medical_gpu
-#   8. evaluation of every bundle and precision on the dev sets, training metrics -> metrics/*.json (committed)
-#   9. encoder v3 stage 3: 2,000 more MLM steps from stage 2, continuing its data -> encoders/roformer-zh-v3
-#      (the models above were trained on stage 2; the committed encoder is stage 3, for the next fine-tunes)
+#   9. evaluation of every bundle and precision on the dev sets, training metrics -> metrics/*.json (committed)
 #
 # Every step resumes (--resume) or is skipped when its output exists, so the script can be rerun after
 # an interruption. Training texts only: the dev files are used for model selection and reporting.
@@ -35,16 +34,16 @@ TERMS_PAIRS="Chinese STS-B (academic research only), BQ, ATEC, AFQMC, OPPO-xiaob
 TERMS_CORPUS="research use: see ../shared/data/README.md for each source's terms (corpus_zh, corpus_more, THUCNews titles)"
 MLM=(--mlm.objective mlm --mlm.replace_mask 0.8 --mlm.replace_random 0.1)
 
-side_by_side() {  # side_by_side OUT1 "CMD1" OUT2 "CMD2": two one-thread runs at once, logs in OUT/train.out
-    mkdir -p "$1" "$3"
-    eval "$2" >> "$1/train.out" 2>&1 & local a=$!
-    eval "$4" >> "$3/train.out" 2>&1 & local b=$!
-    wait $a || { echo "failed: see $1/train.out" >&2; exit 1; }
-    wait $b || { echo "failed: see $3/train.out" >&2; exit 1; }
+side_by_side() {  # side_by_side OUT1 "CMD1" OUT2 "CMD2" ...: one-thread runs at once, logs in OUT/train.out
+    local pids=() outs=()
+    while [ $# -gt 0 ]; do
+        mkdir -p "$1"; eval "$2" >> "$1/train.out" 2>&1 & pids+=($!); outs+=("$1"); shift 2
+    done
+    local i; for i in "${!pids[@]}"; do wait "${pids[$i]}" || { echo "failed: see ${outs[$i]}/train.out" >&2; exit 1; }; done
 }
 run() { local out=$1; shift; mkdir -p "$out"; "$@" >> "$out/train.out" 2>&1 || { echo "failed: see $out/train.out" >&2; exit 1; }; }
 
-# 1-3: encoder v3, similarity v3, CLUENER
+# 1-3: encoder v3
 VOCAB=runs/pretrain_vocab.txt
 if [ ! -f "$VOCAB" ]; then
     run runs/pt_vocab "$RUN" train mlm recipes/pretrain_v3.toml --data.root "$DATA" --output.dir runs/pt_vocab \
@@ -52,26 +51,34 @@ if [ ! -f "$VOCAB" ]; then
     cp runs/pt_vocab/vocab.txt "$VOCAB"
 fi
 PRE=(train mlm recipes/pretrain_v3.toml --data.root "$DATA" --vocab.path "$VOCAB" --resume "${MLM[@]}")
-run runs/pretrain_v3_s1 "$RUN" "${PRE[@]}" --output.dir runs/pretrain_v3_s1 --training.max_steps 1300
 release() { [ -f "$2/encoder.json" ] || "$RUN" train release --model "$1/model" -o "$2" --name "$3" --terms "$TERMS_CORPUS"; }
+run runs/pretrain_v3_s1 "$RUN" "${PRE[@]}" --output.dir runs/pretrain_v3_s1 --training.max_steps 1300
 release runs/pretrain_v3_s1 runs/encoder_v3_s1 "ropenlp RoFormer zh small v3 (stage 1: MLM, 1,300 steps)"
-side_by_side runs/pretrain_v3_s2 "$RUN ${PRE[*]} --output.dir runs/pretrain_v3_s2 --training.max_steps 2000 \
-                 --training.eval_every 500 --model.init runs/encoder_v3_s1 --data.continue_position false" \
-             runs/sim_v3 "$RUN train sim recipes/sim_v3.toml --data.root '$DATA' --output.dir runs/sim_v3 --resume \
-                 --model.init runs/encoder_v3_s1 --training.threads 1 --training.epochs 0.63"
+run runs/pretrain_v3_s2 "$RUN" "${PRE[@]}" --output.dir runs/pretrain_v3_s2 --training.max_steps 2000 \
+    --training.eval_every 500 --model.init runs/encoder_v3_s1 --data.continue_position false
 release runs/pretrain_v3_s2 runs/encoder_v3_s2 "ropenlp RoFormer zh small v3 (stage 2: MLM, 3,300 steps)"
-run runs/ner_intermediate "$RUN" train ner recipes/ner_intermediate.toml --data.root "$DATA" \
-    --output.dir runs/ner_intermediate --resume --model.init runs/encoder_v3_s2
-run runs/ner_cluener_inter_fgm "$RUN" train ner recipes/ner_cluener.toml --data.root "$DATA" \
-    --output.dir runs/ner_cluener_inter_fgm --resume --model.init runs/ner_intermediate/best --training.adversarial 0.5
+run runs/pretrain_v3_s3 "$RUN" "${PRE[@]}" --output.dir runs/pretrain_v3_s3 --training.max_steps 2000 \
+    --model.init runs/encoder_v3_s2
+release runs/pretrain_v3_s3 runs/encoder_v3_s3 "ropenlp RoFormer zh small v3 (stage 3: MLM, 5,300 steps)"
+grep -q 'stage 3' encoders/roformer-zh-v3/encoder.json 2>/dev/null || cp -r runs/encoder_v3_s3/. encoders/roformer-zh-v3/
 
-# 4: whitening by measurement on the five dev sets (stored in runs/sim_v3_whitened, or no whitening at all)
-[ -d runs/sim_v3_whitened ] || { research/sim_v3.sh collect "$DATA"; RUN_WHITENING=sim_v3 research/sim_v3.sh whitening "$DATA"; }
+# 4-6: CLUENER (intermediate stage, then FGM), CMeEE (FGM) and similarity, side by side from stage 3
+S3=runs/encoder_v3_s3
+NER=(train ner --data.root "'$DATA'" --resume --training.threads 1 --training.adversarial 0.5)
+side_by_side runs/ner_cluener_s3_inter_fgm \
+        "mkdir -p runs/ner_intermediate_s3 && $RUN train ner recipes/ner_intermediate.toml --data.root '$DATA' \
+             --resume --training.threads 1 --model.init $S3 --output.dir runs/ner_intermediate_s3 \
+             >> runs/ner_intermediate_s3/train.out 2>&1 && \
+         $RUN ${NER[*]} recipes/ner_cluener.toml --model.init runs/ner_intermediate_s3/best \
+             --output.dir runs/ner_cluener_s3_inter_fgm" \
+    runs/ner_cmeee_s3_fgm "$RUN ${NER[*]} recipes/ner_cmeee.toml --model.init $S3 --output.dir runs/ner_cmeee_s3_fgm" \
+    runs/sim_v3_s3 "$RUN train sim recipes/sim_v3.toml --data.root '$DATA' --output.dir runs/sim_v3_s3 --resume \
+        --model.init $S3 --training.threads 1 --training.epochs 0.63"
 
-# 5-6: the medical model on encoder v3 stage 2
-run runs/ner_cmeee_v3 "$RUN" train ner recipes/ner_cmeee.toml --data.root "$DATA" --output.dir runs/ner_cmeee_v3 \
-    --resume --model.init runs/encoder_v3_s2
+# 7: whitening by measurement on the five dev sets (stored in runs/sim_v3_s3_whitened, or no whitening at all)
+[ -d runs/sim_v3_s3_whitened ] || { research/sim_v3.sh collect "$DATA"; RUN_WHITENING=sim_v3_s3 research/sim_v3.sh whitening "$DATA"; }
 
+# 8-9: export and evaluation
 general=(--data "CLUENER2020 train split (NER)=$TERMS_CLUENER" --data "sentence-pair and NLI training sets (similarity)=$TERMS_PAIRS"
          --data "corpus_zh + corpus_more + THUCNews titles (MLM pre-training, whitening)=$TERMS_CORPUS"
          --data "MSRA NER (SIGHAN 2006 test split) + Resume NER train (intermediate NER stage)=research use (../shared/data/README.md, ner_more)")
@@ -81,13 +88,13 @@ medical=(--data "CMeEE train split (nested medical NER)=$TERMS_CMEEE"
 # similarity: drawn from the pair sets with numeric labels (the whitening step's output has no run config)
 simcal=(); for f in stsb_zh/train.tsv bq/train.tsv atec/train.tsv pairs/afqmc/train.tsv pairs/oppo_xiaobu/train.tsv \
                     pairs/simclue_sample/train.tsv; do simcal+=(--calibration-data "similarity=$DATA/$f"); done
-$RUN export -m runs/ner_cluener_inter_fgm/best -m runs/sim_v3_whitened -o service/bundles/default -p int8 \
+$RUN export -m runs/ner_cluener_s3_inter_fgm/best -m runs/sim_v3_s3_whitened -o service/bundles/default -p int8 \
     --calibration-data "ner=$DATA/cluener/train.json" "${simcal[@]}" --name ropenlp-default-small --overwrite "${general[@]}"
-$RUN export -m runs/ner_cluener_inter_fgm/best -m runs/sim_v3_whitened -o runs/bundle_gpu -p fp16 -p fp32 \
+$RUN export -m runs/ner_cluener_s3_inter_fgm/best -m runs/sim_v3_s3_whitened -o runs/bundle_gpu -p fp16 -p fp32 \
     --name ropenlp-default-small-gpu --overwrite "${general[@]}"
-$RUN export -m runs/ner_cmeee_v3/best -o service/bundles/medical -p int8 --name ropenlp-medical-small --overwrite \
+$RUN export -m runs/ner_cmeee_s3_fgm/best -o service/bundles/medical -p int8 --name ropenlp-medical-small --overwrite \
     --calibration-data "ner=$DATA/cmeee/train.jsonl" "${medical[@]}"
-$RUN export -m runs/ner_cmeee_v3/best -o runs/bundle_medical_gpu -p fp16 -p fp32 --name ropenlp-medical-small-gpu \
+$RUN export -m runs/ner_cmeee_s3_fgm/best -o runs/bundle_medical_gpu -p fp16 -p fp32 --name ropenlp-medical-small-gpu \
     --overwrite "${medical[@]}"
 
 sim_dev=(--data "$DATA/stsb_zh/dev.tsv" --data "$DATA/lcqmc/dev.tsv" --data "$DATA/bq/dev.tsv"
@@ -100,14 +107,9 @@ for p in int8 fp32 fp16; do
     $RUN evaluate ner --bundle "$m" --precision "$p" --data "$DATA/cmeee/dev.jsonl" --out "metrics/cmeee_dev_${p}_v3.json"
 done
 
-# 9: encoder v3 stage 3, continuing stage 2's data (encoder.json data_position), released in place
-run runs/pretrain_v3_s3 "$RUN" "${PRE[@]}" --output.dir runs/pretrain_v3_s3 --training.max_steps 2000 \
-    --model.init runs/encoder_v3_s2
-release runs/pretrain_v3_s3 runs/encoder_v3_s3 "ropenlp RoFormer zh small v3 (stage 3: MLM, 5,300 steps)"
-grep -q 'stage 3' encoders/roformer-zh-v3/encoder.json 2>/dev/null || cp -r runs/encoder_v3_s3/. encoders/roformer-zh-v3/
-
 # the training runs' own metrics and resolved configs, beside the evaluations
-for r in pretrain_v3_s1 pretrain_v3_s2 ner_intermediate ner_cluener_inter_fgm sim_v3 ner_cmeee_v3 pretrain_v3_s3; do
+for r in pretrain_v3_s1 pretrain_v3_s2 pretrain_v3_s3 ner_intermediate_s3 ner_cluener_s3_inter_fgm ner_cmeee_s3_fgm \
+         sim_v3_s3; do
     cp "runs/$r/metrics.json" "metrics/train_$r.json"
     cp "runs/$r/config.resolved.toml" "metrics/train_$r.config.toml"
 done

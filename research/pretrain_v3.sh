@@ -6,6 +6,8 @@
 #                                                   # the same short CLUENER fine-tune of each
 #   research/pretrain_v3.sh ner [DATA_ROOT]         # NER on the committed encoder: the shipping CLUENER recipe,
 #                                                   # with an intermediate NER stage (ner_more), + FGM; CMeEE
+#   research/pretrain_v3.sh ner3 [DATA_ROOT]        # the same on encoder stage 3: intermediate -> CLUENER + FGM,
+#                                                   # CMeEE + FGM (what the bundles ship)
 #   research/pretrain_v3.sh stages [DATA_ROOT]      # the same 5-epoch CLUENER fine-tune on stage 2 and stage 3
 #                                                   # (ENCODER_S2 / ENCODER_S3: released folders of each)
 #   research/pretrain_v3.sh collect [DATA_ROOT]     # evaluations + metrics/research/ JSON of whatever ran
@@ -72,6 +74,16 @@ ner)
         --training.adversarial 0.5
     ner runs/ner_cmeee_v3 recipes/ner_cmeee.toml
     ;;
+ner3)
+    # the same recipes on encoder stage 3 (encoders/roformer-zh-v3 after stage 3; the rows above used stage 2):
+    # intermediate stage -> CLUENER + FGM, and CMeEE + FGM
+    ner() { local out=$1; shift; mkdir -p "$out"; "$RUN" train ner "$@" --data.root "$DATA" --output.dir "$out" \
+            --resume >> "$out/train.out" 2>&1; }
+    ner runs/ner_intermediate_s3 recipes/ner_intermediate.toml
+    ner runs/ner_cluener_s3_inter_fgm recipes/ner_cluener.toml --model.init runs/ner_intermediate_s3/best \
+        --training.adversarial 0.5
+    ner runs/ner_cmeee_s3_fgm recipes/ner_cmeee.toml --training.adversarial 0.5
+    ;;
 collect)
     mkdir -p metrics/research
     for r in spd_mlm spd_wwm spd_electra spd_mlm_fp32 spd_mlm_noprefetch spd_mlm_unpacked spd_mlm_6x384 spd_electra_6x384 \
@@ -99,18 +111,21 @@ PYEOF
         [ -f "metrics/research/${r}_flat.json" ] || "$RUN" evaluate ner --model "runs/$r/best" \
             --data "$DATA/cluener/dev.json" --decode flat "${grid[@]}" --threads 1 --out "metrics/research/${r}_flat.json"
     done
-    for r in ner_cluener_v3 ner_cluener_inter ner_cluener_inter_fgm ner_intermediate ner_cmeee_v3; do
+    for r in ner_cluener_v3 ner_cluener_inter ner_cluener_inter_fgm ner_intermediate ner_cmeee_v3 \
+             ner_intermediate_s3 ner_cluener_s3_inter_fgm ner_cmeee_s3_fgm; do
         [ -d "runs/$r/best" ] || continue
         cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
         cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
+        done_json="metrics/research/${r}_flat.json"; [[ $r == ner_cmeee_* ]] && done_json="metrics/research/${r}_nested.json"
+        [ "$done_json" -nt "runs/$r/metrics.json" ] && continue   # evaluated since the run finished
         case "$r" in
-        ner_cmeee_v3) "$RUN" evaluate ner --model "runs/$r/best" --data "$DATA/cmeee/dev.jsonl" --decode nested \
+        ner_cmeee_*) "$RUN" evaluate ner --model "runs/$r/best" --data "$DATA/cmeee/dev.jsonl" --decode nested \
             --threshold-grid=-1,-0.5,-0.25,0,0.25,0.5,1 --threads 1 --out "metrics/research/${r}_nested.json" ;;
-        ner_intermediate) ;;
+        ner_intermediate*) ;;
         *) "$RUN" evaluate ner --model "runs/$r/best" --data "$DATA/cluener/dev.json" --decode flat "${grid[@]}" \
             --threads 1 --out "metrics/research/${r}_flat.json" ;;
         esac
     done
     ;;
-*) echo "unknown: $WHAT (speed, objectives, stages, ner, collect)" >&2; exit 2 ;;
+*) echo "unknown: $WHAT (speed, objectives, stages, ner, ner3, collect)" >&2; exit 2 ;;
 esac

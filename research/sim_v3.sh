@@ -6,9 +6,10 @@
 #   research/sim_v3.sh short [DATA_ROOT]        # the objectives again at an equal, short budget (STEPS_SHORT, 600 steps
 #                                               # each, one thread; NLI -> pairs: half and half), all from ENCODER
 #   research/sim_v3.sh pooling [DATA_ROOT]      # cls and mean against the recipes' first-last-avg (the sim_v3 row)
+#   research/sim_v3.sh stage3 [DATA_ROOT]       # the one-stage mixture (sim_v3) again on encoder stage 3
 #   research/sim_v3.sh whitening [DATA_ROOT]    # the whitening table of the best run; stores the choice (or none)
 #   research/sim_v3.sh collect [DATA_ROOT]      # full dev evaluations -> metrics/research/sim_v3_*.json
-#   research/sim_v3.sh all [DATA_ROOT]          # the four in order
+#   research/sim_v3.sh all [DATA_ROOT]          # all but short, in order
 #
 # ENCODER (default encoders/roformer-zh-v3) is the encoder every row starts from; RUN_WHITENING (default: the run
 # with the best mean dev Spearman in metrics/research/) the run whose whitening is measured. Runs resume (--resume)
@@ -25,7 +26,7 @@ read -r -a EXTRA <<< "${SIM_V3_ARGS:-}"
 OUT=metrics/research
 DEV=(stsb_zh/dev.tsv lcqmc/dev.tsv bq/dev.tsv atec/dev.tsv pawsx/dev.tsv)
 RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean
-      sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs)
+      sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs sim_v3_s3)
 STEPS_SHORT="${STEPS_SHORT:-600}"
 
 train() {  # train OUT_NAME RECIPE [overrides...]: once, resumable, log in runs/OUT_NAME/train.out
@@ -58,6 +59,10 @@ short() {  # equal budget: STEPS_SHORT steps of 64 pairs each (the two-stage row
     at=(--training.threads 1 --training.eval_every "$h" --training.checkpoint_every "$h")
     train sim_s_nli recipes/sim_v3_nli.toml --model.init "$ENCODER" --training.max_steps "$h" "${at[@]}"
     train sim_s_nli_pairs recipes/sim_v3_pairs.toml --model.init runs/sim_s_nli/best --training.max_steps "$h" "${at[@]}"
+}
+
+stage3() {  # the shipping recipe as recipes/default.sh runs it (0.63 epoch, one thread), on encoder stage 3
+    train sim_v3_s3 recipes/sim_v3.toml --model.init "$ENCODER" --training.threads 1 --training.epochs 0.63
 }
 
 pooling() {  # first-last-avg is the sim_v3 row
@@ -107,7 +112,7 @@ print(",".join(sys.argv[2] + "/" + p for s in cfg["data"]["train"] for p in s["p
     "$RUN" train whitening --model "runs/$run/best" --out "runs/${run}_whitened" "${eval[@]}" \
         --fit "own=$own" \
         --fit "general=$DATA/thucnews_titles/titles.txt,$DATA/corpus_more/tnews_toutiao_titles.txt,$DATA/corpus_zh/*.txt,$DATA/corpus_more/zhwiki_extract_sf2324.txt,$DATA/corpus_more/fewclue_clue_texts.txt" \
-        --k 32,64,128,192 --max-sentences 5000 --seed 0 --metrics "$OUT/sim_v3_whitening.json"
+        --k 32,64,128,192 --max-sentences 5000 --seed 0 --metrics "$OUT/${run}_whitening.json"
     "$PY" research/summarise.py
 }
 
@@ -117,6 +122,7 @@ case "$WHAT" in
     pooling) pooling ;;
     whitening) whitening ;;
     collect) collect ;;
-    all) objectives; pooling; collect; whitening ;;
-    *) echo "unknown step $WHAT: objectives, short, pooling, whitening, collect or all" >&2; exit 2 ;;
+    stage3) stage3 ;;
+    all) objectives; stage3; pooling; collect; RUN_WHITENING=sim_v3 whitening; whitening ;;  # sim_v3, then the best run
+    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, whitening, collect or all" >&2; exit 2 ;;
 esac

@@ -38,12 +38,17 @@ SIM_V3_RUNS = {"sim_v3": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_cosen
                "sim_s_mix": "pairs CoSENT + NLI SimCSE, one mixture (600 steps)",
                "sim_s_cosent": "every set CoSENT (600 steps)", "sim_s_pairs": "pairs CoSENT only (600 steps)",
                "sim_s_nli": "NLI SimCSE only (300 steps)",
-               "sim_s_nli_pairs": "NLI SimCSE 300 -> pairs CoSENT 300 steps"}
+               "sim_s_nli_pairs": "NLI SimCSE 300 -> pairs CoSENT 300 steps",
+               # research/sim_v3.sh stage3: sim_v3 (trained on encoder stage 1) again on stage 3
+               "sim_v3_s3": "pairs CoSENT + NLI SimCSE, one mixture, encoder stage 3"}
 # NER on the committed v3 encoder (research/pretrain_v3.sh ner): the shipping recipes, and what was added
 NER_V3_RUNS = {"ner_cluener_v3": ("CLUENER", "recipes/ner_cluener.toml (GP, EMA 0.999, 12 epochs)"),
                "ner_cluener_inter": ("CLUENER", "+ intermediate NER stage (MSRA + Resume, 4 epochs)"),
                "ner_cluener_inter_fgm": ("CLUENER", "+ intermediate stage + FGM (epsilon 0.5)"),
                "ner_cmeee_v3": ("CMeEE", "recipes/ner_cmeee.toml (GP, EMA 0.999, 10 epochs)"),
+               # research/pretrain_v3.sh ner3: the same on encoder stage 3 (the rows above are on stage 2)
+               "ner_cluener_s3_inter_fgm": ("CLUENER", "stage 3: intermediate stage + FGM (epsilon 0.5)"),
+               "ner_cmeee_s3_fgm": ("CMeEE", "stage 3: recipes/ner_cmeee.toml + FGM (epsilon 0.5)"),
                # research/pretrain_v3.sh stages: the same 5-epoch CLUENER fine-tune on encoder stages 2 and 3
                "ner_s2_e5": ("CLUENER", "5 epochs on encoder stage 2"),
                "ner_s3_e5": ("CLUENER", "5 epochs on encoder stage 3")}
@@ -102,20 +107,26 @@ def sim_v3_tables(previous: dict, summary: dict) -> list[str]:
                     + f" | **{cols['mean']:.2f}** | {row['wall_min']} min ({row['threads']}) |")
     if len(rows) > 2:
         out.append("\n".join(rows))
-    w = _json(DIR / "sim_v3_whitening.json")
-    if w:
-        rows = ["| whitening (fitted on) | sentences " + head, "|---|---|" + "---|" * 6]
-        for setting, files in w["scores"].items():
-            fit = setting.split("/")[0] if "/" in setting else ("-" if setting == "none" else "--sentences")
-            n = w["fits"].get(fit, {}).get("sentences", "") if fit != "-" else ""
-            cols = dev_columns(files)
-            mark = "**" if setting == w["choice"] else ""
-            rows.append(f"| {mark}{setting}{mark} | {n} | " + " | ".join(f"{cols.get(k, float('nan')):.2f}"
-                                                                       for k in DEV_SETS.values())
-                        + f" | {mark}{cols['mean']:.2f}{mark} |")
-        summary["sim_v3_whitening"] = {"choice": w["choice"], "mean_spearman": w["mean_spearman"]}
-        out.append("\n".join(rows))
+    for run in SIM_V3_RUNS:  # research/sim_v3.sh whitening: one table per run it measured
+        w = _json(DIR / f"{run}_whitening.json")
+        if w:
+            out.append(whitening_table(run, w, head, summary))
     return out
+
+
+def whitening_table(run: str, w: dict, head: str, summary: dict) -> str:
+    """The whitening table of one run (research/sim_v3.sh whitening): every setting on the five dev sets."""
+    rows = [f"| whitening of `{run}` (fitted on) | sentences " + head, "|---|---|" + "---|" * 6]
+    for setting, files in w["scores"].items():
+        fit = setting.split("/")[0] if "/" in setting else ("-" if setting == "none" else "--sentences")
+        n = w["fits"].get(fit, {}).get("sentences", "") if fit != "-" else ""
+        cols = dev_columns(files)
+        mark = "**" if setting == w["choice"] else ""
+        rows.append(f"| {mark}{setting}{mark} | {n} | " + " | ".join(f"{cols.get(k, float('nan')):.2f}"
+                                                                   for k in DEV_SETS.values())
+                    + f" | {mark}{cols['mean']:.2f}{mark} |")
+    summary[f"{run}_whitening"] = {"choice": w["choice"], "mean_spearman": w["mean_spearman"]}
+    return "\n".join(rows)
 
 
 def main() -> int:

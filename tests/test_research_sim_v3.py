@@ -86,6 +86,7 @@ def test_summary_tables_of_all_five_dev_sets_and_the_mean(tmp_path):
     objectives, whitening = summarise.sim_v3_tables({}, summary)
     assert objectives.splitlines()[2] == ("| `sim_v3` | pairs CoSENT + NLI SimCSE, one mixture | roformer-zh-v3 | mean | "
                                           "80.00 | 70.00 | 60.00 | 40.00 | 20.00 | **54.00** | 10.0 min (2) |")
+    assert whitening.splitlines()[0].startswith("| whitening of `sim_v3` (fitted on) |")
     assert whitening.splitlines()[2:] == ["| **none** |  | 80.00 | 70.00 | 60.00 | 40.00 | 20.00 | **54.00** |",
                                           "| own/k=64 | 5000 | 81.00 | 60.00 | 61.00 | 41.00 | 10.00 | 50.60 |"]
     assert summary["sim_v3"]["dev"]["mean"] == 54.0 and summary["sim_v3_whitening"]["choice"] == "none"
