@@ -26,6 +26,8 @@ STEPS_MLM="${STEPS_MLM:-1300}"; STEPS_WWM="${STEPS_WWM:-1300}"; STEPS_ELECTRA="$
 
 pretrain() { local out=$1; shift; mkdir -p "$out"; "$RUN" train mlm recipes/pretrain_v3.toml --data.root "$DATA" \
              --vocab.path "$VOCAB" --output.dir "$out" --resume "$@" >> "$out/train.out" 2>&1; }
+ner() { local out=$1; shift; mkdir -p "$out"; "$RUN" train ner "$@" --data.root "$DATA" --output.dir "$out" \
+        --resume >> "$out/train.out" 2>&1; }
 finetune() { local out=$1 init=$2; mkdir -p "$out"; "$RUN" train ner recipes/ner_cluener.toml --data.root "$DATA" \
              --model.init "$init" --training.epochs 5 --training.patience 3 --training.threads 1 --output.dir "$out" \
              --resume >> "$out/train.out" 2>&1; }
@@ -65,8 +67,6 @@ stages)
 ner)
     # each a full shipping-recipe fine-tune from encoders/roformer-zh-v3 (one thread); the CLUENER baseline is
     # recipes/ner_cluener.toml as it is (runs/ner_cluener_v3)
-    ner() { local out=$1; shift; mkdir -p "$out"; "$RUN" train ner "$@" --data.root "$DATA" --output.dir "$out" \
-            --resume >> "$out/train.out" 2>&1; }
     ner runs/ner_cluener_v3 recipes/ner_cluener.toml
     ner runs/ner_intermediate recipes/ner_intermediate.toml           # MSRA + Resume, 4 epochs
     ner runs/ner_cluener_inter recipes/ner_cluener.toml --model.init runs/ner_intermediate/best
@@ -77,8 +77,6 @@ ner)
 ner3)
     # the same recipes on encoder stage 3 (encoders/roformer-zh-v3 after stage 3; the rows above used stage 2):
     # intermediate stage -> CLUENER + FGM, and CMeEE + FGM
-    ner() { local out=$1; shift; mkdir -p "$out"; "$RUN" train ner "$@" --data.root "$DATA" --output.dir "$out" \
-            --resume >> "$out/train.out" 2>&1; }
     ner runs/ner_intermediate_s3 recipes/ner_intermediate.toml
     ner runs/ner_cluener_s3_inter_fgm recipes/ner_cluener.toml --model.init runs/ner_intermediate_s3/best \
         --training.adversarial 0.5
@@ -116,15 +114,14 @@ PYEOF
         [ -d "runs/$r/best" ] || continue
         cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
         cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
-        done_json="metrics/research/${r}_flat.json"; [[ $r == ner_cmeee_* ]] && done_json="metrics/research/${r}_nested.json"
-        [ "$done_json" -nt "runs/$r/metrics.json" ] && continue   # evaluated since the run finished
         case "$r" in
-        ner_cmeee_*) "$RUN" evaluate ner --model "runs/$r/best" --data "$DATA/cmeee/dev.jsonl" --decode nested \
-            --threshold-grid=-1,-0.5,-0.25,0,0.25,0.5,1 --threads 1 --out "metrics/research/${r}_nested.json" ;;
-        ner_intermediate*) ;;
-        *) "$RUN" evaluate ner --model "runs/$r/best" --data "$DATA/cluener/dev.json" --decode flat "${grid[@]}" \
-            --threads 1 --out "metrics/research/${r}_flat.json" ;;
+        ner_intermediate*) continue ;;
+        ner_cmeee_*) out="metrics/research/${r}_nested.json"
+            what=(--data "$DATA/cmeee/dev.jsonl" --decode nested --threshold-grid=-1,-0.5,-0.25,0,0.25,0.5,1) ;;
+        *) out="metrics/research/${r}_flat.json"; what=(--data "$DATA/cluener/dev.json" --decode flat "${grid[@]}") ;;
         esac
+        [ "$out" -nt "runs/$r/metrics.json" ] && continue   # evaluated since the run finished
+        "$RUN" evaluate ner --model "runs/$r/best" "${what[@]}" --threads 1 --out "$out"
     done
     ;;
 *) echo "unknown: $WHAT (speed, objectives, stages, ner, ner3, collect)" >&2; exit 2 ;;
