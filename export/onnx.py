@@ -32,7 +32,6 @@ from pathlib import Path
 
 import ropenlp
 from export.errors import ExportError, stage
-from export.quantize_static import DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, DEFAULT_SEED
 from export.tasks import EXPORTERS, TaskExporter
 from export.variants import CalibrationTexts
 from models.bundle import (
@@ -46,9 +45,14 @@ from models.bundle import (
 )
 from models.card import write_model_card
 from models.normalize import Normalize
+from models.precisions import (
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_CALIBRATION_SEED,
+    DEFAULT_CALIBRATION_SIZE,
+    REFERENCE,
+)
 from models.precisions import NAMES as PRECISIONS
 from models.precisions import PRECISIONS as PRECISION_KINDS
-from models.precisions import REFERENCE
 from models.tasks import TASK_FILE, read_task, tokenizer_file
 from models.text import Tokenizer
 
@@ -81,8 +85,8 @@ def export_bundle(
     overwrite: bool = False,
     calibration: Mapping[str, CalibrationTexts] | None = None,
     calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-    calibration_seed: int = DEFAULT_SEED,
-    calibration_method: str = DEFAULT_METHOD,
+    calibration_seed: int = DEFAULT_CALIBRATION_SEED,
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
     **by_task: str | Path | None,
 ) -> Manifest:
     """Export task checkpoints into one bundle at ``out``; return its manifest.
@@ -204,10 +208,10 @@ def _check_precisions(precisions: Iterable[str]) -> list[str]:
 def _check_calibration(wanted: Mapping[str, list[str]], calibration: Mapping[str, CalibrationTexts],
                        method: str) -> None:
     """Every task that gets a calibrated variant has calibration texts (never the parity sample, silently)."""
-    from export.quantize_static import METHODS
+    from models.precisions import CALIBRATION_METHODS
 
-    if method not in METHODS:
-        raise ExportError(f"unknown calibration method {method!r}: choose from {', '.join(METHODS)}")
+    if method not in CALIBRATION_METHODS:
+        raise ExportError(f"unknown calibration method {method!r}: choose from {', '.join(CALIBRATION_METHODS)}")
     unknown = sorted(set(calibration) - set(wanted))
     if unknown:
         raise ExportError(f"calibration data given for {unknown}, but the bundle has only {list(wanted)}")

@@ -38,10 +38,10 @@ from onnx import numpy_helper
 from export.errors import ExportError, stage
 from export.graph_tools import drop_unused
 from export.onnx import publish
-from export.quantize_static import DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, DEFAULT_SEED
 from export.variants import CalibrationTexts
 from models.bundle import LEGACY_INT8, GraphSpec, Manifest, load_manifest, sha256, write_manifest
 from models.card import write_model_card
+from models.precisions import DEFAULT_CALIBRATION_METHOD, DEFAULT_CALIBRATION_SEED, DEFAULT_CALIBRATION_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ def requantize_bundle(
     calibration: Mapping[str, CalibrationTexts],
     *,
     size: int = DEFAULT_CALIBRATION_SIZE,
-    seed: int = DEFAULT_SEED,
-    method: str = DEFAULT_METHOD,
+    seed: int = DEFAULT_CALIBRATION_SEED,
+    method: str = DEFAULT_CALIBRATION_METHOD,
     sample_texts: Sequence[str] | None = None,
     fp32_out: str | Path | None = None,
     overwrite: bool = False,

@@ -18,7 +18,7 @@ import numpy as np
 
 from export.errors import check_finite, fail_above, stage
 from models.bundle import GraphSpec
-from models.precisions import PRECISIONS, PYTORCH, build_order
+from models.precisions import DEFAULT_CALIBRATION_METHOD, PRECISIONS, PYTORCH, build_order
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class BuildOptions:
     # calibrated variants (static int8): one unpadded batch per row of the calibration texts, and their record
     calibration: Sequence[dict[str, np.ndarray]] = ()
     calibration_record: CalibrationRecord | None = None
-    method: str = "minmax"  # activation ranges: minmax | entropy | percentile (export.quantize_static)
+    method: str = DEFAULT_CALIBRATION_METHOD  # activation ranges: minmax | entropy | percentile (export.quantize_static)
     # the batch-dependence check: token id rows of varied lengths, each run alone and in padded batches
     check_rows: Sequence[np.ndarray] = ()
     pad_id: int = 0

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.fields import FieldInfo
 
 from models.normalize import Normalize
-from models.precisions import Precision, preference
+from models.precisions import CalibrationMethod, Precision, preference
 
 FORMAT_VERSION = 3  # what this ropenlp writes: tasks under "tasks", keyed by name; graphs' quantization
 READS = (1, 2, 3)  # what it reads: version 1 holds each task under a top-level key of its name ("ner", ...)
@@ -53,7 +53,7 @@ class Calibration(_Strict):
     seed: int
     rows: int = Field(ge=1, description="model rows run: every window of every text, each its own unpadded batch")
     tokens: int
-    method: Literal["minmax", "entropy", "percentile"]
+    method: CalibrationMethod
     percentile: float | None = None
 
 

@@ -25,11 +25,18 @@ from typing import Annotated, Any
 
 import typer
 
-from models.precisions import PRECISIONS, REFERENCE, describe
+from models.precisions import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_CALIBRATION_SEED,
+    DEFAULT_CALIBRATION_SIZE,
+    PRECISIONS,
+    REFERENCE,
+    describe,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CALIBRATION_SIZE, DEFAULT_SEED, METHODS = 256, 0, ("minmax", "entropy", "percentile")
 RESOLVED_CONFIG = "config.resolved.toml"  # training.config.RESOLVED_FILE
 
 CalibrationOption = Annotated[list[str], typer.Option(
@@ -40,7 +47,7 @@ SizeOption = Annotated[int, typer.Option(
     "--calibration-size", help="Texts drawn (seeded) from the calibration data.", min=1)]
 SeedOption = Annotated[int, typer.Option("--calibration-seed", help="Seed of the calibration draw.")]
 MethodOption = Annotated[str, typer.Option(
-    "--calibration-method", help=f"How activation ranges are set: {', '.join(METHODS)}.")]
+    "--calibration-method", help=f"How activation ranges are set: {', '.join(CALIBRATION_METHODS)}.")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,8 +185,8 @@ def export_command(
         "(e.g. -p ner=int8 -p similarity=fp32).")] = [REFERENCE],  # noqa: B006
     calibration_data: CalibrationOption = [],  # noqa: B006
     calibration_size: SizeOption = DEFAULT_CALIBRATION_SIZE,
-    calibration_seed: SeedOption = DEFAULT_SEED,
-    calibration_method: MethodOption = "minmax",
+    calibration_seed: SeedOption = DEFAULT_CALIBRATION_SEED,
+    calibration_method: MethodOption = DEFAULT_CALIBRATION_METHOD,
     sample_file: Annotated[Path | None, typer.Option(
         "--sample-file", help="Texts for the parity check: one per line, or JSONL with a \"text\" field.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Bundle name (default: the directory name).")] = None,
@@ -282,8 +289,8 @@ def requantize_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="The bundle to write (may be BUNDLE with --overwrite).")],
     calibration_data: CalibrationOption = [],  # noqa: B006
     calibration_size: SizeOption = DEFAULT_CALIBRATION_SIZE,
-    calibration_seed: SeedOption = DEFAULT_SEED,
-    calibration_method: MethodOption = "minmax",
+    calibration_seed: SeedOption = DEFAULT_CALIBRATION_SEED,
+    calibration_method: MethodOption = DEFAULT_CALIBRATION_METHOD,
     fp32_out: Annotated[Path | None, typer.Option(
         "--fp32-out", help="Also write a bundle of the dequantized fp32 graphs (the reference to evaluate against).")] = None,
     sample_file: Annotated[Path | None, typer.Option(

@@ -241,7 +241,7 @@ def test_static_int8_needs_calibration_texts_and_records_them(tiny, tmp_path):
         "static", "qdq", True, "uint8 per-tensor, calibrated", "int8 per-channel")
     assert q.batch_dependence <= 1e-4 and q.matmuls_int8 == 12 and q.matmuls_fp32 == 5  # 2 layers x 6; q.k, p.v, head
     c = q.calibration
-    assert (c.source, c.texts, c.seed, c.method) == ("tiny calibration texts", 64, 0, "minmax")
+    assert (c.source, c.texts, c.seed, c.method) == ("tiny calibration texts", 64, 0, "percentile")
     assert c.rows >= c.texts and c.tokens > c.rows  # every window of every drawn text
     for spec in tiny.manifest.tasks.values():
         assert spec.graphs["fp32"].quantization is None and spec.graphs["fp16"].quantization is None
