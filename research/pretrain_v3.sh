@@ -7,7 +7,9 @@
 #   research/pretrain_v3.sh ner [DATA_ROOT]         # NER on the committed encoder: the shipping CLUENER recipe,
 #                                                   # with an intermediate NER stage (ner_more), + FGM; CMeEE
 #   research/pretrain_v3.sh ner3 [DATA_ROOT]        # the same on encoder stage 3: intermediate -> CLUENER + FGM,
-#                                                   # CMeEE + FGM (what the bundles ship)
+#                                                   # CMeEE + FGM (ENCODER_S3, default runs/encoder_v3_s3)
+#   research/pretrain_v3.sh ner4 [DATA_ROOT]        # the same on encoder stage 4 (ENCODER_S4, default the committed
+#                                                   # encoders/roformer-zh-v3): what the bundles ship
 #   research/pretrain_v3.sh stages [DATA_ROOT]      # the same 5-epoch CLUENER fine-tune on stage 2 and stage 3
 #                                                   # (ENCODER_S2 / ENCODER_S3: released folders of each)
 #   research/pretrain_v3.sh collect [DATA_ROOT]     # evaluations + metrics/research/ JSON of whatever ran
@@ -74,13 +76,19 @@ ner)
         --training.adversarial 0.5
     ner runs/ner_cmeee_v3 recipes/ner_cmeee.toml
     ;;
-ner3)
-    # the same recipes on encoder stage 3 (encoders/roformer-zh-v3 after stage 3; the rows above used stage 2):
-    # intermediate stage -> CLUENER + FGM, and CMeEE + FGM
-    ner runs/ner_intermediate_s3 recipes/ner_intermediate.toml
-    ner runs/ner_cluener_s3_inter_fgm recipes/ner_cluener.toml --model.init runs/ner_intermediate_s3/best \
-        --training.adversarial 0.5
-    ner runs/ner_cmeee_s3_fgm recipes/ner_cmeee.toml --training.adversarial 0.5
+ner3|ner4)
+    # the same recipes on encoder stage 3 or 4 (the rows above used stage 2): intermediate stage -> CLUENER + FGM,
+    # and CMeEE + FGM; one thread each, as recipes/default.sh runs them (there side by side)
+    s=${WHAT#ner}; enc=${ENCODER_S3:-runs/encoder_v3_s3}; [ "$s" = 4 ] && enc=${ENCODER_S4:-encoders/roformer-zh-v3}
+    ner "runs/ner_intermediate_s$s" recipes/ner_intermediate.toml --model.init "$enc" --training.threads 1
+    ner "runs/ner_cluener_s${s}_inter_fgm" recipes/ner_cluener.toml --model.init "runs/ner_intermediate_s$s/best" \
+        --training.adversarial 0.5 --training.threads 1
+    ner "runs/ner_cmeee_s${s}_fgm" recipes/ner_cmeee.toml --model.init "$enc" --training.adversarial 0.5 --training.threads 1
+    # stage 4 peaked at epoch 6 of 12 (stage 3 at 8): the same with the learning rate decayed over 8 epochs
+    if [ "$s" = 4 ]; then
+        ner runs/ner_cluener_s4_inter_fgm_e8 recipes/ner_cluener.toml --model.init runs/ner_intermediate_s4/best \
+            --training.adversarial 0.5 --training.threads 1 --training.epochs 8
+    fi
     ;;
 collect)
     mkdir -p metrics/research
@@ -103,15 +111,16 @@ PYEOF
     done
     grid=(--threshold-grid=-2,-1.5,-1,-0.5,-0.25,0,0.25,0.5,1)
     for r in ner_obj_mlm ner_obj_wwm ner_obj_electra ner_s2_e5 ner_s3_e5; do
-        [ -d "runs/$r/best" ] || continue
+        [ -f "runs/$r/metrics.json" ] || continue   # finished runs only
         cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
         cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
         [ -f "metrics/research/${r}_flat.json" ] || "$RUN" evaluate ner --model "runs/$r/best" \
             --data "$DATA/cluener/dev.json" --decode flat "${grid[@]}" --threads 1 --out "metrics/research/${r}_flat.json"
     done
     for r in ner_cluener_v3 ner_cluener_inter ner_cluener_inter_fgm ner_intermediate ner_cmeee_v3 \
-             ner_intermediate_s3 ner_cluener_s3_inter_fgm ner_cmeee_s3_fgm; do
-        [ -d "runs/$r/best" ] || continue
+             ner_intermediate_s3 ner_cluener_s3_inter_fgm ner_cmeee_s3_fgm \
+             ner_intermediate_s4 ner_cluener_s4_inter_fgm ner_cluener_s4_inter_fgm_e8 ner_cmeee_s4_fgm; do
+        [ -f "runs/$r/metrics.json" ] || continue   # finished runs only
         cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
         cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
         case "$r" in
@@ -124,5 +133,5 @@ PYEOF
         "$RUN" evaluate ner --model "runs/$r/best" "${what[@]}" --threads 1 --out "$out"
     done
     ;;
-*) echo "unknown: $WHAT (speed, objectives, stages, ner, ner3, collect)" >&2; exit 2 ;;
+*) echo "unknown: $WHAT (speed, objectives, stages, ner, ner3, ner4, collect)" >&2; exit 2 ;;
 esac

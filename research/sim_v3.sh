@@ -6,7 +6,9 @@
 #   research/sim_v3.sh short [DATA_ROOT]        # the objectives again at an equal, short budget (STEPS_SHORT, 600 steps
 #                                               # each, one thread; NLI -> pairs: half and half), all from ENCODER
 #   research/sim_v3.sh pooling [DATA_ROOT]      # cls and mean against the recipes' first-last-avg (the sim_v3 row)
-#   research/sim_v3.sh stage3 [DATA_ROOT]       # the one-stage mixture (sim_v3) again on encoder stage 3
+#   research/sim_v3.sh stage3 [DATA_ROOT]       # the one-stage mixture (sim_v3) again on encoder stage 3 (ENCODER_S3,
+#                                               # default runs/encoder_v3_s3)
+#   research/sim_v3.sh stage4 [DATA_ROOT]       # the same on stage 4 (ENCODER_S4, default encoders/roformer-zh-v3)
 #   research/sim_v3.sh whitening [DATA_ROOT]    # the whitening table of the best run; stores the choice (or none)
 #   research/sim_v3.sh collect [DATA_ROOT]      # full dev evaluations -> metrics/research/sim_v3_*.json
 #   research/sim_v3.sh all [DATA_ROOT]          # all but short, in order
@@ -26,7 +28,7 @@ read -r -a EXTRA <<< "${SIM_V3_ARGS:-}"
 OUT=metrics/research
 DEV=(stsb_zh/dev.tsv lcqmc/dev.tsv bq/dev.tsv atec/dev.tsv pawsx/dev.tsv)
 RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean
-      sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs sim_v3_s3)
+      sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs sim_v3_s3 sim_v3_s4)
 STEPS_SHORT="${STEPS_SHORT:-600}"
 
 train() {  # train OUT_NAME RECIPE [overrides...]: once, resumable, log in runs/OUT_NAME/train.out
@@ -61,8 +63,9 @@ short() {  # equal budget: STEPS_SHORT steps of 64 pairs each (the two-stage row
     train sim_s_nli_pairs recipes/sim_v3_pairs.toml --model.init runs/sim_s_nli/best --training.max_steps "$h" "${at[@]}"
 }
 
-stage3() {  # the shipping recipe as recipes/default.sh runs it (0.63 epoch, one thread), on encoder stage 3
-    train sim_v3_s3 recipes/sim_v3.toml --model.init "$ENCODER" --training.threads 1 --training.epochs 0.63
+stage() {  # stage N: the shipping recipe as recipes/default.sh runs it (0.63 epoch, one thread), on encoder stage N
+    local enc=${ENCODER_S3:-runs/encoder_v3_s3}; [ "$1" = 4 ] && enc=${ENCODER_S4:-encoders/roformer-zh-v3}
+    train "sim_v3_s$1" recipes/sim_v3.toml --model.init "$enc" --training.threads 1 --training.epochs 0.63
 }
 
 pooling() {  # first-last-avg is the sim_v3 row
@@ -122,7 +125,9 @@ case "$WHAT" in
     pooling) pooling ;;
     whitening) whitening ;;
     collect) collect ;;
-    stage3) stage3 ;;
-    all) objectives; stage3; pooling; collect; RUN_WHITENING=sim_v3 whitening; whitening ;;  # sim_v3, then the best run
-    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, whitening, collect or all" >&2; exit 2 ;;
+    stage3) stage 3 ;;
+    stage4) stage 4 ;;
+    all) objectives; stage 3; stage 4; pooling; collect; RUN_WHITENING=sim_v3 whitening; RUN_WHITENING=sim_v3_s3 whitening
+         whitening ;;  # sim_v3, sim_v3_s3, then the best run
+    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, whitening, collect or all" >&2; exit 2 ;;
 esac

@@ -39,8 +39,9 @@ SIM_V3_RUNS = {"sim_v3": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_cosen
                "sim_s_cosent": "every set CoSENT (600 steps)", "sim_s_pairs": "pairs CoSENT only (600 steps)",
                "sim_s_nli": "NLI SimCSE only (300 steps)",
                "sim_s_nli_pairs": "NLI SimCSE 300 -> pairs CoSENT 300 steps",
-               # research/sim_v3.sh stage3: sim_v3 (trained on encoder stage 1) again on stage 3
-               "sim_v3_s3": "pairs CoSENT + NLI SimCSE, one mixture, encoder stage 3"}
+               # research/sim_v3.sh stage3 / stage4: sim_v3 (trained on encoder stage 1) again on stage 3 and 4
+               "sim_v3_s3": "pairs CoSENT + NLI SimCSE, one mixture, encoder stage 3",
+               "sim_v3_s4": "pairs CoSENT + NLI SimCSE, one mixture, encoder stage 4"}
 # NER on the committed v3 encoder (research/pretrain_v3.sh ner): the shipping recipes, and what was added
 NER_V3_RUNS = {"ner_cluener_v3": ("CLUENER", "recipes/ner_cluener.toml (GP, EMA 0.999, 12 epochs)"),
                "ner_cluener_inter": ("CLUENER", "+ intermediate NER stage (MSRA + Resume, 4 epochs)"),
@@ -49,6 +50,10 @@ NER_V3_RUNS = {"ner_cluener_v3": ("CLUENER", "recipes/ner_cluener.toml (GP, EMA 
                # research/pretrain_v3.sh ner3: the same on encoder stage 3 (the rows above are on stage 2)
                "ner_cluener_s3_inter_fgm": ("CLUENER", "stage 3: intermediate stage + FGM (epsilon 0.5)"),
                "ner_cmeee_s3_fgm": ("CMeEE", "stage 3: recipes/ner_cmeee.toml + FGM (epsilon 0.5)"),
+               # research/pretrain_v3.sh ner4: the same on encoder stage 4
+               "ner_cluener_s4_inter_fgm": ("CLUENER", "stage 4: intermediate stage + FGM (epsilon 0.5)"),
+               "ner_cluener_s4_inter_fgm_e8": ("CLUENER", "stage 4: intermediate stage + FGM, 8 epochs"),
+               "ner_cmeee_s4_fgm": ("CMeEE", "stage 4: recipes/ner_cmeee.toml + FGM (epsilon 0.5)"),
                # research/pretrain_v3.sh stages: the same 5-epoch CLUENER fine-tune on encoder stages 2 and 3
                "ner_s2_e5": ("CLUENER", "5 epochs on encoder stage 2"),
                "ner_s3_e5": ("CLUENER", "5 epochs on encoder stage 3")}

@@ -48,7 +48,11 @@ def test_research_script_lists_a_row_per_run_and_the_training_files(tmp_path):
     script = (ROOT / "research" / "sim_v3.sh").read_text(encoding="utf-8")
     runs = script.split("RUNS=(")[1].split(")")[0].split()
     for run in runs:
-        assert f"train {run} recipes/" in script
+        if run.startswith("sim_v3_s") and run[-1].isdigit():  # one recipe per encoder stage: `stage N`
+            n = run[-1]
+            assert 'train "sim_v3_s$1" recipes/' in script and f"stage{n}) stage {n} ;;" in script, run
+        else:
+            assert f"train {run} recipes/" in script
     # the whitening's "own" fit set: the training files of the run's resolved config
     from training.config import write_resolved
 

@@ -508,8 +508,9 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     batches = EpochBatches(train_seqs, collate=collate, batch_size=cfg.training.batch_size,
                            batch_tokens=cfg.training.batch_tokens, seed=cfg.training.seed)
     position = dict(fingerprint=fingerprint, training=cfg.training, sequences=len(train_seqs))
-    started_at = None if run.resuming or not cfg.data.continue_position else \
-        continue_data(batches, cfg.model.init, **position)
+    # where model.init's stage stopped; a resumed run records it too (the checkpoint's own data position,
+    # restored by fit, then replaces it)
+    started_at = continue_data(batches, cfg.model.init, **position) if cfg.data.continue_position else None
     if cfg.data.prefetch:
         batches = Prefetch(batches, depth=cfg.data.prefetch)
     per_epoch = batches.steps_per_epoch

@@ -247,6 +247,20 @@ def test_a_stage_continues_the_data_where_the_released_one_stopped(corpus_dir, t
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     assert second["data_position"] == straight["data_position"]  # 5 + 4 batches: where 9 straight ones end
 
+    # the same stage interrupted after its step-3 checkpoint and resumed: the record still says where it
+    # started, and it ends where the straight run does
+    import training.mlm
+
+    cfg = tiny_mlm_config(corpus_dir, tmp_path / "s2_resumed", **stage2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training.mlm, "EpochBatches", InterruptedBatches)
+        with pytest.raises(KeyboardInterrupt):
+            train_mlm(cfg)
+    train_mlm(cfg, resume=True)
+    resumed = json.loads((tmp_path / "s2_resumed" / "metrics.json").read_text())
+    assert resumed["data"]["started_at"] == second["data"]["started_at"]
+    assert resumed["data_position"] == straight["data_position"]
+
     train_mlm(tiny_mlm_config(corpus_dir, tmp_path / "other", **{**stage2, "training.seed": 7}))
     assert json.loads((tmp_path / "other" / "metrics.json").read_text())["data"]["started_at"] is None
     train_mlm(tiny_mlm_config(corpus_dir, tmp_path / "again", **{**stage2, "data.continue_position": False}))
