@@ -8,8 +8,9 @@
 #                                                   # with an intermediate NER stage (ner_more), + FGM; CMeEE
 #   research/pretrain_v3.sh ner3 [DATA_ROOT]        # the same on encoder stage 3: intermediate -> CLUENER + FGM,
 #                                                   # CMeEE + FGM (ENCODER_S3, default runs/encoder_v3_s3)
-#   research/pretrain_v3.sh ner4 [DATA_ROOT]        # the same on encoder stage 4 (ENCODER_S4, default the committed
-#                                                   # encoders/roformer-zh-v3): what the bundles ship
+#   research/pretrain_v3.sh ner4 [DATA_ROOT]        # the same on encoder stage 4 (ENCODER_S4, default
+#                                                   # runs/encoder_v3_s4 as recipes/default.sh writes it; the
+#                                                   # committed encoders/roformer-zh-v3 holds the same weights)
 #   research/pretrain_v3.sh stages [DATA_ROOT]      # the same 5-epoch CLUENER fine-tune on stage 2 and stage 3
 #                                                   # (ENCODER_S2 / ENCODER_S3: released folders of each)
 #   research/pretrain_v3.sh collect [DATA_ROOT]     # evaluations + metrics/research/ JSON of whatever ran
@@ -79,7 +80,7 @@ ner)
 ner3|ner4)
     # the same recipes on encoder stage 3 or 4 (the rows above used stage 2): intermediate stage -> CLUENER + FGM,
     # and CMeEE + FGM; one thread each, as recipes/default.sh runs them (there side by side)
-    s=${WHAT#ner}; enc=${ENCODER_S3:-runs/encoder_v3_s3}; [ "$s" = 4 ] && enc=${ENCODER_S4:-encoders/roformer-zh-v3}
+    s=${WHAT#ner}; enc=${ENCODER_S3:-runs/encoder_v3_s3}; [ "$s" = 4 ] && enc=${ENCODER_S4:-runs/encoder_v3_s4}
     ner "runs/ner_intermediate_s$s" recipes/ner_intermediate.toml --model.init "$enc" --training.threads 1
     ner "runs/ner_cluener_s${s}_inter_fgm" recipes/ner_cluener.toml --model.init "runs/ner_intermediate_s$s/best" \
         --training.adversarial 0.5 --training.threads 1

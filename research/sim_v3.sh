@@ -8,7 +8,8 @@
 #   research/sim_v3.sh pooling [DATA_ROOT]      # cls and mean against the recipes' first-last-avg (the sim_v3 row)
 #   research/sim_v3.sh stage3 [DATA_ROOT]       # the one-stage mixture (sim_v3) again on encoder stage 3 (ENCODER_S3,
 #                                               # default runs/encoder_v3_s3)
-#   research/sim_v3.sh stage4 [DATA_ROOT]       # the same on stage 4 (ENCODER_S4, default encoders/roformer-zh-v3)
+#   research/sim_v3.sh stage4 [DATA_ROOT]       # the same on stage 4 (ENCODER_S4, default runs/encoder_v3_s4; the
+#                                               # committed encoders/roformer-zh-v3 holds the same weights)
 #   research/sim_v3.sh whitening [DATA_ROOT]    # the whitening table of the best run; stores the choice (or none)
 #   research/sim_v3.sh collect [DATA_ROOT]      # full dev evaluations -> metrics/research/sim_v3_*.json
 #   research/sim_v3.sh all [DATA_ROOT]          # all but short, in order
@@ -64,7 +65,7 @@ short() {  # equal budget: STEPS_SHORT steps of 64 pairs each (the two-stage row
 }
 
 stage() {  # stage N: the shipping recipe as recipes/default.sh runs it (0.63 epoch, one thread), on encoder stage N
-    local enc=${ENCODER_S3:-runs/encoder_v3_s3}; [ "$1" = 4 ] && enc=${ENCODER_S4:-encoders/roformer-zh-v3}
+    local enc=${ENCODER_S3:-runs/encoder_v3_s3}; [ "$1" = 4 ] && enc=${ENCODER_S4:-runs/encoder_v3_s4}
     train "sim_v3_s$1" recipes/sim_v3.toml --model.init "$enc" --training.threads 1 --training.epochs 0.63
 }
 
