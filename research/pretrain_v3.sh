@@ -80,7 +80,7 @@ ner)
 ner3|ner4)
     # the same recipes on encoder stage 3 or 4 (the rows above used stage 2): intermediate stage -> CLUENER + FGM,
     # and CMeEE + FGM; one thread each, as recipes/default.sh runs them (there side by side)
-    s=${WHAT#ner}; enc=${ENCODER_S3:-runs/encoder_v3_s3}; [ "$s" = 4 ] && enc=${ENCODER_S4:-runs/encoder_v3_s4}
+    s=${WHAT#ner}; enc_var=ENCODER_S$s; enc=${!enc_var:-runs/encoder_v3_s$s}   # ENCODER_S3 / ENCODER_S4
     ner "runs/ner_intermediate_s$s" recipes/ner_intermediate.toml --model.init "$enc" --training.threads 1
     ner "runs/ner_cluener_s${s}_inter_fgm" recipes/ner_cluener.toml --model.init "runs/ner_intermediate_s$s/best" \
         --training.adversarial 0.5 --training.threads 1

@@ -65,7 +65,7 @@ short() {  # equal budget: STEPS_SHORT steps of 64 pairs each (the two-stage row
 }
 
 stage() {  # stage N: the shipping recipe as recipes/default.sh runs it (0.63 epoch, one thread), on encoder stage N
-    local enc=${ENCODER_S3:-runs/encoder_v3_s3}; [ "$1" = 4 ] && enc=${ENCODER_S4:-runs/encoder_v3_s4}
+    local enc_var=ENCODER_S$1; local enc=${!enc_var:-runs/encoder_v3_s$1}   # ENCODER_S3 / ENCODER_S4
     train "sim_v3_s$1" recipes/sim_v3.toml --model.init "$enc" --training.threads 1 --training.epochs 0.63
 }
 

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -30,7 +30,7 @@ from models.mlm import IGNORE, RoFormerForMlm
 from models.roformer import RoFormerConfig, RoFormerEncoder
 from models.text import Tokenizer, pad_batch
 from training.config import OutputConfig, TrainingConfig, load_config, to_dict
-from training.data import ReadReport, TextRecord, TextSource, is_heldout, read_texts
+from training.data import ReadReport, TextRecord, TextSource, is_heldout, read_texts, write_json
 from training.electra import ElectraConfig, RoFormerForElectra, evaluate_electra
 from training.encoders import VocabConfig, check_length, encoder_overrides, tokenizer_for
 from training.batches import EpochBatches
@@ -40,6 +40,7 @@ from training.release import RECORD_FILE
 from training.vocab import unk_rate
 
 log = logging.getLogger(__name__)
+DATA_START_FILE = "data_start.json"  # where a stage's data began (its first start), for resumed runs
 
 # --------------------------------------------------------------------------------------------
 # Config
@@ -366,6 +367,19 @@ def continue_data(batches, init: str, *, fingerprint: str, training: TrainingCon
     return pos
 
 
+def _data_start(out: Path, resuming: bool, start: Callable[[], dict | None]) -> dict | None:
+    """Where this stage's data began (``{"epoch", "index"}``, or None: at the beginning), kept in the run
+    directory at the first start: a resumed run gets its batches from the checkpoint, and model.init's
+    record may have been replaced since (a later stage released into the same folder)."""
+    path = out / DATA_START_FILE
+    if resuming and path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))["started_at"]
+    pos = start()
+    started_at = pos and {k: pos[k] for k in ("epoch", "index")}
+    write_json(path, {"started_at": started_at})
+    return started_at
+
+
 def save_sequences(path: Path, train: Sequence[np.ndarray], held: Sequence[np.ndarray], read: dict) -> None:
     """The packed sequences (one flat array + lengths each) and what reading the texts found."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -508,9 +522,8 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     batches = EpochBatches(train_seqs, collate=collate, batch_size=cfg.training.batch_size,
                            batch_tokens=cfg.training.batch_tokens, seed=cfg.training.seed)
     position = dict(fingerprint=fingerprint, training=cfg.training, sequences=len(train_seqs))
-    # where model.init's stage stopped; a resumed run records it too (the checkpoint's own data position,
-    # restored by fit, then replaces it)
-    started_at = continue_data(batches, cfg.model.init, **position) if cfg.data.continue_position else None
+    started_at = _data_start(out, run.resuming, lambda: continue_data(batches, cfg.model.init, **position)
+                             if cfg.data.continue_position else None)
     if cfg.data.prefetch:
         batches = Prefetch(batches, depth=cfg.data.prefetch)
     per_epoch = batches.steps_per_epoch
@@ -529,7 +542,7 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
         "data": {"read": read["summary"], "train_texts": read["train_texts"], "heldout_texts": read["heldout_texts"],
                  "train_sequences": len(train_seqs), "train_tokens": n_tokens,
                  "heldout_sequences": len(held_seqs), "steps_per_epoch": per_epoch,
-                 "started_at": started_at and {k: started_at[k] for k in ("epoch", "index")}},
+                 "started_at": started_at},
         "data_position": data_position(batches, **position),
         "vocab": {"size": tokenizer.vocab_size, "heldout_unk_token_rate": read["unk_token_rate"],
                   "heldout_unk_char_rate": read["unk_char_rate"]},
