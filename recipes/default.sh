@@ -14,6 +14,9 @@
 # stage 4:
 #   5. CLUENER NER (10 types, GlobalPointer + EMA + FGM, flat decoding) through an intermediate NER stage on
 #      MSRA + Resume (recipes/ner_intermediate.toml)     -> runs/ner_intermediate_s3, runs/ner_cluener_s3_inter_fgm
+#      then two more seeds of it from the same start (training.init_seed 42: the head the seed-42 run drew), side
+#      by side, and the three averaged into one model, threshold calibrated on dev (ropenlp train average)
+#                                                        -> runs/ner_cluener_s3_inter_fgm_seed{1,2}, runs/ner_cluener_s3_soup
 #   6. nested medical NER (CMeEE, 9 types, GlobalPointer + EMA + FGM)                   -> runs/ner_cmeee_s3_fgm
 #   7. similarity v3: every training pair set in one mixture (recipes/sim_v3.toml, 0.63 of an epoch) -> runs/sim_v3_s4
 #   8. whitening measured on the five dev sets (research/sim_v3.sh whitening: none vs fitted on the task's own
@@ -80,6 +83,15 @@ side_by_side runs/ner_cluener_s3_inter_fgm \
     runs/ner_cmeee_s3_fgm "$RUN train ner recipes/ner_cmeee.toml ${NER[*]} --model.init $S3 --output.dir runs/ner_cmeee_s3_fgm" \
     runs/sim_v3_s4 "$RUN train sim recipes/sim_v3.toml --data.root '$DATA' --output.dir runs/sim_v3_s4 --resume \
         --model.init $S4 --training.threads 1 --training.epochs 0.63"
+CLUENER_SEED=(--model.init runs/ner_intermediate_s3/best --training.init_seed 42)
+side_by_side \
+    runs/ner_cluener_s3_inter_fgm_seed1 "$RUN train ner recipes/ner_cluener.toml ${NER[*]} ${CLUENER_SEED[*]} \
+        --training.seed 1 --output.dir runs/ner_cluener_s3_inter_fgm_seed1" \
+    runs/ner_cluener_s3_inter_fgm_seed2 "$RUN train ner recipes/ner_cluener.toml ${NER[*]} ${CLUENER_SEED[*]} \
+        --training.seed 2 --output.dir runs/ner_cluener_s3_inter_fgm_seed2"
+[ -f runs/ner_cluener_s3_soup/metrics.json ] || $RUN train average runs/ner_cluener_s3_inter_fgm/best \
+    runs/ner_cluener_s3_inter_fgm_seed1/best runs/ner_cluener_s3_inter_fgm_seed2/best -o runs/ner_cluener_s3_soup \
+    --dev "$DATA/cluener/dev.json" --threshold-grid=-2,-1.5,-1,-0.5,-0.25,0,0.25,0.5,1 --overwrite
 
 # 8: whitening by measurement on the five dev sets (stored in runs/sim_v3_s4_whitened, or no whitening at all)
 [ -d runs/sim_v3_s4_whitened ] || { research/sim_v3.sh collect "$DATA"; RUN_WHITENING=sim_v3_s4 research/sim_v3.sh whitening "$DATA"; }
@@ -94,9 +106,9 @@ medical=(--data "CMeEE train split (nested medical NER)=$TERMS_CMEEE"
 # similarity: drawn from the pair sets with numeric labels (the whitening step's output has no run config)
 simcal=(); for f in stsb_zh/train.tsv bq/train.tsv atec/train.tsv pairs/afqmc/train.tsv pairs/oppo_xiaobu/train.tsv \
                     pairs/simclue_sample/train.tsv; do simcal+=(--calibration-data "similarity=$DATA/$f"); done
-$RUN export -m runs/ner_cluener_s3_inter_fgm/best -m runs/sim_v3_s4_whitened -o service/bundles/default -p int8 \
+$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s4_whitened -o service/bundles/default -p int8 \
     --calibration-data "ner=$DATA/cluener/train.json" "${simcal[@]}" --name ropenlp-default-small --overwrite "${general[@]}"
-$RUN export -m runs/ner_cluener_s3_inter_fgm/best -m runs/sim_v3_s4_whitened -o runs/bundle_gpu -p fp16 -p fp32 \
+$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s4_whitened -o runs/bundle_gpu -p fp16 -p fp32 \
     --name ropenlp-default-small-gpu --overwrite "${general[@]}"
 # (CMeEE keeps MinMax ranges: 66.06 against percentile's 66.00, docs/models.md "Static int8")
 $RUN export -m runs/ner_cmeee_s3_fgm/best -o service/bundles/medical -p int8 --name ropenlp-medical-small --overwrite \
@@ -115,8 +127,9 @@ for p in int8 fp32 fp16; do
 done
 
 # the training runs' own metrics and resolved configs, beside the evaluations
-for r in pretrain_v3_s1 pretrain_v3_s2 pretrain_v3_s3 pretrain_v3_s4 ner_intermediate_s3 ner_cluener_s3_inter_fgm ner_cmeee_s3_fgm \
-         sim_v3_s4; do
+for r in pretrain_v3_s1 pretrain_v3_s2 pretrain_v3_s3 pretrain_v3_s4 ner_intermediate_s3 ner_cluener_s3_inter_fgm \
+         ner_cluener_s3_inter_fgm_seed1 ner_cluener_s3_inter_fgm_seed2 ner_cmeee_s3_fgm sim_v3_s4; do
     cp "runs/$r/metrics.json" "metrics/train_$r.json"
     cp "runs/$r/config.resolved.toml" "metrics/train_$r.config.toml"
 done
+cp runs/ner_cluener_s3_soup/metrics.json metrics/train_ner_cluener_s3_soup.json   # what it averaged, its threshold

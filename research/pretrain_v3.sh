@@ -11,6 +11,10 @@
 #   research/pretrain_v3.sh ner4 [DATA_ROOT]        # the same on encoder stage 4 (ENCODER_S4, default
 #                                                   # runs/encoder_v3_s4 as recipes/default.sh writes it; the
 #                                                   # committed encoders/roformer-zh-v3 holds the same weights)
+#   research/pretrain_v3.sh soup3 [DATA_ROOT]       # two more seeds of the stage-3 CLUENER run from the same start
+#                                                   # (training.init_seed 42, the first run's), side by side, then
+#                                                   # the average of the three (ropenlp train average)
+#   research/pretrain_v3.sh soup4 [DATA_ROOT]       # the same for the stage-4 run
 #   research/pretrain_v3.sh stages [DATA_ROOT]      # the same 5-epoch CLUENER fine-tune on stage 2 and stage 3
 #                                                   # (ENCODER_S2 / ENCODER_S3: released folders of each)
 #   research/pretrain_v3.sh collect [DATA_ROOT]     # evaluations + metrics/research/ JSON of whatever ran
@@ -91,6 +95,20 @@ ner3|ner4)
             --training.adversarial 0.5 --training.threads 1 --training.epochs 8
     fi
     ;;
+soup3|soup4)
+    # seeds 1 and 2 draw the data order and dropout; init_seed 42 gives them the head the seed-42 run started from
+    # (a run without init_seed draws its head from its seed), so the three start from the same weights
+    s=${WHAT#soup}
+    for seed in 1 2; do
+        ner "runs/ner_cluener_s${s}_inter_fgm_seed$seed" recipes/ner_cluener.toml \
+            --model.init "runs/ner_intermediate_s$s/best" --training.adversarial 0.5 --training.threads 1 \
+            --training.seed "$seed" --training.init_seed 42 &
+    done
+    wait
+    "$RUN" train average "runs/ner_cluener_s${s}_inter_fgm/best" "runs/ner_cluener_s${s}_inter_fgm_seed1/best" \
+        "runs/ner_cluener_s${s}_inter_fgm_seed2/best" -o "runs/ner_cluener_s${s}_soup" --dev "$DATA/cluener/dev.json" \
+        --overwrite --threshold-grid=-2,-1.5,-1,-0.5,-0.25,0,0.25,0.5,1
+    ;;
 collect)
     mkdir -p metrics/research
     for r in spd_mlm spd_wwm spd_electra spd_mlm_fp32 spd_mlm_noprefetch spd_mlm_unpacked spd_mlm_6x384 spd_electra_6x384 \
@@ -120,10 +138,18 @@ PYEOF
     done
     for r in ner_cluener_v3 ner_cluener_inter ner_cluener_inter_fgm ner_intermediate ner_cmeee_v3 \
              ner_intermediate_s3 ner_cluener_s3_inter_fgm ner_cmeee_s3_fgm \
-             ner_intermediate_s4 ner_cluener_s4_inter_fgm ner_cluener_s4_inter_fgm_e8 ner_cmeee_s4_fgm; do
+             ner_intermediate_s4 ner_cluener_s4_inter_fgm ner_cluener_s4_inter_fgm_e8 ner_cmeee_s4_fgm \
+             ner_cluener_s3_inter_fgm_seed1 ner_cluener_s3_inter_fgm_seed2 ner_cluener_s3_soup \
+             ner_cluener_s4_inter_fgm_seed1 ner_cluener_s4_inter_fgm_seed2 ner_cluener_s4_soup; do
         [ -f "runs/$r/metrics.json" ] || continue   # finished runs only
-        cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
-        cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
+        if [ -f "runs/$r/config.resolved.toml" ]; then
+            cp "runs/$r/metrics.json" "metrics/research/$r.train.json"
+            cp "runs/$r/config.resolved.toml" "metrics/research/$r.config.toml"
+            model="runs/$r/best"
+        else   # an average (ropenlp train average): its record, and the checkpoint itself
+            cp "runs/$r/metrics.json" "metrics/research/$r.average.json"
+            model="runs/$r"
+        fi
         case "$r" in
         ner_intermediate*) continue ;;
         ner_cmeee_*) out="metrics/research/${r}_nested.json"
@@ -131,8 +157,8 @@ PYEOF
         *) out="metrics/research/${r}_flat.json"; what=(--data "$DATA/cluener/dev.json" --decode flat "${grid[@]}") ;;
         esac
         [ "$out" -nt "runs/$r/metrics.json" ] && continue   # evaluated since the run finished
-        "$RUN" evaluate ner --model "runs/$r/best" "${what[@]}" --threads 1 --out "$out"
+        "$RUN" evaluate ner --model "$model" "${what[@]}" --threads 1 --out "$out"
     done
     ;;
-*) echo "unknown: $WHAT (speed, objectives, stages, ner, ner3, ner4, collect)" >&2; exit 2 ;;
+*) echo "unknown: $WHAT (speed, objectives, stages, ner, ner3, ner4, soup3, soup4, collect)" >&2; exit 2 ;;
 esac

@@ -10,6 +10,8 @@
 #                                               # default runs/encoder_v3_s3)
 #   research/sim_v3.sh stage4 [DATA_ROOT]       # the same on stage 4 (ENCODER_S4, default runs/encoder_v3_s4; the
 #                                               # committed encoders/roformer-zh-v3 holds the same weights)
+#   research/sim_v3.sh swap4 [DATA_ROOT]        # the stage-4 row with PAWS-style word-order negatives
+#                                               # (sim.swap_negatives 0.5), at its number of steps (2,985)
 #   research/sim_v3.sh whitening [DATA_ROOT]    # the whitening table of the best run; stores the choice (or none)
 #   research/sim_v3.sh collect [DATA_ROOT]      # full dev evaluations -> metrics/research/sim_v3_*.json
 #   research/sim_v3.sh all [DATA_ROOT]          # all but short, in order
@@ -29,7 +31,7 @@ read -r -a EXTRA <<< "${SIM_V3_ARGS:-}"
 OUT=metrics/research
 DEV=(stsb_zh/dev.tsv lcqmc/dev.tsv bq/dev.tsv atec/dev.tsv pawsx/dev.tsv)
 RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean
-      sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs sim_v3_s3 sim_v3_s4)
+      sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs sim_v3_s3 sim_v3_s4 sim_v3_s4_swap)
 STEPS_SHORT="${STEPS_SHORT:-600}"
 
 train() {  # train OUT_NAME RECIPE [overrides...]: once, resumable, log in runs/OUT_NAME/train.out
@@ -67,6 +69,13 @@ short() {  # equal budget: STEPS_SHORT steps of 64 pairs each (the two-stage row
 stage() {  # stage N: the shipping recipe as recipes/default.sh runs it (0.63 epoch, one thread), on encoder stage N
     local enc_var=ENCODER_S$1; local enc=${!enc_var:-runs/encoder_v3_s$1}   # ENCODER_S3 / ENCODER_S4
     train "sim_v3_s$1" recipes/sim_v3.toml --model.init "$enc" --training.threads 1 --training.epochs 0.63
+}
+
+swap4() {  # half of every CoSENT set's positive pairs also give (a, b with two nouns swapped) as a negative;
+    # max_steps holds the schedule of the sim_v3_s4 row (its 0.63 epoch), whatever the extra pairs add to an epoch
+    local enc=${ENCODER_S4:-runs/encoder_v3_s4}
+    train sim_v3_s4_swap recipes/sim_v3.toml --model.init "$enc" --training.threads 1 --training.max_steps 2985 \
+        --sim.swap_negatives 0.5
 }
 
 pooling() {  # first-last-avg is the sim_v3 row
@@ -128,7 +137,9 @@ case "$WHAT" in
     collect) collect ;;
     stage3) stage 3 ;;
     stage4) stage 4 ;;
+    swap4) swap4 ;;
     all) objectives; stage 3; stage 4; pooling; collect; RUN_WHITENING=sim_v3 whitening; RUN_WHITENING=sim_v3_s3 whitening
          whitening ;;  # sim_v3, sim_v3_s3, then the best run
-    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, whitening, collect or all" >&2; exit 2 ;;
+    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, swap4, whitening, collect or all" >&2
+       exit 2 ;;
 esac

@@ -41,7 +41,9 @@ SIM_V3_RUNS = {"sim_v3": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_cosen
                "sim_s_nli_pairs": "NLI SimCSE 300 -> pairs CoSENT 300 steps",
                # research/sim_v3.sh stage3 / stage4: sim_v3 (trained on encoder stage 1) again on stage 3 and 4
                "sim_v3_s3": "pairs CoSENT + NLI SimCSE, one mixture, encoder stage 3",
-               "sim_v3_s4": "pairs CoSENT + NLI SimCSE, one mixture, encoder stage 4"}
+               "sim_v3_s4": "pairs CoSENT + NLI SimCSE, one mixture, encoder stage 4",
+               # research/sim_v3.sh swap4
+               "sim_v3_s4_swap": "the same + word-order negatives (sim.swap_negatives 0.5), encoder stage 4"}
 # NER on the committed v3 encoder (research/pretrain_v3.sh ner): the shipping recipes, and what was added
 NER_V3_RUNS = {"ner_cluener_v3": ("CLUENER", "recipes/ner_cluener.toml (GP, EMA 0.999, 12 epochs)"),
                "ner_cluener_inter": ("CLUENER", "+ intermediate NER stage (MSRA + Resume, 4 epochs)"),
@@ -54,6 +56,14 @@ NER_V3_RUNS = {"ner_cluener_v3": ("CLUENER", "recipes/ner_cluener.toml (GP, EMA 
                "ner_cluener_s4_inter_fgm": ("CLUENER", "stage 4: intermediate stage + FGM (epsilon 0.5)"),
                "ner_cluener_s4_inter_fgm_e8": ("CLUENER", "stage 4: intermediate stage + FGM, 8 epochs"),
                "ner_cmeee_s4_fgm": ("CMeEE", "stage 4: recipes/ner_cmeee.toml + FGM (epsilon 0.5)"),
+               # research/pretrain_v3.sh soup3 / soup4: two more seeds of ner_cluener_s{3,4}_inter_fgm from its
+               # start, and the average of the three
+               "ner_cluener_s3_inter_fgm_seed1": ("CLUENER", "stage 3: intermediate stage + FGM, seed 1 (init_seed 42)"),
+               "ner_cluener_s3_inter_fgm_seed2": ("CLUENER", "stage 3: intermediate stage + FGM, seed 2 (init_seed 42)"),
+               "ner_cluener_s3_soup": ("CLUENER", "stage 3: the weight average of the three seeds"),
+               "ner_cluener_s4_inter_fgm_seed1": ("CLUENER", "stage 4: intermediate stage + FGM, seed 1 (init_seed 42)"),
+               "ner_cluener_s4_inter_fgm_seed2": ("CLUENER", "stage 4: intermediate stage + FGM, seed 2 (init_seed 42)"),
+               "ner_cluener_s4_soup": ("CLUENER", "stage 4: the weight average of the three seeds"),
                # research/pretrain_v3.sh stages: the same 5-epoch CLUENER fine-tune on encoder stages 2 and 3
                "ner_s2_e5": ("CLUENER", "5 epochs on encoder stage 2"),
                "ner_s3_e5": ("CLUENER", "5 epochs on encoder stage 3")}
@@ -226,7 +236,7 @@ def main() -> int:
         nested = f"{row['nested_f1']:.2f}" if row["nested_f1"] is not None else "-"
         rows.append(f"| `{run}` | {data} | {what} | "
                     f"**{row['f1']:.2f}** ({row['decode']}, {row['threshold']:g}) | "
-                    f"{nested} | {row['wall_min']} min |")
+                    f"{nested} | {'-' if row['wall_min'] is None else str(row['wall_min']) + ' min'} |")
     print("\n" + "\n".join(rows))
 
     for table in sim_v3_tables(previous, summary):

@@ -9,6 +9,8 @@ is checked the way the real command would check it before any work:
   directory then gets what a finished run leaves: ``config.resolved.toml``, ``metrics.json``, ``model/`` and
   ``best/`` (with a ``ropenlp.json``), and ``vocab.txt``.
 * ``train release --model DIR -o OUT --name NAME``: DIR must exist; OUT gets an ``encoder.json`` with NAME.
+* ``train average DIR DIR ... -o OUT [--dev FILE]``: at least two checkpoints, each a finished run's
+  (with its ``ropenlp.json``), and the dev files must exist; OUT gets a ``ropenlp.json`` and ``metrics.json``.
 * ``train whitening --model DIR --out OUT --metrics FILE``, ``export -m DIR ... -o OUT``,
   ``evaluate ... --model DIR | --bundle DIR --out FILE``: the inputs must exist; the outputs are created.
 
@@ -82,6 +84,19 @@ def main(argv: list[str]) -> None:
         need(model, "--model")
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "encoder.json").write_text(json.dumps({"name": name}), encoding="utf-8")
+    elif command == ["train", "average"]:
+        valued = {"-o", "--out", "--dev", "--format", "--threshold-grid"}
+        checkpoints = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] not in valued)]
+        if len(checkpoints) < 2:
+            fail(f"averaging needs at least two checkpoints, got {len(checkpoints)}")
+        for c in checkpoints:
+            need(str(Path(c) / "ropenlp.json"), "checkpoint")
+        for d in options(args, "--dev"):
+            need(d, "--dev")
+        (out,) = options(args, "-o", "--out")
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "ropenlp.json").write_text(json.dumps({"task": "ner"}), encoding="utf-8")
+        (Path(out) / "metrics.json").write_text(json.dumps({"averaged_from": checkpoints}), encoding="utf-8")
     elif command == ["train", "whitening"]:
         need(options(args, "--model")[0], "--model")
         Path(options(args, "--out")[0]).mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ def _tree(tmp_path: Path) -> Path:
     (repo / "encoders" / "roformer-zh-v3").mkdir(parents=True)
     shutil.copy(ROOT / "encoders" / "roformer-zh-v3" / "encoder.json", repo / "encoders" / "roformer-zh-v3")
     (repo / "metrics").mkdir()
+    (repo / "data" / "cluener").mkdir(parents=True)  # the dev file the CLUENER average is calibrated on
+    (repo / "data" / "cluener" / "dev.json").write_text("", encoding="utf-8")
     # the whitening step runs research/sim_v3.sh (its own tests: tests/test_research_sim_v3.py); here its
     # output is already there, so the script goes on to export and evaluate
     (repo / "runs" / "sim_v3_s4_whitened").mkdir(parents=True)
@@ -42,8 +44,8 @@ def test_default_recipe_runs_every_step_in_order(tmp_path):
     assert done.returncode == 0, done.stderr + "".join(
         p.read_text() for p in (repo / "runs").glob("*/train.out"))
     calls = [json.loads(line)["argv"] for line in log.read_text().splitlines()]
-    trains = [(c[1], c[2], c[c.index("--output.dir") + 1]) for c in calls if c[0] == "train" and c[1] != "release"
-              and c[1] != "whitening"]
+    trains = [(c[1], c[2], c[c.index("--output.dir") + 1]) for c in calls if c[0] == "train"
+              and c[1] in ("mlm", "ner", "sim")]
     outs = [o for _, _, o in trains]
     # the vocabulary run and four pre-training stages, one after the other, each from the last release
     assert outs[:5] == ["runs/pt_vocab", "runs/pretrain_v3_s1", "runs/pretrain_v3_s2", "runs/pretrain_v3_s3",
@@ -56,23 +58,36 @@ def test_default_recipe_runs_every_step_in_order(tmp_path):
     assert inits["runs/ner_intermediate_s3"] == inits["runs/ner_cmeee_s3_fgm"] == "runs/encoder_v3_s3"
     assert inits["runs/sim_v3_s4"] == "runs/encoder_v3_s4"
     assert inits["runs/ner_cluener_s3_inter_fgm"] == "runs/ner_intermediate_s3/best"
-    assert sorted(trains[5:]) == sorted([
+    assert sorted(trains[5:9]) == sorted([
         ("ner", "recipes/ner_intermediate.toml", "runs/ner_intermediate_s3"),
         ("ner", "recipes/ner_cluener.toml", "runs/ner_cluener_s3_inter_fgm"),
         ("ner", "recipes/ner_cmeee.toml", "runs/ner_cmeee_s3_fgm"),
         ("sim", "recipes/sim_v3.toml", "runs/sim_v3_s4")])
+    # then two more CLUENER seeds from the same start (init_seed 42, the seed-42 run's head), and the average
+    seeds = {c[c.index("--output.dir") + 1]: c for c in calls if "--training.init_seed" in c}
+    assert sorted(seeds) == ["runs/ner_cluener_s3_inter_fgm_seed1", "runs/ner_cluener_s3_inter_fgm_seed2"]
+    for out, c in seeds.items():
+        assert c[c.index("--training.init_seed") + 1] == "42" and c[c.index("--training.seed") + 1] == out[-1]
+        assert inits[out] == "runs/ner_intermediate_s3/best" and c[c.index("--training.adversarial") + 1] == "0.5"
+    (average,) = [c for c in calls if c[:2] == ["train", "average"]]
+    assert average[2:5] == ["runs/ner_cluener_s3_inter_fgm/best", "runs/ner_cluener_s3_inter_fgm_seed1/best",
+                            "runs/ner_cluener_s3_inter_fgm_seed2/best"]
+    assert average[average.index("-o") + 1] == "runs/ner_cluener_s3_soup"
+    assert calls.index(average) > max(calls.index(c) for c in seeds.values())
     releases = [c[c.index("--name") + 1] for c in calls if c[:2] == ["train", "release"]]
     assert [r.split("(")[1].split(":")[0] for r in releases] == ["stage 1", "stage 2", "stage 3", "stage 4"]
     # exports from those runs, then every bundle and precision evaluated
     exports = [c for c in calls if c[0] == "export"]
     assert {c[c.index("-o") + 1] for c in exports} == {"service/bundles/default", "runs/bundle_gpu",
                                                        "service/bundles/medical", "runs/bundle_medical_gpu"}
-    assert all("runs/ner_cluener_s3_inter_fgm/best" in c or "runs/ner_cmeee_s3_fgm/best" in c for c in exports)
-    assert all("runs/sim_v3_s4_whitened" in c for c in exports if "runs/ner_cluener_s3_inter_fgm/best" in c)
+    assert all("runs/ner_cluener_s3_soup" in c or "runs/ner_cmeee_s3_fgm/best" in c for c in exports)
+    assert all("runs/sim_v3_s4_whitened" in c for c in exports if "runs/ner_cluener_s3_soup" in c)
+    assert all(calls.index(c) > calls.index(average) for c in exports)
     evaluated = {c[c.index("--out") + 1] for c in calls if c[0] == "evaluate"}
     assert evaluated == {f"metrics/{d}_dev_{p}_v3.json" for d in ("cluener", "sim", "cmeee")
                          for p in ("int8", "fp32", "fp16")}
     assert (repo / "metrics" / "train_ner_cluener_s3_inter_fgm.json").is_file()
+    assert json.loads((repo / "metrics" / "train_ner_cluener_s3_soup.json").read_text())["averaged_from"]
     # the encoder folder the recipes and tests use holds stage 4 (copied unless it already did)
     assert json.loads((repo / "encoders" / "roformer-zh-v3" / "encoder.json").read_text())["name"].count("stage 4")
 
@@ -84,6 +99,8 @@ def test_the_stub_fails_as_the_command_would(tmp_path):
     for argv, message in [
             (["train", "ner", "--data.root", "d", "recipes/ner_cmeee.toml"], "needs the config file first"),
             (["train", "ner", "recipes/ner_cmeee.toml", "--training.no_such_key", "1"], "no_such_key"),
-            (["train", "ner", "recipes/ner_cmeee.toml", "--model.init", "runs/missing"], "runs/missing")]:
+            (["train", "ner", "recipes/ner_cmeee.toml", "--model.init", "runs/missing"], "runs/missing"),
+            (["train", "average", "runs/a", "-o", "runs/b"], "at least two checkpoints"),
+            (["train", "average", "runs/a", "runs/c", "-o", "runs/b"], "runs/a/ropenlp.json")]:
         done = subprocess.run([str(repo / "ropenlp-stub"), *argv], cwd=repo, env=env, capture_output=True, text=True)
         assert done.returncode == 2 and message in done.stderr, (argv, done.stderr)

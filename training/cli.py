@@ -178,6 +178,36 @@ def release(
     typer.echo(f"wrote {out} ({record['weights_bytes'] / 1e6:.1f} MB of {dtype} weights)")
 
 
+def average(
+    checkpoints: Annotated[list[str], typer.Argument(help="Task checkpoints (a run's best/ or model/): two or more "
+                                                   "fine-tunes of one task from the same start.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The checkpoint folder to write.")],
+    dev: Annotated[list[str] | None, typer.Option(help="NER: labelled dev file(s) to calibrate the threshold on "
+                                                  "(repeat); without, the mean of the checkpoints'.")] = None,
+    format: Annotated[str, typer.Option(help="Format of --dev: auto, cluener, cmeee, spans, bio, bioes.")] = "auto",
+    threshold_grid: Annotated[str, typer.Option(metavar="T1,T2,...", help="Thresholds tried on --dev.")]
+    = "-1,-0.5,-0.25,0,0.25,0.5,1",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Average the weights of fine-tuned checkpoints (a model soup): same task, settings and start
+    (model.init, training.init_seed), different seeds."""
+    from training.average import average_checkpoints
+
+    with _user_errors():
+        grid = [float(t) for t in threshold_grid.split(",") if t.strip()]
+        records = None
+        if dev:
+            from training.data import ReadReport
+            from training.ner_data import read_ner
+
+            report = ReadReport()
+            records = list(read_ner(dev, report, format=format))
+            report.check("raise")
+        record = average_checkpoints(checkpoints, out, dev=records, threshold_grid=grid, overwrite=overwrite)
+    typer.echo(f"wrote {out}: the mean of {len(checkpoints)} checkpoints"
+               + (f"; threshold {record['threshold']:g}, dev F1 {100 * record['dev_f1']:.2f}" if dev else ""))
+
+
 def register(app: typer.Typer) -> None:
     train = typer.Typer(name="train", no_args_is_help=True,
                         help="Train: vocabulary, MLM pre-training, NER, similarity, whitening.")
@@ -188,5 +218,6 @@ def register(app: typer.Typer) -> None:
     train.command("sim", context_settings=extra, epilog=OVERRIDES_HELP)(_config_command(_sim))
     train.command("whitening")(whitening)
     train.command("release")(release)
+    train.command("average")(average)
     app.add_typer(train, name="train")
     # `ropenlp evaluate` (checkpoints and bundles) is in ropenlp.evaluate: it needs the service's engine

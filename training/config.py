@@ -323,6 +323,10 @@ class TrainingConfig:
     """``[training]``: optimisation, schedule, intervals. Steps are optimizer steps."""
 
     seed: int = 0
+    # the draw of the new weights (a task head) when set; training.seed otherwise. Runs that share it and
+    # model.init start from the same weights whatever their seed, so their checkpoints can be averaged
+    # (ropenlp train average): only the data order and dropout differ
+    init_seed: int | None = None
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (CUDA, or CPUs with AVX512-BF16)

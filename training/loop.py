@@ -103,6 +103,19 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)  # CPU and every CUDA device
 
 
+@contextlib.contextmanager
+def new_weights_rng(cfg: TrainingConfig) -> Iterator[None]:
+    """Build a model's new weights inside this block: drawn from ``training.init_seed`` when set (the global
+    RNG is left as it was, so the data order and dropout still follow ``training.seed``), else from the
+    global RNG that :func:`setup_torch` seeded."""
+    if cfg.init_seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        yield
+
+
 def rng_states() -> dict:
     np_state = np.random.get_state()
     return {

@@ -44,7 +44,8 @@ from training.data import ReadReport, expand_paths, settle_reports, write_json
 from training.batches import EpochBatches
 from training.encoders import (ModelInit, TaskOptions, VocabConfig, build_encoder, check_length, fit_task,
                                length_batches, tokenizer_for)
-from training.loop import METRICS_FILE, FitResult, best_metrics, finish_run, open_run, write_run_config
+from training.loop import (METRICS_FILE, FitResult, best_metrics, finish_run, new_weights_rng, open_run,
+                           write_run_config)
 from training.metrics import macro_f1, ner_scores
 from training.ner_data import NerExample, NerFormat, NerRecord, align_records, labels_of, read_ner
 
@@ -273,13 +274,14 @@ def train_ner(cfg: NerRunConfig, *, resume: bool = False) -> FitResult:
     tokenizer, tok_path = tokenizer_for(cfg.model.init, cfg.vocab, out, lambda: (r.text for r in train_recs),
                                         resuming=run.resuming)
     tokenizer = tokenizer.normalizing(normalizer_for(cfg.ner.normalize))  # offsets stay those of the text
-    encoder = build_encoder(cfg.model, tokenizer.vocab_size)
-    check_length(cfg.data.max_length, encoder)
     decode = choose_decode(cfg.ner.decode, train_recs)
     task_cfg = NerConfig(labels=tuple(labels), head=cfg.model.head, head_size=cfg.model.head_size,
                          threshold=cfg.ner.threshold, max_length=cfg.data.max_length, stride=cfg.data.stride,
                          decode=decode, normalize=Normalize.parse(cfg.ner.normalize).describe())
-    model = NerModel(encoder, task_cfg)
+    with new_weights_rng(cfg.training):
+        encoder = build_encoder(cfg.model, tokenizer.vocab_size)
+        model = NerModel(encoder, task_cfg)
+    check_length(cfg.data.max_length, encoder)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder.cfg),
                               data=dataclasses.replace(cfg.data, labels=tuple(labels)))  # as built
     write_run_config(out, cfg, resuming=run.resuming)

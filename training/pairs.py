@@ -228,6 +228,62 @@ def deduplicate(sets: Mapping[str, Sequence[PairRecord]], *, dev: Iterable[PairR
 
 
 # --------------------------------------------------------------------------------------------
+# Word-order negatives (PAWS-style): a positive pair with two of its nouns swapped is not a paraphrase
+# --------------------------------------------------------------------------------------------
+
+NOUN_TAGS = ("n", "nr", "ns", "nt", "nz", "nrt", "nrfg", "eng")  # jieba's POS tags of names and nouns
+
+
+def swap_nouns(text: str, rng, segment=None) -> str | None:
+    """``text`` with two different nouns (jieba's part-of-speech tags, :data:`NOUN_TAGS`) swapped, the two
+    chosen by ``rng``; None when it has fewer than two different nouns."""
+    words = segment(text) if segment is not None else _noun_segmenter()(text)
+    nouns = [i for i, (w, tag) in enumerate(words) if tag in NOUN_TAGS and w.strip()]
+    pairs = [(i, j) for k, i in enumerate(nouns) for j in nouns[k + 1:] if words[i][0] != words[j][0]]
+    if not pairs:
+        return None
+    i, j = pairs[int(rng.integers(len(pairs)))]
+    out = [w for w, _ in words]
+    out[i], out[j] = out[j], out[i]
+    return "".join(out)
+
+
+def _noun_segmenter():
+    import jieba
+    import jieba.posseg
+
+    jieba.setLogLevel(logging.WARNING)
+    return lambda text: [(p.word, p.flag) for p in jieba.posseg.cut(text)]
+
+
+def swap_negatives(recs: Sequence[PairRecord], fraction: float, *, seed: int, name: str,
+                   segment=None) -> list[PairRecord]:
+    """PAWS-style word-order negatives of a pair set: for a seeded ``fraction`` of its positive pairs
+    (the set's highest label), ``(a, b with two of its nouns swapped)`` labelled with the set's lowest
+    label (pairs whose ``b`` has fewer than two different nouns give none). The draw depends on
+    ``(seed, name)`` and the records only. A pooled bi-encoder hardly sees word order; these teach it that
+    the same words in another order can mean something else (PAWS-X's negatives are built that way)."""
+    import zlib
+
+    import numpy as np
+
+    if not recs or fraction <= 0:
+        return []
+    top, low = max(p.label for p in recs), min(p.label for p in recs)
+    if top == low:
+        return []
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+    segment = segment or _noun_segmenter()
+    out = []
+    for p in recs:
+        if p.label == top and rng.random() < fraction:
+            swapped = swap_nouns(p.b, rng, segment)
+            if swapped is not None and swapped != p.b:
+                out.append(PairRecord(p.a, swapped, low, p.path, p.line))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # Contrastive triples (supervised SimCSE): (premise, entailment, contradiction of the same premise)
 # --------------------------------------------------------------------------------------------
 

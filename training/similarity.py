@@ -62,10 +62,11 @@ from training.config import OutputConfig, TrainingConfig, load_config, to_dict
 from training.data import ReadReport, settle_reports, write_json
 from training.encoders import (ModelInit, TaskOptions, VocabConfig, build_encoder, check_length, fit_task,
                                length_batches, tokenizer_for)
-from training.loop import METRICS_FILE, FitResult, best_metrics, finish_run, open_run, write_run_config
+from training.loop import (METRICS_FILE, FitResult, best_metrics, finish_run, new_weights_rng, open_run,
+                           write_run_config)
 from training.metrics import similarity_scores
 from training.pairs import (PairRecord, PairSource, contrastive_triples, deduplicate, read_pair_file,
-                            source_files)
+                            source_files, swap_negatives)
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,13 @@ class SimOptions(TaskOptions):
     eval_sample: int = 0  # > 0: evaluate on a seeded sample of at most this many pairs per dev file during
     # training, and the best checkpoint on the full files at the end
     eval_sample_seed: int = 0
+    swap_negatives: float = 0.0  # > 0: this fraction of every CoSENT set's positive pairs also gives a
+    # negative, b with two of its nouns swapped (training.pairs.swap_negatives: PAWS-style word order)
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0 <= self.swap_negatives <= 1:
+            raise ValueError(f"sim.swap_negatives must be in [0, 1], got {self.swap_negatives}")
         if self.cosent_weight < 0 or self.contrastive_weight < 0 or self.cosent_weight + self.contrastive_weight == 0:
             raise ValueError("sim.cosent_weight and sim.contrastive_weight must be >= 0, not both 0")
         if self.mixture_alpha < 0 or self.eval_sample < 0:
@@ -451,9 +456,10 @@ def train_sim(cfg: SimRunConfig, *, resume: bool = False) -> FitResult:
     tokenizer, tok_path = tokenizer_for(cfg.model.init, cfg.vocab, out,
                                         lambda: (s for recs in train.values() for p in recs for s in (p.a, p.b)),
                                         resuming=run.resuming)
-    encoder = build_encoder(cfg.model, tokenizer.vocab_size)
+    with new_weights_rng(cfg.training):
+        encoder = build_encoder(cfg.model, tokenizer.vocab_size)
+        model = SimilarityModel(encoder, SimilarityConfig(pooling=cfg.model.pooling, max_length=cfg.data.max_length))
     check_length(cfg.data.max_length, encoder)
-    model = SimilarityModel(encoder, SimilarityConfig(pooling=cfg.model.pooling, max_length=cfg.data.max_length))
     if cfg.model.pooling == "linear" and cfg.model.init and not cfg.model.random_init:
         _, state = read_checkpoint(cfg.model.init)
         if "pooler.dense.weight" in state:
@@ -464,6 +470,12 @@ def train_sim(cfg: SimRunConfig, *, resume: bool = False) -> FitResult:
     write_run_config(out, cfg, resuming=run.resuming)
 
     objectives = {n: source_of[n].objective or cfg.sim.objective for n in train}
+    swapped = {}
+    if cfg.sim.swap_negatives:
+        for n in [n for n in train if objectives[n] == "cosent"]:
+            extra = swap_negatives(train[n], cfg.sim.swap_negatives, seed=cfg.training.seed, name=n)
+            train[n], swapped[n] = train[n] + extra, len(extra)
+        log.info("word-order negatives (sim.swap_negatives = %g): %s", cfg.sim.swap_negatives, swapped)
     sets, data_stats, cut = build_sets(train, objectives, tokenizer, max_length=cfg.data.max_length,
                                        positive_ratio=cfg.sim.positive_ratio)
     if cut:
@@ -474,6 +486,8 @@ def train_sim(cfg: SimRunConfig, *, resume: bool = False) -> FitResult:
         st["probability"] = probs.get(n, 0.0)
         if n in dedup:
             st["dedupe"] = dedup[n]
+        if n in swapped:
+            st["swap_negatives"] = swapped[n]
         log.info("train %-32s %-6s %7d pairs -> %7d examples  p = %.3f", n, st["objective"], st["pairs"],
                  len(sets[n]), st["probability"])
     log.info("%d training examples from %d set(s), %d steps per epoch; dev %s%s; pooling %s",

@@ -73,3 +73,17 @@ def write_pairs(path, n: int, seed: int, *, scale: int = 5) -> None:
         jac = len(set(a) & set(b)) / len(set(a) | set(b))
         lines.append(f"{''.join(a)}\t{''.join(b)}\t{round(jac * scale)}\n")
     path.write_text("".join(lines), encoding="utf-8")
+
+
+def tiny_ner_config(data_dir, out_dir, vocab, **overrides):
+    """A tiny NER run over ``train.json`` / ``dev.json`` of ``write_ner`` (40 steps, calibrated threshold)."""
+    from training.ner import load_ner_config
+
+    base = TINY_ENCODER | {
+        "data.root": str(data_dir), "data.train": ["train.json"], "data.dev": ["dev.json"],
+        "data.max_length": 24, "data.stride": 12, "vocab.path": str(vocab), "model.head_size": 16,
+        "ner.head_lr": 1e-2, "ner.eval_every_epoch": False, "ner.calibrate_threshold": True,
+        "training.lr": 3e-3, "training.batch_size": 16, "training.max_steps": 40, "training.warmup_steps": 3,
+        "training.eval_every": 20, "training.checkpoint_every": 20, "training.progress": "off",
+        "training.threads": 1, "output.dir": str(out_dir)}
+    return load_ner_config(None, base | overrides)

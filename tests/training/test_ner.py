@@ -24,7 +24,6 @@ from training.ner import (
     calibrate,
     choose_decode,
     gold_spans,
-    load_ner_config,
     overlapping_gold,
     pred_spans,
     predict_entities,
@@ -32,7 +31,7 @@ from training.ner import (
 )
 from training.ner_data import NerRecord, Span, align_records, read_ner
 
-from .synthetic import TINY_ENCODER, write_ner
+from .synthetic import tiny_ner_config as tiny_config, write_ner
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +42,6 @@ def ner_data(tmp_path_factory):
     return d
 
 
-def tiny_config(data_dir, out_dir, vocab, **overrides):
-    base = TINY_ENCODER | {
-        "data.root": str(data_dir), "data.train": ["train.json"], "data.dev": ["dev.json"],
-        "data.max_length": 24, "data.stride": 12, "vocab.path": str(vocab), "model.head_size": 16,
-        "ner.head_lr": 1e-2, "ner.eval_every_epoch": False, "ner.calibrate_threshold": True,
-        "training.lr": 3e-3, "training.batch_size": 16, "training.max_steps": 40, "training.warmup_steps": 3,
-        "training.eval_every": 20, "training.checkpoint_every": 20, "training.progress": "off",
-        "training.threads": 1, "output.dir": str(out_dir)}
-    return load_ner_config(None, base | overrides)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 
 from training.data import DataError, ReadReport
 from training.pairs import (PairRecord, PairSource, contrastive_triples, deduplicate, pair_key, read_jsonl_pairs,
-                            read_pairs, read_tsv_pairs, source_files)
+                            read_pairs, read_tsv_pairs, source_files, swap_negatives, swap_nouns)
 
 
 def test_tsv_with_and_without_header(tmp_path):
@@ -118,3 +118,42 @@ def test_contrastive_triples_group_by_the_first_sentence():
     triples, _ = contrastive_triples([rec("a", "b", 1), rec("a", "c", 0), rec("d", "e", 0)])
     assert [(t.anchor, t.positive, t.negative) for t in triples] == [("a", "b", "c")]
     assert contrastive_triples([]) == ([], {"triples": 0, "with_negative": 0, "anchors": 0})
+
+
+def _segment(text):
+    """A stand-in segmenter: words and the spaces between them (as jieba keeps them), capitals are nouns."""
+    import re
+
+    return [(w, "n" if w.isupper() else "x" if w == " " else "v") for w in re.split("( )", text) if w]
+
+
+def test_swap_nouns_swaps_two_different_nouns_only():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    assert swap_nouns("A x B", rng, _segment) == "B x A"
+    assert swap_nouns("A x A", rng, _segment) is None  # the same noun twice: nothing to swap
+    assert swap_nouns("A x y", rng, _segment) is None
+    out = {swap_nouns("A B C", np.random.default_rng(s), _segment) for s in range(30)}
+    assert out == {"B A C", "C B A", "A C B"}  # the spaces stay where they were
+
+
+def test_swap_negatives_of_positive_pairs_with_the_lowest_label():
+    recs = [PairRecord("q", f"A{i} x B{i}", 1.0, "f", i) for i in range(200)]
+    recs += [PairRecord("q", "C x D", 0.0, "f", 999), PairRecord("q", "E x E", 1.0, "f", 1000)]
+    out = swap_negatives(recs, 0.5, seed=1, name="s", segment=_segment)
+    assert 70 < len(out) < 130 and all(p.label == 0.0 and p.line < 200 for p in out)
+    for p in out:
+        assert p.b == f"B{p.line} x A{p.line}" and p.a == "q" and p.path == "f"
+    again = swap_negatives(recs, 0.5, seed=1, name="s", segment=_segment)
+    assert again == out and swap_negatives(recs, 0.5, seed=1, name="t", segment=_segment) != out
+    assert len(swap_negatives(recs, 1.0, seed=1, name="s", segment=_segment)) == 200
+    assert swap_negatives(recs, 0.0, seed=1, name="s", segment=_segment) == []
+    assert swap_negatives(recs[:5], 1.0, seed=1, name="s", segment=_segment) == []  # one label: no negatives
+
+
+def test_swap_negatives_with_jieba_keep_the_characters():
+    recs = [PairRecord("北京和上海哪个大", "上海和北京比哪个城市大", 1.0, "f", 1),
+            PairRecord("北京和上海哪个大", "今天天气", 0.0, "f", 2)]
+    (neg,) = swap_negatives(recs, 1.0, seed=0, name="x")
+    assert neg.b != recs[0].b and sorted(neg.b) == sorted(recs[0].b) and neg.label == 0.0

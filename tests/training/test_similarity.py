@@ -229,6 +229,19 @@ def test_dedupe_counts_in_the_metrics(pair_data, tiny_vocab, tmp_path):
     assert dedupe["dropped_by"] == {"dev": 1, "sts_train.tsv": 10}
 
 
+def test_swap_negatives_are_added_to_the_cosent_sets_and_counted(pair_data, tiny_vocab, tmp_path):
+    (tmp_path / "nouns.tsv").write_text("".join(f"问题{i}\t北京和上海的银行{i}\t{i % 2}\n" for i in range(40)),
+                                        encoding="utf-8")
+    cfg = tiny_config(pair_data, tmp_path / "d", tiny_vocab, **{
+        "data.train": [{"paths": [str(tmp_path / "nouns.tsv")], "name": "nouns"}], "sim.swap_negatives": 1.0,
+        "training.max_steps": 2, "training.eval_every": 0, "training.checkpoint_every": 0})
+    train_sim(cfg)
+    stats = json.loads((tmp_path / "d" / "metrics.json").read_text())["data"]["train"]["nouns"]
+    assert stats["swap_negatives"] == 20 and stats["pairs"] == 60 and stats["positives"] == 20
+    with pytest.raises(ValueError, match="swap_negatives"):
+        tiny_config(pair_data, tmp_path / "e", tiny_vocab, **{"sim.swap_negatives": 1.5})
+
+
 def test_resume_of_a_mixture_run_is_exact(pair_data, tiny_vocab, tmp_path, monkeypatch):
     from training.checkpoints import Checkpoints
 

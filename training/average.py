@@ -1,0 +1,166 @@
+"""Weight averaging of task checkpoints: a uniform "model soup" (Wortsman et al., 2022).
+
+Fine-tunes of one task that start from the same weights (the same ``model.init`` and
+``training.init_seed``) and differ only in ``training.seed`` (data order, dropout) end in one basin of
+the loss; the parameter-wise mean of their weights is one model, as fast as each of them, and usually
+scores at least as well as the best of them. Checkpoints that started from different weights (another
+``init_seed``, another encoder) have no such guarantee: measure before you ship one.
+
+What is checked before anything is written: every checkpoint is a task checkpoint (``ropenlp.json``)
+of the same task and configuration (an NER threshold may differ: it is re-chosen), the same encoder
+configuration, the same tokenizer file, and the same tensors (names, shapes, dtypes) in every weights
+file. A similarity checkpoint with whitening is refused: whitening is fitted on a model's vectors, so
+fit it on the average (``ropenlp train whitening``).
+
+The NER threshold of the average is the mean of the checkpoints' unless dev data is given, in which
+case it is calibrated on it over a grid (:func:`training.ner.calibrate_checkpoint`), as training does.
+``metrics.json`` of the output records the checkpoints it came from, with their dev scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from models.tasks import TASK_FILE, read_task, tokenizer_file
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_SUFFIX = ".safetensors"
+# task settings that may differ between the checkpoints: chosen again for the average
+RECHOSEN = {"ner": ("threshold",)}
+
+
+def _same(values: Sequence, what: str, paths: Sequence[Path]) -> None:
+    for path, value in zip(paths[1:], values[1:]):
+        if value != values[0]:
+            raise ValueError(f"{path}: its {what} differs from {paths[0]}'s; only checkpoints of one task and "
+                             "configuration, fine-tuned from the same start, can be averaged")
+
+
+def check_averageable(paths: Sequence[str | Path]) -> tuple[dict, list[str]]:
+    """The common task settings (``ropenlp.json``) and weights file names of ``paths``, or a ValueError
+    naming the first checkpoint that differs and what differs."""
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}")
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise ValueError("a checkpoint is listed twice (a weighted average is not what this does)")
+    tasks = []
+    for p in paths:
+        if not p.is_dir():
+            raise FileNotFoundError(f"{p}: no such checkpoint directory")
+        meta = read_task(p)
+        if not meta.get("task"):
+            raise ValueError(f"{p}: not a task checkpoint (no {TASK_FILE}); average fine-tuned NER or similarity "
+                             "checkpoints (a run's best/ or model/)")
+        if (p / "whitening.safetensors").is_file():
+            raise ValueError(f"{p}: has whitening, which is fitted on a model's vectors; average checkpoints "
+                             "without it, then fit whitening on the average (ropenlp train whitening)")
+        tasks.append(meta)
+    rechosen = RECHOSEN.get(tasks[0]["task"], ())
+    _same([{k: v for k, v in t.items() if k not in rechosen} for t in tasks], f"task settings ({TASK_FILE})", paths)
+    _same([json.loads((p / CONFIG_FILE).read_text(encoding="utf-8")) for p in paths], f"encoder ({CONFIG_FILE})",
+          paths)
+    _same([tokenizer_file(p).read_bytes() for p in paths], "tokenizer", paths)
+    files = [sorted(f.name for f in p.glob(f"*{WEIGHTS_SUFFIX}")) for p in paths]
+    _same(files, "set of weights files", paths)
+    if not files[0]:
+        raise ValueError(f"{paths[0]}: no *{WEIGHTS_SUFFIX} weights")
+    return tasks[0], files[0]
+
+
+def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, dev=None,
+                        threshold_grid: Sequence[float] = (), overwrite: bool = False) -> dict:
+    """Write the uniform average of the task checkpoints ``paths`` to ``out`` (module docstring) and return
+    its record (also in ``out/metrics.json``). ``dev``: NER records to calibrate the threshold on over
+    ``threshold_grid``."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from training.data import write_json
+    from training.loop import METRICS_FILE
+
+    paths, out = [Path(p) for p in paths], Path(out)
+    meta, files = check_averageable(paths)
+    if out.resolve() in {p.resolve() for p in paths}:
+        raise ValueError(f"{out}: is one of the checkpoints; write the average elsewhere")
+    replace = out.exists() and any(out.iterdir())
+    if replace and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (--overwrite replaces it)")
+    if dev is not None and meta["task"] != "ner":
+        raise ValueError("dev data calibrates an NER threshold; a similarity average has none to calibrate")
+    if dev is not None and not threshold_grid:
+        raise ValueError("calibrating on dev data needs a threshold grid")
+
+    averaged = {}
+    for name in files:
+        handles = [safe_open(str(p / name), framework="pt") for p in paths]
+        keys = [sorted(h.keys()) for h in handles]
+        _same(keys, f"tensor names in {name}", paths)
+        tensors = {}
+        for key in keys[0]:
+            parts = [h.get_tensor(key) for h in handles]
+            _same([(tuple(t.shape), t.dtype) for t in parts], f"shape or dtype of {name}:{key}", paths)
+            if parts[0].is_floating_point():
+                mean = torch.stack([t.double() for t in parts]).mean(0)
+                tensors[key] = mean.to(parts[0].dtype).contiguous()
+            else:  # integer buffers (position ids): equal or refused
+                _same([t.tolist() for t in parts], f"values of the integer tensor {name}:{key}", paths)
+                tensors[key] = parts[0].contiguous()
+        averaged[name] = tensors
+
+    if replace:  # only now that everything was checked
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, tensors in averaged.items():
+        save_file(tensors, str(out / name), metadata={"format": "pt"})
+    shutil.copyfile(paths[0] / CONFIG_FILE, out / CONFIG_FILE)
+    tok = tokenizer_file(paths[0])
+    shutil.copyfile(tok, out / tok.name)
+    for name in RECHOSEN.get(meta["task"], ()):
+        meta[name] = sum(read_task(p)[name] for p in paths) / len(paths)
+    (out / TASK_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    # an object (path -> its decoding settings and dev score), so that the export keeps it in the manifest
+    sources = {str(p): _task_summary(read_task(p)) | _dev_summary(p / METRICS_FILE) for p in paths}
+    record: dict = {"threshold": meta["threshold"], "decode": meta["decode"]} if meta["task"] == "ner" else {}
+    if dev is not None:  # the metrics.json a trained checkpoint has (the export copies it into the manifest)
+        record = _calibrate(out, dev, threshold_grid)
+    record["averaged_from"] = sources
+    write_json(out / METRICS_FILE, record)
+    log.info("averaged %d checkpoints into %s", len(paths), out)
+    return record
+
+
+def _calibrate(path: Path, dev, grid: Sequence[float]) -> dict:
+    """Calibrate the NER threshold of the checkpoint at ``path`` on ``dev`` as training does; its metrics."""
+    from models.normalize import normalizer_for
+    from models.tasks import load_ner
+    from models.text import Tokenizer
+    from training.loop import METRICS_FILE
+    from training.ner import calibrate_checkpoint
+    from training.ner_data import align_records
+
+    cfg = load_ner(path).cfg
+    tokenizer = Tokenizer.load(path).normalizing(normalizer_for(cfg.normalize))
+    _, dev_stats = align_records(dev, tokenizer, cfg.labels, max_length=cfg.max_length, stride=cfg.stride)
+    calibrate_checkpoint(path, dev, grid, dev_stats=dev_stats)
+    return json.loads((path / METRICS_FILE).read_text(encoding="utf-8"))
+
+
+def _task_summary(meta: dict) -> dict:
+    return {k: meta[k] for k in ("threshold", "decode") if k in meta}
+
+
+def _dev_summary(path: Path) -> dict:
+    """The dev scores a checkpoint's metrics.json recorded (NER F1 or mean Spearman), if any."""
+    if not path.is_file():
+        return {}
+    m = json.loads(path.read_text(encoding="utf-8"))
+    return {k: m[k] for k in ("dev_f1", "dev_spearman") if k in m}
