@@ -53,15 +53,15 @@ def test_default_recipe_runs_every_step_in_order(tmp_path):
     inits = {c[c.index("--output.dir") + 1]: c[c.index("--model.init") + 1] for c in calls
              if "--model.init" in c and "--output.dir" in c}
     assert inits["runs/pretrain_v3_s4"] == "runs/encoder_v3_s3"
-    # the task runs start from the stage each was measured best on: NER from stage 3, similarity from stage 4;
-    # CLUENER from the intermediate NER stage
-    assert inits["runs/ner_intermediate_s3"] == inits["runs/ner_cmeee_s3_fgm"] == "runs/encoder_v3_s3"
-    assert inits["runs/sim_v3_s4"] == "runs/encoder_v3_s4"
+    # the task runs start from the stage each was measured best on: CLUENER from stage 3 (through the
+    # intermediate NER stage), CMeEE and similarity from stage 4
+    assert inits["runs/ner_intermediate_s3"] == "runs/encoder_v3_s3"
+    assert inits["runs/sim_v3_s4"] == inits["runs/ner_cmeee_s4_fgm"] == "runs/encoder_v3_s4"
     assert inits["runs/ner_cluener_s3_inter_fgm"] == "runs/ner_intermediate_s3/best"
     assert sorted(trains[5:9]) == sorted([
         ("ner", "recipes/ner_intermediate.toml", "runs/ner_intermediate_s3"),
         ("ner", "recipes/ner_cluener.toml", "runs/ner_cluener_s3_inter_fgm"),
-        ("ner", "recipes/ner_cmeee.toml", "runs/ner_cmeee_s3_fgm"),
+        ("ner", "recipes/ner_cmeee.toml", "runs/ner_cmeee_s4_fgm"),
         ("sim", "recipes/sim_v3.toml", "runs/sim_v3_s4")])
     # then two more CLUENER seeds from the same start (init_seed 42, the seed-42 run's head), and the average
     seeds = {c[c.index("--output.dir") + 1]: c for c in calls if "--training.init_seed" in c}
@@ -80,7 +80,7 @@ def test_default_recipe_runs_every_step_in_order(tmp_path):
     exports = [c for c in calls if c[0] == "export"]
     assert {c[c.index("-o") + 1] for c in exports} == {"service/bundles/default", "runs/bundle_gpu",
                                                        "service/bundles/medical", "runs/bundle_medical_gpu"}
-    assert all("runs/ner_cluener_s3_soup" in c or "runs/ner_cmeee_s3_fgm/best" in c for c in exports)
+    assert all("runs/ner_cluener_s3_soup" in c or "runs/ner_cmeee_s4_fgm/best" in c for c in exports)
     assert all("runs/sim_v3_s4_whitened" in c for c in exports if "runs/ner_cluener_s3_soup" in c)
     assert all(calls.index(c) > calls.index(average) for c in exports)
     evaluated = {c[c.index("--out") + 1] for c in calls if c[0] == "evaluate"}

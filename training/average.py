@@ -38,8 +38,12 @@ RECHOSEN = {"ner": ("threshold",)}
 def _same(values: Sequence, what: str, paths: Sequence[Path]) -> None:
     for path, value in zip(paths[1:], values[1:]):
         if value != values[0]:
-            raise ValueError(f"{path}: its {what} differs from {paths[0]}'s; only checkpoints of one task and "
-                             "configuration, fine-tuned from the same start, can be averaged")
+            keys = ""
+            if isinstance(value, dict) and isinstance(values[0], dict):
+                keys = " (" + ", ".join(sorted(k for k in value.keys() | values[0].keys()
+                                               if value.get(k) != values[0].get(k))) + ")"
+            raise ValueError(f"{path}: its {what}{keys} differs from {paths[0]}'s; only checkpoints of one task "
+                             "and configuration, fine-tuned from the same start, can be averaged")
 
 
 def check_averageable(paths: Sequence[str | Path]) -> tuple[dict, list[str]]:
