@@ -86,6 +86,8 @@ fi
 # research/pretrain_v3.sh (speed, objectives at equal CPU time, encoder stages, NER on the v3 encoder); hours of
 # CPU training, then the evaluations and metrics/research/ JSON that research/summarise.py prints.
 if [ "${ENCODER_V3:-0}" = 1 ]; then
-    for what in speed objectives stages ner ner3 ner4 collect; do RUN="$RUN" PY="$PY" research/pretrain_v3.sh "$what" "$DATA"; done
+    for what in speed objectives stages ner ner3 ner4 soup3 soup4 collect; do
+        RUN="$RUN" PY="$PY" research/pretrain_v3.sh "$what" "$DATA"
+    done
     "$PY" research/summarise.py
 fi

@@ -138,7 +138,7 @@ case "$WHAT" in
     stage3) stage 3 ;;
     stage4) stage 4 ;;
     swap4) swap4 ;;
-    all) objectives; stage 3; stage 4; pooling; collect; RUN_WHITENING=sim_v3 whitening; RUN_WHITENING=sim_v3_s3 whitening
+    all) objectives; stage 3; stage 4; swap4; pooling; collect; RUN_WHITENING=sim_v3 whitening; RUN_WHITENING=sim_v3_s3 whitening
          whitening ;;  # sim_v3, sim_v3_s3, then the best run
     *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, swap4, whitening, collect or all" >&2
        exit 2 ;;
