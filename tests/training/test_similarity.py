@@ -69,6 +69,26 @@ def test_train_sim_learns_and_keeps_the_best(trained):
     assert result.best == pytest.approx(max(e["spearman"] for e in evals))
 
 
+def test_a_similarity_average_loads_and_has_no_threshold_to_calibrate(trained, tmp_path):
+    """Two checkpoints of one run (the best of step 20 or 40, and the last) average like seeds do."""
+    from safetensors.torch import load_file
+
+    from training.average import average_checkpoints
+
+    out, _ = trained
+    sources = [out / "best", out / "model"]
+    record = average_checkpoints(sources, tmp_path / "avg")
+    assert list(record) == ["averaged_from"] and list(record["averaged_from"]) == [str(p) for p in sources]
+    best_dev = json.loads((out / "best" / "metrics.json").read_text())["dev_spearman"]
+    assert record["averaged_from"][str(out / "best")] == {"dev_spearman": best_dev}
+    x, y, m = (load_file(str(p / "model.safetensors")) for p in (*sources, tmp_path / "avg"))
+    assert all(torch.allclose(m[k], (x[k].double() + y[k].double()).div(2).float(), atol=0, rtol=0) for k in m)
+    model = load_similarity(tmp_path / "avg")
+    assert model.cfg.pooling == "mean" and read_task(tmp_path / "avg") == read_task(out / "best")
+    with pytest.raises(ValueError, match="no threshold to calibrate|similarity average"):
+        average_checkpoints(sources, tmp_path / "avg2", dev=[], threshold_grid=(0.0,))
+
+
 def test_training_on_a_dev_file_is_refused(pair_data, tiny_vocab, tmp_path):
     cfg = tiny_config(pair_data, tmp_path / "x", tiny_vocab, **{"data.dev": [{"paths": ["para_train.tsv"]}]})
     with pytest.raises(ValueError, match="listed for training and for dev"):
