@@ -145,13 +145,14 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, dev=Non
 def _calibrate(path: Path, dev, grid: Sequence[float]) -> dict:
     """Calibrate the NER threshold of the checkpoint at ``path`` on ``dev`` as training does; its metrics."""
     from models.normalize import normalizer_for
-    from models.tasks import load_ner
+    from models.tasks import NerConfig
     from models.text import Tokenizer
     from training.loop import METRICS_FILE
     from training.ner import calibrate_checkpoint
     from training.ner_data import align_records
 
-    cfg = load_ner(path).cfg
+    meta = {k: v for k, v in read_task(path).items() if k != "task"}
+    cfg = NerConfig(**meta | {"labels": tuple(meta["labels"])})  # the settings alone, defaults filled in
     tokenizer = Tokenizer.load(path).normalizing(normalizer_for(cfg.normalize))
     _, dev_stats = align_records(dev, tokenizer, cfg.labels, max_length=cfg.max_length, stride=cfg.stride)
     calibrate_checkpoint(path, dev, grid, dev_stats=dev_stats)

@@ -234,10 +234,10 @@ def deduplicate(sets: Mapping[str, Sequence[PairRecord]], *, dev: Iterable[PairR
 NOUN_TAGS = ("n", "nr", "ns", "nt", "nz", "nrt", "nrfg", "eng")  # jieba's POS tags of names and nouns
 
 
-def swap_nouns(text: str, rng, segment=None) -> str | None:
-    """``text`` with two different nouns (jieba's part-of-speech tags, :data:`NOUN_TAGS`) swapped, the two
-    chosen by ``rng``; None when it has fewer than two different nouns."""
-    words = segment(text) if segment is not None else _noun_segmenter()(text)
+def swap_nouns(text: str, rng, segment) -> str | None:
+    """``text`` with two different nouns (``segment``: text -> [(word, jieba POS tag)]; tags in
+    :data:`NOUN_TAGS`) swapped, the two chosen by ``rng``; None when it has fewer than two different nouns."""
+    words = segment(text)
     nouns = [i for i, (w, tag) in enumerate(words) if tag in NOUN_TAGS and w.strip()]
     pairs = [(i, j) for k, i in enumerate(nouns) for j in nouns[k + 1:] if words[i][0] != words[j][0]]
     if not pairs:

@@ -56,3 +56,14 @@ class InterruptedBatches(EpochBatches):
             raise KeyboardInterrupt
         self.calls = getattr(self, "calls", 0) + 1
         return super().__next__()
+
+
+@pytest.fixture(scope="module")
+def ner_data(tmp_path_factory):
+    """Synthetic NER train (160 texts) and dev (30) files in the CLUENER format (synthetic.write_ner)."""
+    from .synthetic import write_ner
+
+    d = tmp_path_factory.mktemp("ner")
+    write_ner(d / "train.json", 160, seed=1)
+    write_ner(d / "dev.json", 30, seed=2)
+    return d

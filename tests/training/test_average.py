@@ -18,15 +18,7 @@ from training.loop import new_weights_rng, set_seed
 from training.ner import train_ner
 from training.ner_data import read_ner
 
-from .synthetic import tiny_ner_config, write_ner
-
-
-@pytest.fixture(scope="module")
-def ner_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ner_avg")
-    write_ner(d / "train.json", 96, seed=1)
-    write_ner(d / "dev.json", 24, seed=2)
-    return d
+from .synthetic import tiny_ner_config
 
 
 def _config(data_dir, out_dir, vocab, **overrides):

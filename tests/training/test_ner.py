@@ -31,15 +31,7 @@ from training.ner import (
 )
 from training.ner_data import NerRecord, Span, align_records, read_ner
 
-from .synthetic import tiny_ner_config as tiny_config, write_ner
-
-
-@pytest.fixture(scope="module")
-def ner_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ner")
-    write_ner(d / "train.json", 160, seed=1)
-    write_ner(d / "dev.json", 30, seed=2)
-    return d
+from .synthetic import tiny_ner_config as tiny_config
 
 
 
