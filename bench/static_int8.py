@@ -99,7 +99,7 @@ def session(path: Path, *, level: str = "all", spinning: bool | None = None, thr
 
 def rows_of(task: str, bundle: Path, texts: list[str]) -> list[np.ndarray]:
     """Token ids of every window (NER) / text (similarity), cut as the service cuts them."""
-    from export.quantize_static import calibration_from_bundle
+    from export.onnx import calibration_from_bundle
 
     feeds = calibration_from_bundle(bundle, task, texts, n=len(texts), seed=0)
     return [f["input_ids"][0] for f in feeds]
@@ -138,7 +138,8 @@ def variants(task: str, raw: Path, opt: Path) -> dict[str, tuple[Path, dict]]:
 
 def quality(task: str, bundle: Path, raw: Path, workdir: Path, *, calibration: int, seed: int,
             eval_texts: int) -> tuple[list[dict], dict[str, Path]]:
-    from export.quantize_static import calibration_from_bundle, max_batch_dependence, quantize_static_int8
+    from export.onnx import calibration_from_bundle
+    from export.quantize_static import max_batch_dependence, quantize_static_int8
     from models.bundle import load_manifest
     from models.text import Tokenizer
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import ropenlp
 from export.errors import ExportError, stage
+from export.quantize_static import Feeds, draw_texts, row_feeds
 from export.tasks import EXPORTERS, TaskExporter
 from export.variants import CalibrationTexts
 from models.bundle import (
@@ -332,6 +333,27 @@ def _export_task(exp: TaskExporter, path: Path, staging: Path, *, tokenizer: Tok
     return exp.spec(model, variants.specs(built, report, keep=precisions), _metrics(path))
 
 
+def calibration_feeds(tokenizer, texts: Sequence[str], *, kind: str, settings) -> list[Feeds]:
+    """Graph inputs for calibration: the rows the service runs for ``texts`` (the task exporter's ``rows``:
+    NER every window as the service cuts them, similarity one row per text cut to ``max_length``), each its
+    own batch of 1 without padding. ``settings``: the task's manifest spec or model config."""
+    if kind not in EXPORTERS:
+        raise ValueError(f"unknown task kind {kind!r}: choose one of {sorted(EXPORTERS)}")
+    return row_feeds(EXPORTERS[kind].rows(settings, tokenizer, texts))
+
+
+def calibration_from_bundle(bundle: str | Path, task: str, texts: Iterable[str], *,
+                            n: int = DEFAULT_CALIBRATION_SIZE, seed: int = DEFAULT_CALIBRATION_SEED) -> list[Feeds]:
+    """Calibration feeds for one task of a written bundle: its tokenizer, window length and stride."""
+    from models.bundle import load_manifest
+
+    bundle = Path(bundle)
+    manifest = load_manifest(bundle, verify_hashes=False)
+    spec = manifest.tasks[task]
+    tok = Tokenizer.load(bundle / manifest.tokenizer, lowercase=manifest.lowercase)
+    return calibration_feeds(tok, draw_texts(texts, n, seed=seed), kind=spec.kind, settings=spec)
+
+
 CHECK_ROWS = 64  # calibration rows added to the sample's for the batch-dependence check
 
 
@@ -341,9 +363,6 @@ def build_options(exp: TaskExporter, settings, tokenizer: Tokenizer, texts: Sequ
     """The builders' options for one task: calibration feeds (``size`` texts drawn with ``seed`` from
     ``calibration``, each row its own unpadded batch) and the rows of the batch-dependence check (the
     sample's and some calibration rows: many lengths)."""
-    import numpy as np
-
-    from export.quantize_static import draw_texts
     from export.variants import BuildOptions, CalibrationRecord
 
     check = exp.rows(settings, tokenizer, texts)
@@ -351,8 +370,7 @@ def build_options(exp: TaskExporter, settings, tokenizer: Tokenizer, texts: Sequ
     if calibration is not None:
         drawn = draw_texts(calibration.texts, size, seed=seed)
         rows = exp.rows(settings, tokenizer, drawn)
-        feeds = [{"input_ids": r[None, :].astype(np.int64), "attention_mask": np.ones((1, len(r)), np.int64)}
-                 for r in rows]
+        feeds = row_feeds(rows)
         record = CalibrationRecord(source=calibration.source, texts=len(drawn), seed=seed)
         check = check + rows[:CHECK_ROWS]
     return BuildOptions(per_channel=per_channel, calibration=feeds, calibration_record=record, method=method,

@@ -103,35 +103,10 @@ def draw_texts(texts: Iterable[str], n: int = DEFAULT_CALIBRATION_SIZE, *,
     return rng.sample(pool, min(n, len(pool)))
 
 
-def calibration_feeds(tokenizer, texts: Sequence[str], *, task: str, max_length: int,
-                      stride: int | None = None) -> list[Feeds]:
-    """Graph inputs for calibration: every window of every text (NER: cut as the service cuts them;
-    similarity: one row per text, cut to ``max_length``), each as its own batch of 1 without padding."""
-    from export.parity import ner_batches, sim_batches
-
-    if task == "ner":
-        if stride is None:
-            raise ValueError("NER calibration needs the window stride")
-        batches = ner_batches(tokenizer, texts, max_length=max_length, stride=stride, batch_size=1)
-    elif task == "similarity":
-        batches = sim_batches(tokenizer, texts, max_length=max_length, batch_size=1)
-    else:
-        raise ValueError(f"unknown task {task!r}: choose ner or similarity")
-    return [dict(b.feeds) for b in batches]
-
-
-def calibration_from_bundle(bundle: str | Path, task: str, texts: Iterable[str], *,
-                            n: int = DEFAULT_CALIBRATION_SIZE, seed: int = DEFAULT_CALIBRATION_SEED) -> list[Feeds]:
-    """Calibration feeds for one task of a written bundle: its tokenizer, window length and stride."""
-    from models.bundle import load_manifest
-    from models.text import Tokenizer
-
-    bundle = Path(bundle)
-    manifest = load_manifest(bundle, verify_hashes=False)
-    spec = manifest.tasks[task]
-    tok = Tokenizer.load(bundle / manifest.tokenizer, lowercase=manifest.lowercase)
-    return calibration_feeds(tok, draw_texts(texts, n, seed=seed), task=task, max_length=spec.max_length,
-                             stride=getattr(spec, "stride", None))
+def row_feeds(rows: Iterable[np.ndarray]) -> list[Feeds]:
+    """Graph inputs with each row (token ids) its own batch of 1, without padding."""
+    return [{"input_ids": np.asarray(r, dtype=np.int64)[None, :], "attention_mask": np.ones((1, len(r)), np.int64)}
+            for r in rows]
 
 
 def _reader_class():
@@ -289,7 +264,7 @@ def quantize_static_int8(
     ONNX Runtime then fuses LayerNorm / GELU itself when the session loads) or the offline-optimised
     ``*.fp32.onnx`` (its contrib ops are typed here from ONNX Runtime).
     ``calibration``: a list of feeds (``{"input_ids": (1, T) int64, "attention_mask": (1, T) int64}``,
-    see :func:`calibration_feeds`) or an ``onnxruntime.quantization.CalibrationDataReader``.
+    see :func:`export.onnx.calibration_feeds`) or an ``onnxruntime.quantization.CalibrationDataReader``.
     ``method``: activation ranges by ``minmax``, ``entropy`` or ``percentile`` (``percentile``, e.g. 99.99).
     ``exclude``: more node names to keep fp32; the task head (``export.graph_tools.head_nodes``) always is.
     ``quantize_attention``: also quantize the activation x activation MatMuls (q.k, p.v).

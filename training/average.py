@@ -12,18 +12,23 @@ configuration, the same tokenizer file, and the same tensors (names, shapes, dty
 file. A similarity checkpoint with whitening is refused: whitening is fitted on a model's vectors, so
 fit it on the average (``ropenlp train whitening``).
 
-The NER threshold of the average is the mean of the checkpoints' unless dev data is given, in which
-case it is calibrated on it over a grid (:func:`training.ner.calibrate_checkpoint`), as training does.
-``metrics.json`` of the output records the checkpoints it came from, with their dev scores.
+What a task kind chooses again is its trainer's :class:`Rechoose` rule (``RECHOOSE``, registered by the
+trainer module ``training.<kind>``; NER: the threshold). Those settings of the average are the mean of the
+checkpoints' unless dev data is given, in which case the rule calibrates them on it as training does (NER:
+over a threshold grid, :func:`training.ner.calibrate_checkpoint`). ``metrics.json`` of the output records
+the checkpoints it came from, with their dev scores.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from models.tasks import TASK_FILE, read_task, tokenizer_file
 
@@ -31,8 +36,39 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_SUFFIX = ".safetensors"
-# task settings that may differ between the checkpoints: chosen again for the average
-RECHOSEN = {"ner": ("threshold",)}
+
+
+@dataclass(frozen=True)
+class Rechoose:
+    """What an average of one task kind chooses again. ``keys``: task settings (``ropenlp.json``) that may
+    differ between the checkpoints (the average gets their mean); ``summary``: settings recorded per source
+    and in ``metrics.json``; ``read_dev(files, format)``: dev records; ``calibrate(out, dev, grid)``: choose
+    the ``keys`` on them for the checkpoint at ``out``, saving it and returning its ``metrics.json`` record."""
+
+    keys: tuple[str, ...] = ()
+    summary: tuple[str, ...] = ()
+    read_dev: Callable[[Sequence[str], str], Any] | None = None
+    calibrate: Callable[[Path, Any, Sequence[float]], dict] | None = None
+
+
+RECHOOSE: dict[str, Rechoose] = {}
+
+
+def register_rechoose(kind: str, rule: Rechoose) -> None:
+    """A trainer module's rule for averages of its kind (called when ``training.<kind>`` is imported)."""
+    RECHOOSE[kind] = rule
+
+
+def rechoose(kind: str) -> Rechoose:
+    """The rule of ``kind``: imports its trainer module ``training.<kind>`` (which registers it) when needed;
+    a kind without a trainer module or a rule has nothing to choose again."""
+    if kind not in RECHOOSE:
+        try:
+            importlib.import_module(f"training.{kind}")
+        except ModuleNotFoundError as e:
+            if e.name != f"training.{kind}":
+                raise
+    return RECHOOSE.get(kind, Rechoose())
 
 
 def _same(values: Sequence, what: str, paths: Sequence[Path]) -> None:
@@ -66,7 +102,7 @@ def check_averageable(paths: Sequence[str | Path]) -> tuple[dict, list[str]]:
             raise ValueError(f"{p}: has whitening, which is fitted on a model's vectors; average checkpoints "
                              "without it, then fit whitening on the average (ropenlp train whitening)")
         tasks.append(meta)
-    rechosen = RECHOSEN.get(tasks[0]["task"], ())
+    rechosen = rechoose(tasks[0]["task"]).keys
     _same([{k: v for k, v in t.items() if k not in rechosen} for t in tasks], f"task settings ({TASK_FILE})", paths)
     _same([json.loads((p / CONFIG_FILE).read_text(encoding="utf-8")) for p in paths], f"encoder ({CONFIG_FILE})",
           paths)
@@ -78,11 +114,12 @@ def check_averageable(paths: Sequence[str | Path]) -> tuple[dict, list[str]]:
     return tasks[0], files[0]
 
 
-def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, dev=None,
-                        threshold_grid: Sequence[float] = (), overwrite: bool = False) -> dict:
+def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, dev: Sequence[str] = (),
+                        dev_format: str = "auto", threshold_grid: Sequence[float] = (),
+                        overwrite: bool = False) -> dict:
     """Write the uniform average of the task checkpoints ``paths`` to ``out`` (module docstring) and return
-    its record (also in ``out/metrics.json``). ``dev``: NER records to calibrate the threshold on over
-    ``threshold_grid``."""
+    its record (also in ``out/metrics.json``). ``dev``: labelled dev files (in ``dev_format``) to calibrate
+    the kind's rechosen settings on (NER: the threshold, over ``threshold_grid``)."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -97,10 +134,15 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, dev=Non
     replace = out.exists() and any(out.iterdir())
     if replace and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (--overwrite replaces it)")
-    if dev is not None and meta["task"] != "ner":
-        raise ValueError("dev data calibrates an NER threshold; a similarity average has none to calibrate")
-    if dev is not None and not threshold_grid:
-        raise ValueError("calibrating on dev data needs a threshold grid")
+    rule = rechoose(meta["task"])
+    records = None
+    if dev:
+        if rule.calibrate is None or rule.read_dev is None:
+            raise ValueError(f"dev data calibrates settings chosen on dev (an NER threshold); a {meta['task']} "
+                             "average has none to calibrate")
+        if not threshold_grid:
+            raise ValueError("calibrating on dev data needs a threshold grid")
+        records = rule.read_dev(dev, dev_format)
 
     averaged = {}
     for name in files:
@@ -127,40 +169,23 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, dev=Non
     shutil.copyfile(paths[0] / CONFIG_FILE, out / CONFIG_FILE)
     tok = tokenizer_file(paths[0])
     shutil.copyfile(tok, out / tok.name)
-    for name in RECHOSEN.get(meta["task"], ()):
+    for name in rule.keys:
         meta[name] = sum(read_task(p)[name] for p in paths) / len(paths)
     (out / TASK_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     # an object (path -> its decoding settings and dev score), so that the export keeps it in the manifest
-    sources = {str(p): _task_summary(read_task(p)) | _dev_summary(p / METRICS_FILE) for p in paths}
-    record: dict = {"threshold": meta["threshold"], "decode": meta["decode"]} if meta["task"] == "ner" else {}
-    if dev is not None:  # the metrics.json a trained checkpoint has (the export copies it into the manifest)
-        record = _calibrate(out, dev, threshold_grid)
+    sources = {str(p): _summary(read_task(p), rule) | _dev_summary(p / METRICS_FILE) for p in paths}
+    record = _summary(meta, rule)
+    if records is not None:  # the metrics.json a trained checkpoint has (the export copies it into the manifest)
+        record = rule.calibrate(out, records, threshold_grid)
     record["averaged_from"] = sources
     write_json(out / METRICS_FILE, record)
     log.info("averaged %d checkpoints into %s", len(paths), out)
     return record
 
 
-def _calibrate(path: Path, dev, grid: Sequence[float]) -> dict:
-    """Calibrate the NER threshold of the checkpoint at ``path`` on ``dev`` as training does; its metrics."""
-    from models.normalize import normalizer_for
-    from models.tasks import NerConfig
-    from models.text import Tokenizer
-    from training.loop import METRICS_FILE
-    from training.ner import calibrate_checkpoint
-    from training.ner_data import align_records
-
-    meta = {k: v for k, v in read_task(path).items() if k != "task"}
-    cfg = NerConfig(**meta | {"labels": tuple(meta["labels"])})  # the settings alone, defaults filled in
-    tokenizer = Tokenizer.load(path).normalizing(normalizer_for(cfg.normalize))
-    _, dev_stats = align_records(dev, tokenizer, cfg.labels, max_length=cfg.max_length, stride=cfg.stride)
-    calibrate_checkpoint(path, dev, grid, dev_stats=dev_stats)
-    return json.loads((path / METRICS_FILE).read_text(encoding="utf-8"))
-
-
-def _task_summary(meta: dict) -> dict:
-    return {k: meta[k] for k in ("threshold", "decode") if k in meta}
+def _summary(meta: dict, rule: Rechoose) -> dict:
+    return {k: meta[k] for k in rule.summary if k in meta}
 
 
 def _dev_summary(path: Path) -> dict:

@@ -195,15 +195,8 @@ def average(
 
     with _user_errors():
         grid = [float(t) for t in threshold_grid.split(",") if t.strip()]
-        records = None
-        if dev:
-            from training.data import ReadReport
-            from training.ner_data import read_ner
-
-            report = ReadReport()
-            records = list(read_ner(dev, report, format=format))
-            report.check("raise")
-        record = average_checkpoints(checkpoints, out, dev=records, threshold_grid=grid, overwrite=overwrite)
+        record = average_checkpoints(checkpoints, out, dev=dev or (), dev_format=format, threshold_grid=grid,
+                                     overwrite=overwrite)
     typer.echo(f"wrote {out}: the mean of {len(checkpoints)} checkpoints"
                + (f"; threshold {record['threshold']:g}, dev F1 {100 * record['dev_f1']:.2f}" if dev else ""))
 

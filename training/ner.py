@@ -24,6 +24,7 @@ Output folder (``output.dir``)::
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -36,11 +37,12 @@ import torch
 
 from models.global_pointer import HeadKind
 from models.spans import DECODES, Decode, Entity, apply_decode, decode_batch, merge_entities
-from models.tasks import NerConfig, NerModel, load_ner
+from models.tasks import NerConfig, NerModel, load_ner, read_task
 from models.normalize import Normalize, normalizer_for
 from models.text import Tokenizer, pad_batch
 from training.config import OutputConfig, TrainingConfig, load_config, to_dict
 from training.data import ReadReport, expand_paths, settle_reports, write_json
+from training.average import Rechoose, register_rechoose
 from training.batches import EpochBatches
 from training.encoders import (ModelInit, TaskOptions, VocabConfig, build_encoder, check_length, fit_task,
                                length_batches, tokenizer_for)
@@ -372,3 +374,30 @@ def calibrate_checkpoint(path: Path, dev_recs: Sequence[NerRecord], grid: Sequen
     return {"threshold": best, "previous": before, "decode": decode, "f1_by_threshold": f1,
             "dev_f1": by_decode[decode]["f1"], "dev_f1_by_decode": f1_by_decode}
 
+
+
+# --------------------------------------------------------------------------------------------
+# Averages of NER checkpoints (training.average): the threshold is chosen again
+# --------------------------------------------------------------------------------------------
+
+
+def read_dev(files: Sequence[str], format: str = "auto") -> list[NerRecord]:
+    """Labelled NER records of ``files``; a ValueError names the first unreadable record."""
+    report = ReadReport()
+    records = list(read_ner(files, report, format=format))
+    report.check("raise")
+    return records
+
+
+def calibrate_average(path: Path, dev: Sequence[NerRecord], grid: Sequence[float]) -> dict:
+    """Calibrate the threshold of the checkpoint at ``path`` on ``dev`` as training does; its metrics."""
+    meta = {k: v for k, v in read_task(path).items() if k != "task"}
+    cfg = NerConfig(**meta | {"labels": tuple(meta["labels"])})  # the settings alone, defaults filled in
+    tokenizer = Tokenizer.load(path).normalizing(normalizer_for(cfg.normalize))
+    _, dev_stats = align_records(dev, tokenizer, cfg.labels, max_length=cfg.max_length, stride=cfg.stride)
+    calibrate_checkpoint(path, dev, grid, dev_stats=dev_stats)
+    return json.loads((path / METRICS_FILE).read_text(encoding="utf-8"))
+
+
+register_rechoose("ner", Rechoose(keys=("threshold",), summary=("threshold", "decode"), read_dev=read_dev,
+                                  calibrate=calibrate_average))

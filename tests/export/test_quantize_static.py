@@ -3,15 +3,16 @@ results do not depend on the batch (dynamic int8's do), accuracy against fp32, c
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import onnx
 import pytest
 
+from export.onnx import calibration_feeds, calibration_from_bundle
 from export.parity import SAMPLE_TEXTS, ner_batches, sim_batches
 from export.quantize_static import (
     StaticQuantError,
-    calibration_feeds,
-    calibration_from_bundle,
     draw_texts,
     head_inputs_quantized,
     max_batch_dependence,
@@ -170,11 +171,13 @@ def test_calibration_draw_is_seeded_and_each_window_is_an_unpadded_batch_of_one(
     with pytest.raises(ValueError):
         draw_texts(["", " "], 5)
     long = SAMPLE_TEXTS[-1]  # needs several windows
-    feeds = calibration_feeds(tiny.tokenizer, [long], task="ner", max_length=24, stride=12)
+    feeds = calibration_feeds(tiny.tokenizer, [long], kind="ner", settings=SimpleNamespace(max_length=24, stride=12))
     assert len(feeds) > 3
     for f in feeds:
         assert f["input_ids"].shape[0] == 1 and f["input_ids"].shape[1] <= 24
         assert f["attention_mask"].all() and f["input_ids"].dtype == np.int64
+    with pytest.raises(ValueError, match="unknown task kind 'nope'"):
+        calibration_feeds(tiny.tokenizer, [long], kind="nope", settings=SimpleNamespace(max_length=24))
     with pytest.raises(StaticQuantError, match="missing graph input"):
         quantize_static_int8(tiny.bundle / "ner.fp32.onnx", tmp_path / "x.onnx", [{"input_ids": feeds[0]["input_ids"]}])
 

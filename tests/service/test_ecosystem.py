@@ -211,6 +211,12 @@ def test_traditional_text_gets_the_simplified_entities(tmp_path) -> None:
         assert [(e["start"], e["end"], e["label"]) for e in trad] == [(e["start"], e["end"], e["label"]) for e in simp]
         assert [e["text"] for e in trad] == ["張偉", "北京大學"] and [e["text"] for e in simp] == ["张伟", "北京大学"]
         np.testing.assert_allclose([e["score"] for e in trad], [e["score"] for e in simp], atol=1e-6)
+        # the issue's own pair; its placeholder name scores under the default threshold, so ask for every span
+        r = post(base, "/ner", {"texts": ["張三在北京大學讀書", "张三在北京大学读书"], "threshold": -5})
+        trad, simp = [x["entities"] for x in r.json()["results"]]
+        assert [(e["start"], e["end"], e["label"]) for e in trad] == [(e["start"], e["end"], e["label"]) for e in simp]
+        assert [e["text"] for e in trad] == ["張三", "北京大學"] and [e["text"] for e in simp] == ["张三", "北京大学"]
+        np.testing.assert_allclose([e["score"] for e in trad], [e["score"] for e in simp], atol=1e-6)
         # a simplified lexicon term finds its traditional spelling; the entity's text is the original's
         lex = [{"term": "读书", "label": "activity"}]
         got = post(base, "/ner", {"texts": ["張偉在北京大學讀書"], "lexicon": lex}).json()["results"][0]["entities"]

@@ -13,10 +13,8 @@ from models.tasks import load_ner, read_task
 from ropenlp.cli import app
 from training.average import average_checkpoints
 from training.config import TrainingConfig
-from training.data import ReadReport
 from training.loop import new_weights_rng, set_seed
 from training.ner import train_ner
-from training.ner_data import read_ner
 
 from .synthetic import tiny_ner_config
 
@@ -96,9 +94,8 @@ def test_average_is_the_parameter_mean_and_loads(runs, tmp_path):
 
 
 def test_average_calibrates_the_threshold_on_dev(runs, ner_data, tmp_path):
-    report = ReadReport()
-    dev = list(read_ner([ner_data / "dev.json"], report))
-    record = average_checkpoints(runs, tmp_path / "avg", dev=dev, threshold_grid=(-1.0, 0.0, 1.0))
+    record = average_checkpoints(runs, tmp_path / "avg", dev=[str(ner_data / "dev.json")],
+                                 threshold_grid=(-1.0, 0.0, 1.0))
     # the metrics.json of a trained checkpoint (what the export copies into the manifest), and its sources
     assert record["threshold"] in (-1.0, 0.0, 1.0) and read_task(tmp_path / "avg")["threshold"] == record["threshold"]
     assert record["dev_f1"] == max(record["threshold_f1"].values()) and record["decode"] == "nested"
@@ -153,3 +150,13 @@ def test_cli_average_and_its_errors(runs, ner_data, tmp_path):
     assert r.exit_code == 2 and sorted(p.name for p in out.iterdir()) == before  # a refused run replaces nothing
     r = CliRunner().invoke(app, ["train", "average", str(runs[0]), str(tmp_path / "nope"), "-o", str(tmp_path / "x")])
     assert r.exit_code == 2 and "no such checkpoint directory" in r.output
+
+
+def test_each_kind_brings_its_own_rule():
+    """The average asks the trainer module of a kind (no branch on task names): NER chooses its threshold
+    again, similarity and a kind without a trainer module choose nothing."""
+    from training.average import rechoose
+
+    assert rechoose("ner").keys == ("threshold",) and rechoose("ner").calibrate is not None
+    assert rechoose("similarity").keys == () and rechoose("similarity").calibrate is None
+    assert rechoose("no_such_kind").keys == ()

@@ -85,8 +85,9 @@ def test_a_similarity_average_loads_and_has_no_threshold_to_calibrate(trained, t
     assert all(torch.allclose(m[k], (x[k].double() + y[k].double()).div(2).float(), atol=0, rtol=0) for k in m)
     model = load_similarity(tmp_path / "avg")
     assert model.cfg.pooling == "mean" and read_task(tmp_path / "avg") == read_task(out / "best")
-    with pytest.raises(ValueError, match="no threshold to calibrate|similarity average"):
-        average_checkpoints(sources, tmp_path / "avg2", dev=[], threshold_grid=(0.0,))
+    with pytest.raises(ValueError, match="a similarity average has none to calibrate"):
+        average_checkpoints(sources, tmp_path / "avg2", dev=["dev.tsv"], threshold_grid=(0.0,))
+    assert not (tmp_path / "avg2").exists()
 
 
 def test_training_on_a_dev_file_is_refused(pair_data, tiny_vocab, tmp_path):
