@@ -10,6 +10,9 @@
 #                                               # default runs/encoder_v3_s3)
 #   research/sim_v3.sh stage4 [DATA_ROOT]       # the same on stage 4 (ENCODER_S4, default runs/encoder_v3_s4; the
 #                                               # committed encoders/roformer-zh-v3 holds the same weights)
+#   research/sim_v3.sh stage5 [DATA_ROOT]       # the same on stage 5 (ENCODER_S5, default runs/encoder_v3_s5)
+#   research/sim_v3.sh soup5 [DATA_ROOT]        # stage 5's run and a second seed of it side by side (one thread
+#                                               # each), then their weight average (ropenlp train average)
 #   research/sim_v3.sh swap4 [DATA_ROOT]        # the stage-4 row with PAWS-style word-order negatives
 #                                               # (sim.swap_negatives 0.5), at its number of steps (2,985)
 #   research/sim_v3.sh whitening [DATA_ROOT]    # the whitening table of the best run; stores the choice (or none)
@@ -31,7 +34,8 @@ read -r -a EXTRA <<< "${SIM_V3_ARGS:-}"
 OUT=metrics/research
 DEV=(stsb_zh/dev.tsv lcqmc/dev.tsv bq/dev.tsv atec/dev.tsv pawsx/dev.tsv)
 RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean
-      sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs sim_v3_s3 sim_v3_s4 sim_v3_s4_swap)
+      sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs sim_v3_s3 sim_v3_s4 sim_v3_s4_swap
+      sim_v3_s5 sim_v3_s5_seed1 sim_v3_s5_soup)
 STEPS_SHORT="${STEPS_SHORT:-600}"
 
 train() {  # train OUT_NAME RECIPE [overrides...]: once, resumable, log in runs/OUT_NAME/train.out
@@ -67,8 +71,19 @@ short() {  # equal budget: STEPS_SHORT steps of 64 pairs each (the two-stage row
 }
 
 stage() {  # stage N: the shipping recipe as recipes/default.sh runs it (0.63 epoch, one thread), on encoder stage N
-    local enc_var=ENCODER_S$1; local enc=${!enc_var:-runs/encoder_v3_s$1}   # ENCODER_S3 / ENCODER_S4
+    local enc_var=ENCODER_S$1; local enc=${!enc_var:-runs/encoder_v3_s$1}   # ENCODER_S3 / ENCODER_S4 / ENCODER_S5
     train "sim_v3_s$1" recipes/sim_v3.toml --model.init "$enc" --training.threads 1 --training.epochs 0.63
+}
+
+soup() {  # soup N: stage N's run (seed 42) and seed 1 from the same start (init_seed 42) side by side, then the mean
+    local enc_var=ENCODER_S$1; local enc=${!enc_var:-runs/encoder_v3_s$1} a b
+    stage "$1" & a=$!
+    train "sim_v3_s$1_seed1" recipes/sim_v3.toml --model.init "$enc" --training.threads 1 --training.epochs 0.63 \
+        --training.seed 1 --training.init_seed 42 & b=$!
+    wait "$a"; wait "$b"
+    # no whitening and no threshold: nothing to calibrate on dev (collect scores it like the runs)
+    [ -f "runs/sim_v3_s$1_soup/best/ropenlp.json" ] || "$RUN" train average "runs/sim_v3_s$1/best" \
+        "runs/sim_v3_s$1_seed1/best" -o "runs/sim_v3_s$1_soup/best" --overwrite
 }
 
 swap4() {  # half of every CoSENT set's positive pairs also give (a, b with two nouns swapped) as a negative;
@@ -93,8 +108,12 @@ collect() {
         [ -f "runs/$r/best/ropenlp.json" ] || continue
         [ -f "$OUT/$r.json" ] && [ "$OUT/$r.json" -nt "runs/$r/best/ropenlp.json" ] && continue
         "$RUN" evaluate sim --model "runs/$r/best" "${data[@]}" --out "$OUT/$r.json" > /dev/null
-        cp "runs/$r/config.resolved.toml" "$OUT/$r.config.toml"
-        cp "runs/$r/metrics.json" "$OUT/$r.train.json"
+        if [ -f "runs/$r/config.resolved.toml" ]; then  # a trained run (an average has only its best/)
+            cp "runs/$r/config.resolved.toml" "$OUT/$r.config.toml"
+            cp "runs/$r/metrics.json" "$OUT/$r.train.json"
+        else
+            cp "runs/$r/best/metrics.json" "$OUT/$r.train.json"
+        fi
     done
     "$PY" research/summarise.py
 }
@@ -137,9 +156,11 @@ case "$WHAT" in
     collect) collect ;;
     stage3) stage 3 ;;
     stage4) stage 4 ;;
+    stage5) stage 5 ;;
+    soup5) soup 5 ;;
     swap4) swap4 ;;
     all) objectives; stage 3; stage 4; swap4; pooling; collect; RUN_WHITENING=sim_v3 whitening; RUN_WHITENING=sim_v3_s3 whitening
          whitening ;;  # sim_v3, sim_v3_s3, then the best run
-    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, swap4, whitening, collect or all" >&2
+    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, swap4, whitening, collect or all" >&2
        exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,9 +49,12 @@ def test_research_script_lists_a_row_per_run_and_the_training_files(tmp_path):
     script = (ROOT / "research" / "sim_v3.sh").read_text(encoding="utf-8")
     runs = script.split("RUNS=(")[1].split(")")[0].split()
     for run in runs:
-        if run.startswith("sim_v3_s") and run[-1].isdigit():  # one recipe per encoder stage: `stage N`
-            n = run[-1]
+        if m := re.fullmatch(r"sim_v3_s(\d)", run):  # one recipe per encoder stage: `stage N`
+            n = m[1]
             assert 'train "sim_v3_s$1" recipes/' in script and f"stage{n}) stage {n} ;;" in script, run
+        elif m := re.fullmatch(r"sim_v3_s(\d)_(seed1|soup)", run):  # `soup N`: a second seed, then the average
+            made = 'train "sim_v3_s$1_seed1" recipes/' if m[2] == "seed1" else '-o "runs/sim_v3_s$1_soup/best"'
+            assert made in script and f"soup{m[1]}) soup {m[1]} ;;" in script, run
         else:
             assert f"train {run} recipes/" in script
     # the whitening's "own" fit set: the training files of the run's resolved config
