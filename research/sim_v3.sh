@@ -131,10 +131,17 @@ EOF
 whitening() {
     local run="${RUN_WHITENING:-$(best_run)}"
     [ -n "$run" ] || { echo "no collected run to measure whitening on: run 'collect' first" >&2; exit 2; }
-    local own  # the run's own training files, as its resolved config lists them
-    own=$("$PY" -c 'import sys, tomllib; cfg = tomllib.load(open(sys.argv[1], "rb"))
-print(",".join(sys.argv[2] + "/" + p for s in cfg["data"]["train"] for p in s["paths"]))' \
-        "runs/$run/config.resolved.toml" "$DATA")
+    local own  # the run's own training files, as its resolved config lists them (an average: its first source's)
+    own=$("$PY" - "runs/$run" "$DATA" <<'EOF'
+import json, sys, tomllib
+from pathlib import Path
+run, data = Path(sys.argv[1]), sys.argv[2]
+if not (run / "config.resolved.toml").is_file():  # ropenlp train average: best/metrics.json names its sources
+    run = Path(next(iter(json.loads((run / "best" / "metrics.json").read_text())["averaged_from"]))).parent
+cfg = tomllib.load(open(run / "config.resolved.toml", "rb"))
+print(",".join(data + "/" + p for s in cfg["data"]["train"] for p in s["paths"]))
+EOF
+)
     local eval=() d
     for d in "${DEV[@]}"; do eval+=(--eval "$DATA/$d"); done
     # (a) the task's own training sentences (both columns of every training set), (b) a general mix of news
