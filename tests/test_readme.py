@@ -14,7 +14,7 @@ MAX_BYTES = 12_000
 def test_readme_is_short_and_has_a_layout_section() -> None:
     text = README.read_text(encoding="utf-8")
     assert len(text.encode("utf-8")) <= MAX_BYTES, "move detail to docs/ and link it"
-    assert re.search(r"^## Layout$", text, re.M)
+    assert re.search(r"^## Layout$", text, re.MULTILINE)
 
 
 def test_links_of_the_readme_and_the_docs_lead_to_files() -> None:
