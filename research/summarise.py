@@ -39,9 +39,10 @@ SIM_V3_RUNS = {"sim_v3": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_cosen
                "sim_s_cosent": "every set CoSENT (600 steps)", "sim_s_pairs": "pairs CoSENT only (600 steps)",
                "sim_s_nli": "NLI SimCSE only (300 steps)",
                "sim_s_nli_pairs": "NLI SimCSE 300 -> pairs CoSENT 300 steps",
-               # research/sim_v3.sh stage3 / stage4: sim_v3 (trained on encoder stage 1) again on stage 3 and 4
+               # research/sim_v3.sh stage3 / stage4 / stage5: sim_v3 (trained on encoder stage 1) again on stage 3 and 4
                "sim_v3_s3": "pairs CoSENT + NLI SimCSE, one mixture, encoder stage 3",
                "sim_v3_s4": "pairs CoSENT + NLI SimCSE, one mixture, encoder stage 4",
+               "sim_v3_s5": "pairs CoSENT + NLI SimCSE, one mixture, encoder stage 5",
                # research/sim_v3.sh swap4
                "sim_v3_s4_swap": "the same + word-order negatives (sim.swap_negatives 0.5), encoder stage 4"}
 # NER on the committed v3 encoder (research/pretrain_v3.sh ner): the shipping recipes, and what was added
