@@ -166,8 +166,9 @@ case "$WHAT" in
     stage5) stage 5 ;;
     soup5) soup 5 ;;
     swap4) swap4 ;;
-    all) objectives; stage 3; stage 4; swap4; pooling; collect; RUN_WHITENING=sim_v3 whitening; RUN_WHITENING=sim_v3_s3 whitening
-         whitening ;;  # sim_v3, sim_v3_s3, then the best run
+    all) objectives; stage 3; stage 4; stage 5; swap4; pooling; collect; RUN_WHITENING=sim_v3 whitening
+         RUN_WHITENING=sim_v3_s3 whitening; RUN_WHITENING=sim_v3_s4 whitening
+         whitening ;;  # sim_v3, sim_v3_s3, sim_v3_s4, then the best run (sim_v3_s5)
     *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, swap4, whitening, collect or all" >&2
        exit 2 ;;
 esac

@@ -25,7 +25,7 @@ def _tree(tmp_path: Path) -> Path:
     (repo / "data" / "cluener" / "dev.json").write_text("", encoding="utf-8")
     # the whitening step runs research/sim_v3.sh (its own tests: tests/test_research_sim_v3.py); here its
     # output is already there, so the script goes on to export and evaluate
-    (repo / "runs" / "sim_v3_s4_whitened").mkdir(parents=True)
+    (repo / "runs" / "sim_v3_s5_whitened").mkdir(parents=True)
     stub = repo / "ropenlp-stub"
     stub.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "tests" / "recipe_stub.py"}" "$@"\n')
     stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
@@ -47,22 +47,24 @@ def test_default_recipe_runs_every_step_in_order(tmp_path):
     trains = [(c[1], c[2], c[c.index("--output.dir") + 1]) for c in calls if c[0] == "train"
               and c[1] in ("mlm", "ner", "sim")]
     outs = [o for _, _, o in trains]
-    # the vocabulary run and four pre-training stages, one after the other, each from the last release
-    assert outs[:5] == ["runs/pt_vocab", "runs/pretrain_v3_s1", "runs/pretrain_v3_s2", "runs/pretrain_v3_s3",
-                        "runs/pretrain_v3_s4"]
+    # the vocabulary run and five pre-training stages, one after the other, each from the last release
+    assert outs[:6] == ["runs/pt_vocab", "runs/pretrain_v3_s1", "runs/pretrain_v3_s2", "runs/pretrain_v3_s3",
+                        "runs/pretrain_v3_s4", "runs/pretrain_v3_s5"]
     inits = {c[c.index("--output.dir") + 1]: c[c.index("--model.init") + 1] for c in calls
              if "--model.init" in c and "--output.dir" in c}
     assert inits["runs/pretrain_v3_s4"] == "runs/encoder_v3_s3"
+    assert inits["runs/pretrain_v3_s5"] == "runs/encoder_v3_s4"
     # the task runs start from the stage each was measured best on: CLUENER from stage 3 (through the
-    # intermediate NER stage), CMeEE and similarity from stage 4
+    # intermediate NER stage), CMeEE from stage 4, similarity from stage 5
     assert inits["runs/ner_intermediate_s3"] == "runs/encoder_v3_s3"
-    assert inits["runs/sim_v3_s4"] == inits["runs/ner_cmeee_s4_fgm"] == "runs/encoder_v3_s4"
+    assert inits["runs/ner_cmeee_s4_fgm"] == "runs/encoder_v3_s4"
+    assert inits["runs/sim_v3_s5"] == "runs/encoder_v3_s5"
     assert inits["runs/ner_cluener_s3_inter_fgm"] == "runs/ner_intermediate_s3/best"
-    assert sorted(trains[5:9]) == sorted([
+    assert sorted(trains[6:10]) == sorted([
         ("ner", "recipes/ner_intermediate.toml", "runs/ner_intermediate_s3"),
         ("ner", "recipes/ner_cluener.toml", "runs/ner_cluener_s3_inter_fgm"),
         ("ner", "recipes/ner_cmeee.toml", "runs/ner_cmeee_s4_fgm"),
-        ("sim", "recipes/sim_v3.toml", "runs/sim_v3_s4")])
+        ("sim", "recipes/sim_v3.toml", "runs/sim_v3_s5")])
     # then two more CLUENER seeds from the same start (init_seed 42, the seed-42 run's head), and the average
     seeds = {c[c.index("--output.dir") + 1]: c for c in calls if "--training.init_seed" in c}
     assert sorted(seeds) == ["runs/ner_cluener_s3_inter_fgm_seed1", "runs/ner_cluener_s3_inter_fgm_seed2"]
@@ -75,21 +77,22 @@ def test_default_recipe_runs_every_step_in_order(tmp_path):
     assert average[average.index("-o") + 1] == "runs/ner_cluener_s3_soup"
     assert calls.index(average) > max(calls.index(c) for c in seeds.values())
     releases = [c[c.index("--name") + 1] for c in calls if c[:2] == ["train", "release"]]
-    assert [r.split("(")[1].split(":")[0] for r in releases] == ["stage 1", "stage 2", "stage 3", "stage 4"]
+    assert [r.split("(")[1].split(":")[0] for r in releases] == ["stage 1", "stage 2", "stage 3", "stage 4",
+                                                                             "stage 5"]
     # exports from those runs, then every bundle and precision evaluated
     exports = [c for c in calls if c[0] == "export"]
     assert {c[c.index("-o") + 1] for c in exports} == {"service/bundles/default", "runs/bundle_gpu",
                                                        "service/bundles/medical", "runs/bundle_medical_gpu"}
     assert all("runs/ner_cluener_s3_soup" in c or "runs/ner_cmeee_s4_fgm/best" in c for c in exports)
-    assert all("runs/sim_v3_s4_whitened" in c for c in exports if "runs/ner_cluener_s3_soup" in c)
+    assert all("runs/sim_v3_s5_whitened" in c for c in exports if "runs/ner_cluener_s3_soup" in c)
     assert all(calls.index(c) > calls.index(average) for c in exports)
     evaluated = {c[c.index("--out") + 1] for c in calls if c[0] == "evaluate"}
     assert evaluated == {f"metrics/{d}_dev_{p}_v3.json" for d in ("cluener", "sim", "cmeee")
                          for p in ("int8", "fp32", "fp16")}
     assert (repo / "metrics" / "train_ner_cluener_s3_inter_fgm.json").is_file()
     assert json.loads((repo / "metrics" / "train_ner_cluener_s3_soup.json").read_text())["averaged_from"]
-    # the encoder folder the recipes and tests use holds stage 4 (copied unless it already did)
-    assert json.loads((repo / "encoders" / "roformer-zh-v3" / "encoder.json").read_text())["name"].count("stage 4")
+    # the encoder folder the recipes and tests use holds stage 5 (copied unless it already did)
+    assert json.loads((repo / "encoders" / "roformer-zh-v3" / "encoder.json").read_text())["name"].count("stage 5")
 
 
 def test_the_stub_fails_as_the_command_would(tmp_path):

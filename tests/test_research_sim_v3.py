@@ -60,11 +60,16 @@ def test_research_script_lists_a_row_per_run_and_the_training_files(tmp_path):
     # the whitening's "own" fit set: the training files of the run's resolved config
     from training.config import write_resolved
 
-    write_resolved(load_sim_config(ROOT / "recipes" / "sim_v3_nli.toml"), tmp_path)
-    snippet = script.split("own=$(\"$PY\" -c '")[1].split("' \\")[0]
-    own = subprocess.run([sys.executable, "-c", snippet, str(tmp_path / "config.resolved.toml"), "D"],
-                         capture_output=True, text=True, check=True).stdout.strip().split(",")
-    assert own[0] == "D/pairs/ocnli/train.tsv" and len(own) == 6 and own[-1] == "D/pairs/cinlid_idiom_nli/train.tsv"
+    run = tmp_path / "run"
+    write_resolved(load_sim_config(ROOT / "recipes" / "sim_v3_nli.toml"), run)
+    snippet = script.split('own=$("$PY" - "runs/$run" "$DATA" <<\'EOF\'\n')[1].split("\nEOF\n")[0]
+    # an average (ropenlp train average: only best/, whose metrics.json names its sources): its first source's files
+    (tmp_path / "avg" / "best").mkdir(parents=True)
+    (tmp_path / "avg" / "best" / "metrics.json").write_text(json.dumps({"averaged_from": {str(run / "best"): {}}}))
+    for folder in (run, tmp_path / "avg"):
+        own = subprocess.run([sys.executable, "-c", snippet, str(folder), "D"],
+                             capture_output=True, text=True, check=True).stdout.strip().split(",")
+        assert own[0] == "D/pairs/ocnli/train.tsv" and len(own) == 6 and own[-1] == "D/pairs/cinlid_idiom_nli/train.tsv"
     assert subprocess.run(["bash", "-n", str(ROOT / "research" / "sim_v3.sh")]).returncode == 0
 
 

@@ -56,16 +56,22 @@ def _stage(record: dict) -> dict:
     return {k: record.get(k) for k in ("name", "objective", "whole_word", "steps", "heldout")}
 
 
-def _earlier_stages(init: str | None) -> list[dict]:
+def _earlier_stages(init: str | None, position: dict | None = None) -> list[dict]:
     """The stages behind a run's ``model.init``: the released folder's own ``stages`` (or, for a record
-    written before stages were kept, the record itself), else one entry naming the folder."""
+    written before stages were kept, the record itself), else one entry naming the folder. ``position``: the
+    run's own final ``data_position``; a folder whose record ends there already holds this very stage (it was
+    released onto the folder it started from, then released again): its last stage is this one, left out. A
+    stage listed twice in a row (such a release before this check) is listed once."""
     if not init:
         return []
     path = Path(init) / RECORD_FILE
     if not path.is_file():  # a run's model/ folder or a foreign checkpoint: named, not described
         return [{"name": init, "objective": None, "whole_word": None, "steps": None, "heldout": None}]
     prev = json.loads(path.read_text(encoding="utf-8"))
-    return prev.get("stages") or [_stage(prev)]
+    stages = prev.get("stages") or [_stage(prev)]
+    if position is not None and prev.get("data_position") == position:
+        stages = stages[:-1]
+    return [s for k, s in enumerate(stages) if k == 0 or s != stages[k - 1]]
 
 
 def release_encoder(model_dir: str | Path, out: str | Path, *, name: str, dtype: str = "fp16",
@@ -79,7 +85,8 @@ def release_encoder(model_dir: str | Path, out: str | Path, *, name: str, dtype:
     run = Path(run_dir) if run_dir is not None else src.parent
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8")) if (run / "metrics.json").is_file() else {}
     init = metrics.get("config", {}).get("model", {}).get("init") or None
-    earlier = _earlier_stages(init)  # before ``out`` is replaced: it may be the folder this stage started from
+    # before ``out`` is replaced: it may be the folder this stage started from
+    earlier = _earlier_stages(init, metrics.get("data_position"))
     if out.exists():
         if not overwrite:
             raise FileExistsError(f"{out} exists: pass overwrite to replace it")

@@ -90,3 +90,25 @@ def test_a_stage_released_over_its_predecessor_keeps_the_lineage(electra_run, tm
     assert "12 steps in all" in card and "2. stage 2: electra, 5 steps, held-out accuracy 50.00%" in card
     record = release_encoder(src, tmp_path / "rel3", name="stage 3")  # from stage 2's folder: three stages
     assert [s["name"] for s in record["stages"]] == ["stage 1", "stage 2", "stage 3"]
+
+
+def test_releasing_a_stage_again_onto_its_own_folder_lists_it_once(electra_run, tmp_path):
+    """A stage released into the folder it started from, then released there again (new notes), is one
+    stage of the lineage; a record that already lists a stage twice in a row is repaired."""
+    _, src = electra_run
+    rel = tmp_path / "rel"
+    release_encoder(src, rel, name="stage 1")
+    metrics = json.loads((src.parent / "metrics.json").read_text())
+    metrics |= {"step": 5, "last_eval": {"accuracy": 0.5}, "data_position": {"epoch": 0, "index": 99},
+                "config": {**metrics["config"], "model": {"init": str(rel)}}}
+    (src.parent / "metrics.json").write_text(json.dumps(metrics))
+    release_encoder(src, rel, name="stage 2", overwrite=True)
+    record = release_encoder(src, rel, name="stage 2", overwrite=True, notes="again")
+    assert [s["name"] for s in record["stages"]] == ["stage 1", "stage 2"] and record["steps_total"] == 12
+    broken = json.loads((rel / "encoder.json").read_text())
+    broken["stages"].insert(1, broken["stages"][1])  # stage 2 listed twice, as such a release once wrote it
+    (rel / "encoder.json").write_text(json.dumps(broken))
+    metrics |= {"data_position": {"epoch": 0, "index": 199}}  # a stage 3 from that folder
+    (src.parent / "metrics.json").write_text(json.dumps(metrics))
+    record = release_encoder(src, tmp_path / "rel3", name="stage 3")
+    assert [s["name"] for s in record["stages"]] == ["stage 1", "stage 2", "stage 3"]
