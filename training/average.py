@@ -82,9 +82,9 @@ def _same(values: Sequence, what: str, paths: Sequence[Path]) -> None:
                              "and configuration, fine-tuned from the same start, can be averaged")
 
 
-def check_averageable(paths: Sequence[str | Path]) -> tuple[dict, list[str]]:
-    """The common task settings (``ropenlp.json``) and weights file names of ``paths``, or a ValueError
-    naming the first checkpoint that differs and what differs."""
+def check_averageable(paths: Sequence[str | Path]) -> tuple[list[dict], list[str]]:
+    """The task settings (``ropenlp.json``) of each of ``paths`` and their common weights file names, or a
+    ValueError naming the first checkpoint that differs and what differs."""
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}")
@@ -111,7 +111,7 @@ def check_averageable(paths: Sequence[str | Path]) -> tuple[dict, list[str]]:
     _same(files, "set of weights files", paths)
     if not files[0]:
         raise ValueError(f"{paths[0]}: no *{WEIGHTS_SUFFIX} weights")
-    return tasks[0], files[0]
+    return tasks, files[0]
 
 
 def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, dev: Sequence[str] = (),
@@ -128,7 +128,8 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, dev: Se
     from training.loop import METRICS_FILE
 
     paths, out = [Path(p) for p in paths], Path(out)
-    meta, files = check_averageable(paths)
+    metas, files = check_averageable(paths)
+    meta = dict(metas[0])
     if out.resolve() in {p.resolve() for p in paths}:
         raise ValueError(f"{out}: is one of the checkpoints; write the average elsewhere")
     replace = out.exists() and any(out.iterdir())
@@ -170,11 +171,11 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *, dev: Se
     tok = tokenizer_file(paths[0])
     shutil.copyfile(tok, out / tok.name)
     for name in rule.keys:
-        meta[name] = sum(read_task(p)[name] for p in paths) / len(paths)
+        meta[name] = sum(m[name] for m in metas) / len(metas)
     (out / TASK_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     # an object (path -> its decoding settings and dev score), so that the export keeps it in the manifest
-    sources = {str(p): _summary(read_task(p), rule) | _dev_summary(p / METRICS_FILE) for p in paths}
+    sources = {str(p): _summary(m, rule) | _dev_summary(p / METRICS_FILE) for p, m in zip(paths, metas)}
     record = _summary(meta, rule)
     if records is not None:  # the metrics.json a trained checkpoint has (the export copies it into the manifest)
         record = rule.calibrate(out, records, threshold_grid)

@@ -24,7 +24,6 @@ Output folder (``output.dir``)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ import torch
 
 from models.global_pointer import HeadKind
 from models.spans import DECODES, Decode, Entity, apply_decode, decode_batch, merge_entities
-from models.tasks import NerConfig, NerModel, load_ner, read_task
+from models.tasks import NerConfig, NerModel, load_ner
 from models.normalize import Normalize, normalizer_for
 from models.text import Tokenizer, pad_batch
 from training.config import OutputConfig, TrainingConfig, load_config, to_dict
@@ -326,8 +325,8 @@ def train_ner(cfg: NerRunConfig, *, resume: bool = False) -> FitResult:
 
     calibration = None
     if cfg.ner.calibrate_threshold and dev_recs and (out / "best").is_dir():
-        calibration = calibrate_checkpoint(out / "best", dev_recs, cfg.ner.threshold_grid, device=run.device,
-                                           batch_tokens=cfg.ner.eval_batch_tokens, dev_stats=dev_stats)
+        calibration, _ = calibrate_checkpoint(out / "best", dev_recs, cfg.ner.threshold_grid, device=run.device,
+                                              batch_tokens=cfg.ner.eval_batch_tokens, dev_stats=dev_stats)
     finish_run(run, result, {
         "best_dev": best_metrics(out), "calibration": calibration,
         "data": {"train": train_stats.to_dict(), "dev": dev_stats.to_dict(),
@@ -352,9 +351,12 @@ def _checkpoint_metrics(by_decode: dict[str, dict], dev_stats, task_cfg: NerConf
 
 
 def calibrate_checkpoint(path: Path, dev_recs: Sequence[NerRecord], grid: Sequence[float], *,
-                         device: torch.device | str = "cpu", batch_tokens: int = 8192, dev_stats=None) -> dict:
+                         device: torch.device | str = "cpu", batch_tokens: int = 8192,
+                         dev_stats=None) -> tuple[dict, dict]:
     """Pick the dev-F1-best threshold of ``grid`` for the checkpoint at ``path`` (in its decoding mode)
-    and save it there; the dev F1 of every decoding mode at that threshold is recorded too."""
+    and save it there with its ``metrics.json`` (the dev F1 of every decoding mode at that threshold too).
+    ``dev_stats``: the dev records' alignment counts when the caller has them (else counted here). Returns
+    the calibration record and the metrics written."""
     model = load_ner(path).to(device)
     tokenizer = Tokenizer.load(path).normalizing(normalizer_for(model.cfg.normalize))
     ents = predict_entities(model, tokenizer, [r.text for r in dev_recs], threshold=min(grid),
@@ -365,15 +367,16 @@ def calibrate_checkpoint(path: Path, dev_recs: Sequence[NerRecord], grid: Sequen
     model.cfg = dataclasses.replace(model.cfg, threshold=best)
     model.save(path)
     by_decode = {d: ner_scores(gold, pred_spans(ents, best, d), model.cfg.labels) for d in DECODES}
-    metrics_file = path / METRICS_FILE
-    if dev_stats is not None:
-        write_json(metrics_file, _checkpoint_metrics(by_decode, dev_stats, model.cfg) | {"threshold_f1": f1})
+    if dev_stats is None:  # the gold spans no window can hold, counted as training counts them
+        _, dev_stats = align_records(dev_recs, tokenizer, model.cfg.labels, max_length=model.cfg.max_length,
+                                     stride=model.cfg.stride)
+    metrics = _checkpoint_metrics(by_decode, dev_stats, model.cfg) | {"threshold_f1": f1}
+    write_json(path / METRICS_FILE, metrics)
     f1_by_decode = {d: s["f1"] for d, s in by_decode.items()}
     log.info("threshold calibrated on dev (decode %s): %g (F1 %.4f; was %g) - F1 by threshold %s; "
              "F1 by decode at %g: %s", decode, best, f1[f"{best:g}"], before, f1, best, f1_by_decode)
     return {"threshold": best, "previous": before, "decode": decode, "f1_by_threshold": f1,
-            "dev_f1": by_decode[decode]["f1"], "dev_f1_by_decode": f1_by_decode}
-
+            "dev_f1": by_decode[decode]["f1"], "dev_f1_by_decode": f1_by_decode}, metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,15 +392,5 @@ def read_dev(files: Sequence[str], format: str = "auto") -> list[NerRecord]:
     return records
 
 
-def calibrate_average(path: Path, dev: Sequence[NerRecord], grid: Sequence[float]) -> dict:
-    """Calibrate the threshold of the checkpoint at ``path`` on ``dev`` as training does; its metrics."""
-    meta = {k: v for k, v in read_task(path).items() if k != "task"}
-    cfg = NerConfig(**meta | {"labels": tuple(meta["labels"])})  # the settings alone, defaults filled in
-    tokenizer = Tokenizer.load(path).normalizing(normalizer_for(cfg.normalize))
-    _, dev_stats = align_records(dev, tokenizer, cfg.labels, max_length=cfg.max_length, stride=cfg.stride)
-    calibrate_checkpoint(path, dev, grid, dev_stats=dev_stats)
-    return json.loads((path / METRICS_FILE).read_text(encoding="utf-8"))
-
-
 register_rechoose("ner", Rechoose(keys=("threshold",), summary=("threshold", "decode"), read_dev=read_dev,
-                                  calibrate=calibrate_average))
+                                  calibrate=lambda path, dev, grid: calibrate_checkpoint(path, dev, grid)[1]))

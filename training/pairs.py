@@ -231,6 +231,16 @@ def deduplicate(sets: Mapping[str, Sequence[PairRecord]], *, dev: Iterable[PairR
 # Word-order negatives (PAWS-style): a positive pair with two of its nouns swapped is not a paraphrase
 # --------------------------------------------------------------------------------------------
 
+def set_rng(seed: int, name: str):
+    """A numpy generator for one named pair set: its draws depend on ``(seed, name)`` only, whatever other sets
+    are read or in which order (a per-set sample, per-set negatives)."""
+    import zlib
+
+    import numpy as np
+
+    return np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+
+
 NOUN_TAGS = ("n", "nr", "ns", "nt", "nz", "nrt", "nrfg", "eng")  # jieba's POS tags of names and nouns
 
 
@@ -263,16 +273,12 @@ def swap_negatives(recs: Sequence[PairRecord], fraction: float, *, seed: int, na
     label (pairs whose ``b`` has fewer than two different nouns give none). The draw depends on
     ``(seed, name)`` and the records only. A pooled bi-encoder hardly sees word order; these teach it that
     the same words in another order can mean something else (PAWS-X's negatives are built that way)."""
-    import zlib
-
-    import numpy as np
-
     if not recs or fraction <= 0:
         return []
     top, low = max(p.label for p in recs), min(p.label for p in recs)
     if top == low:
         return []
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+    rng = set_rng(seed, name)
     segment = segment or _noun_segmenter()
     out = []
     for p in recs:

@@ -42,7 +42,6 @@ import dataclasses
 import json
 import logging
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +65,7 @@ from training.loop import (METRICS_FILE, FitResult, best_metrics, finish_run, ne
                            write_run_config)
 from training.metrics import similarity_scores
 from training.pairs import (PairRecord, PairSource, contrastive_triples, deduplicate, read_pair_file,
-                            source_files, swap_negatives)
+                            set_rng, source_files, swap_negatives)
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +351,7 @@ def sample_pairs(recs: Sequence[PairRecord], n: int, *, seed: int, name: str) ->
     depends on (seed, name) only."""
     if n <= 0 or len(recs) <= n:
         return list(recs)
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+    rng = set_rng(seed, name)
     return [recs[i] for i in np.sort(rng.choice(len(recs), size=n, replace=False))]
 
 
