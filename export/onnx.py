@@ -12,6 +12,10 @@ Variants the registry marks ``calibrated`` (static int8) need ``calibration``: p
 training data (:class:`export.variants.CalibrationTexts`), of which ``calibration_size`` are drawn with
 ``calibration_seed``; without them the export fails (it never calibrates on the parity sample).
 
+``base=BUNDLE`` replaces only the given tasks of an existing bundle: its other tasks are kept as they are
+(graph files, settings, metrics, their part of the provenance), and the checkpoints must use its tokenizer and
+normalisation. For a bundle whose other checkpoints are gone (``ropenlp export --base``).
+
 Any registered task kind is a keyword (``export.tasks``: ``ner``, ``similarity``, ...). Steps per task,
 the same for every kind: load the checkpoint (its exporter) -> ``torch.onnx.export`` of the exporter's
 graph -> the precision registry's variants (``models.precisions``: the optimised fp32 reference, then
@@ -88,6 +92,7 @@ def export_bundle(
     calibration_size: int = DEFAULT_CALIBRATION_SIZE,
     calibration_seed: int = DEFAULT_CALIBRATION_SEED,
     calibration_method: str = DEFAULT_CALIBRATION_METHOD,
+    base: str | Path | None = None,
     **by_task: str | Path | None,
 ) -> Manifest:
     """Export task checkpoints into one bundle at ``out``; return its manifest.
@@ -99,7 +104,8 @@ def export_bundle(
     similarity model whose whitening amplifies int8 noise). ``sample_texts``: texts for the parity checks
     (default ``SAMPLE_TEXTS``). ``tolerance``: the largest reference-vs-PyTorch difference accepted.
     ``calibration``: ``{task: CalibrationTexts}`` for the calibrated variants (static int8), drawn as
-    ``calibration_size`` texts with ``calibration_seed``; ranges by ``calibration_method``.
+    ``calibration_size`` texts with ``calibration_seed``; ranges by ``calibration_method``. ``base``: a bundle
+    whose tasks not given here are kept (``out`` may be ``base`` itself, with ``overwrite``).
     Raises ``ExportError``.
     """
     from export.graphs import DEFAULT_OPSET
@@ -123,6 +129,7 @@ def export_bundle(
     calibration = dict(calibration or {})
     _check_calibration(wanted, calibration, calibration_method)
     tokenizer, tokenizer_json = _shared_tokenizer(paths)
+    kept = _Base.load(Path(base), paths, tokenizer_json) if base is not None else None
     datasets = [_dataset(d) for d in training_data]
     texts = [t for t in (sample_texts if sample_texts is not None else SAMPLE_TEXTS) if t.strip()]
     if not texts:
@@ -141,25 +148,95 @@ def export_bundle(
                                     calibration=calibration.get(task), size=calibration_size,
                                     seed=calibration_seed, method=calibration_method)
                  for task, path in paths.items()}  # fmt: skip
+        provenance = Provenance(
+            base_checkpoint=base_checkpoint or _describe_checkpoints(paths),
+            training_data=datasets,
+            ropenlp_version=ropenlp.__version__,
+            notes=notes,
+        )
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             name=name or out.name,
             lowercase=_lowercase(tokenizer_json),
             normalize=_normalize(paths),
             tasks=tasks,
-            provenance=Provenance(
-                base_checkpoint=base_checkpoint or _describe_checkpoints(paths),
-                training_data=datasets,
-                ropenlp_version=ropenlp.__version__,
-                notes=notes,
-            ),
+            provenance=provenance,
         )
+        if kept is not None:
+            manifest = kept.merge(manifest, staging, name=name, base_checkpoint=base_checkpoint)
         manifest = publish(staging, out, manifest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log.info("wrote bundle %s (%s)", out, ", ".join(f.name for f in sorted(out.iterdir())))
     return manifest
+
+
+class _Base:
+    """The bundle ``export_bundle(base=...)`` starts from: the tasks it keeps and how they are merged."""
+
+    def __init__(self, path: Path, manifest: Manifest, keep: list[str]):
+        self.path, self.manifest, self.keep = path, manifest, keep
+
+    @classmethod
+    def load(cls, path: Path, checkpoints: Mapping[str, Path], tokenizer_json: dict) -> _Base:
+        from models.bundle import BundleError, load_manifest
+
+        try:
+            manifest = load_manifest(path)
+        except (BundleError, OSError) as e:
+            raise ExportError(f"--base {path}: not a bundle that loads: {e}") from None
+        with open(path / manifest.tokenizer, encoding="utf-8") as f:
+            theirs = json.load(f)
+        if theirs != tokenizer_json:
+            mine, other = tokenizer_json.get("model", {}).get("vocab", {}), theirs.get("model", {}).get("vocab", {})
+            raise ExportError(
+                f"--base {path}: its tokenizer differs from the checkpoints' ({len(other)} vs {len(mine)} tokens"
+                f"{'' if mine == other else ', different vocabularies'}): one bundle has one tokenizer")
+        recorded = {task: read_task(p)["normalize"] for task, p in checkpoints.items() if "normalize" in read_task(p)}
+        wrong = {t: n for t, n in recorded.items() if Normalize.parse(n) != manifest.normalize}
+        if wrong:
+            raise ExportError(f"--base {path}: it normalises as {manifest.normalize.describe()!r}, the checkpoints "
+                              f"were trained with {wrong}: one bundle normalises one way")
+        keep = [task for task in manifest.tasks if task not in checkpoints]
+        if not keep:
+            log.warning("--base %s: every task of it is replaced; only its name and provenance carry over", path)
+        return cls(path, manifest, keep)
+
+    def merge(self, new: Manifest, staging: Path, *, name: str | None, base_checkpoint: str | None) -> Manifest:
+        """``new`` (the exported tasks, in ``staging``) with the kept tasks' graphs copied beside them."""
+        old = self.manifest
+        for task in self.keep:
+            for graph in old.tasks[task].graphs.values():
+                if (staging / graph.file).exists():
+                    raise ExportError(f"--base {self.path}: its {task} graph {graph.file} has the name of a new graph")
+                shutil.copyfile(self.path / graph.file, staging / graph.file)
+        order = [*EXPORTERS, *(t for t in old.tasks if t not in EXPORTERS)]
+        tasks = {**{t: old.tasks[t] for t in self.keep}, **new.tasks}
+        sources = _sources(old.provenance.base_checkpoint, list(old.tasks))
+        sources.update(_sources(new.provenance.base_checkpoint, list(new.tasks)))
+        names = {d.name for d in new.provenance.training_data}
+        prov = new.provenance.model_copy(update={
+            "base_checkpoint": base_checkpoint or "; ".join(f"{t}: {sources[t]}" for t in order if t in tasks
+                                                            and sources.get(t)) or None,
+            "training_data": [*(d for d in old.provenance.training_data if d.name not in names),
+                              *new.provenance.training_data],
+            "notes": "; ".join(filter(None, [old.provenance.notes, new.provenance.notes, (
+                f"{', '.join(new.tasks)} replaced by ropenlp export --base (kept: {', '.join(self.keep) or 'none'})")])),
+        })
+        return new.model_copy(update={"name": name or old.name, "normalize": old.normalize,
+                                      "tasks": {t: tasks[t] for t in order if t in tasks}, "provenance": prov})
+
+
+def _sources(described: str | None, tasks: list[str]) -> dict[str, str]:
+    """``{task: checkpoint}`` from a provenance's ``base_checkpoint`` (:func:`_describe_checkpoints`' form:
+    one path for every task, or ``task: path; task: path``)."""
+    if not described:
+        return {}
+    parts = [p.partition(": ") for p in described.split("; ")]
+    if all(sep and task in tasks for task, sep, _ in parts):
+        return {task: path for task, _, path in parts}
+    return dict.fromkeys(tasks, described)
 
 
 def detect_task(path: str | Path) -> str:

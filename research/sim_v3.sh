@@ -15,6 +15,12 @@
 #                                               # each), then their weight average (ropenlp train average)
 #   research/sim_v3.sh epoch5 [DATA_ROOT]       # the stage-5 row over a whole epoch (the recipe's epochs = 1.0,
 #                                               # 4,738 steps) instead of 0.63; two threads
+#   research/sim_v3.sh ibn5 [DATA_ROOT]         # the stage-5 row (0.63 epoch, two threads) + the in-batch softmax
+#                                               # over every CoSENT batch's positive pairs (sim.contrastive_weight 1)
+#   research/sim_v3.sh short5 [DATA_ROOT]       # ibn5 against the stage-5 row at an equal short budget (STEPS_SHORT
+#                                               # each, one thread each, side by side), from ENCODER
+#   research/sim_v3.sh short5b [DATA_ROOT]      # after short5: its ibn row again with seed 1 (the seed noise) and
+#                                               # with sim.contrastive_weight 3, the same budget, side by side
 #   research/sim_v3.sh swap4 [DATA_ROOT]        # the stage-4 row with PAWS-style word-order negatives
 #                                               # (sim.swap_negatives 0.5), at its number of steps (2,985)
 #   research/sim_v3.sh whitening [DATA_ROOT]    # the whitening table of the best run; stores the choice (or none)
@@ -37,7 +43,7 @@ OUT=metrics/research
 DEV=(stsb_zh/dev.tsv lcqmc/dev.tsv bq/dev.tsv atec/dev.tsv pawsx/dev.tsv)
 RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean
       sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs sim_v3_s3 sim_v3_s4 sim_v3_s4_swap
-      sim_v3_s5 sim_v3_s5_seed1 sim_v3_s5_soup sim_v3_s5_e1)
+      sim_v3_s5 sim_v3_s5_seed1 sim_v3_s5_soup sim_v3_s5_e1 sim_v3_s5_ibn sim_s5_mix sim_s5_ibn sim_s5_ibn_seed1 sim_s5_ibn3)
 STEPS_SHORT="${STEPS_SHORT:-600}"
 
 train() {  # train OUT_NAME RECIPE [overrides...]: once, resumable, log in runs/OUT_NAME/train.out
@@ -80,6 +86,32 @@ stage() {  # stage N: the shipping recipe as recipes/default.sh runs it (0.63 ep
 epoch5() {  # the stage-5 row with the recipe's whole epoch: the sampled dev mean still rose at 0.63 epoch
     local enc=${ENCODER_S5:-runs/encoder_v3_s5}
     train sim_v3_s5_e1 recipes/sim_v3.toml --model.init "$enc" --training.threads 2
+}
+
+ibn5() {  # CoSENT ranks the pairs of a batch by label; the in-batch softmax also asks each positive pair's sentence
+    # to be nearer its partner than the other pairs' sentences (the SimCSE / RoFormer-Sim retrieval view), weight 1
+    local enc=${ENCODER_S5:-runs/encoder_v3_s5}
+    train sim_v3_s5_ibn recipes/sim_v3.toml --model.init "$enc" --training.threads 2 --training.epochs 0.63 \
+        --sim.contrastive_weight 1.0
+}
+
+short5() {  # the shipping mixture with and without the in-batch softmax, STEPS_SHORT steps each, side by side
+    local n=$STEPS_SHORT a b
+    local at=(--training.threads 1 --training.max_steps "$n" --training.eval_every $((n / 2))
+              --training.checkpoint_every $((n / 2)))
+    train sim_s5_mix recipes/sim_v3.toml --model.init "$ENCODER" "${at[@]}" & a=$!
+    train sim_s5_ibn recipes/sim_v3.toml --model.init "$ENCODER" "${at[@]}" --sim.contrastive_weight 1.0 & b=$!
+    wait "$a"; wait "$b"
+}
+
+short5b() {  # the in-batch softmax: a second seed (the same start, init_seed 42) and three times the weight
+    local n=$STEPS_SHORT a b
+    local at=(--training.threads 1 --training.max_steps "$n" --training.eval_every $((n / 2))
+              --training.checkpoint_every $((n / 2)))
+    train sim_s5_ibn_seed1 recipes/sim_v3.toml --model.init "$ENCODER" "${at[@]}" --sim.contrastive_weight 1.0 \
+        --training.seed 1 --training.init_seed 42 & a=$!
+    train sim_s5_ibn3 recipes/sim_v3.toml --model.init "$ENCODER" "${at[@]}" --sim.contrastive_weight 3.0 & b=$!
+    wait "$a"; wait "$b"
 }
 
 soup() {  # soup N: stage N's run (seed 42) and seed 1 from the same start (init_seed 42) side by side, then the mean
@@ -173,10 +205,13 @@ case "$WHAT" in
     stage5) stage 5 ;;
     soup5) soup 5 ;;
     epoch5) epoch5 ;;
+    ibn5) ibn5 ;;
+    short5) short5 ;;
+    short5b) short5b ;;
     swap4) swap4 ;;
     all) objectives; stage 3; stage 4; stage 5; swap4; pooling; collect; RUN_WHITENING=sim_v3 whitening
          RUN_WHITENING=sim_v3_s3 whitening; RUN_WHITENING=sim_v3_s4 whitening
          whitening ;;  # sim_v3, sim_v3_s3, sim_v3_s4, then the best run (sim_v3_s5)
-    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, swap4, whitening, collect or all" >&2
+    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, ibn5, short5, short5b, swap4, whitening, collect or all" >&2
        exit 2 ;;
 esac

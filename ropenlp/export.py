@@ -198,6 +198,10 @@ def export_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at --out.")] = False,
     exporter: Annotated[str, typer.Option(
         "--exporter", help="torch.onnx exporter: legacy (TorchScript, fast) or dynamo (torch.export).")] = "legacy",
+    base: Annotated[Path | None, typer.Option(
+        "--base", help="Replace only the --model tasks of this bundle: its other tasks are kept as they are "
+        "(graphs, settings, metrics); the checkpoints must use its tokenizer. --out may be this bundle, with "
+        "--overwrite.")] = None,
 ) -> None:
     """Export task checkpoints to one ONNX bundle (graphs, tokenizer.json, bundle.json), parity-checked."""
     from export.onnx import ExportError
@@ -205,7 +209,7 @@ def export_command(
 
     try:
         manifest = _run(model, out, precision, sample_file, name, data, notes, tolerance, overwrite, exporter,
-                        calibration_data, calibration_size, calibration_seed, calibration_method)
+                        calibration_data, calibration_size, calibration_seed, calibration_method, base)
     except (ExportError, BundleError, OSError, ValueError) as e:  # library code raises; only the shim exits
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -225,7 +229,7 @@ def _show(manifest) -> None:
 
 
 def _run(models, out, precisions, sample_file, name, data, notes, tolerance, overwrite, exporter,
-         calibration_data, calibration_size, calibration_seed, calibration_method):
+         calibration_data, calibration_size, calibration_seed, calibration_method, base=None):
     from export.onnx import ExportError, detect_task, export_bundle
     from export.parity import read_sample_file
 
@@ -260,6 +264,7 @@ def _run(models, out, precisions, sample_file, name, data, notes, tolerance, ove
         calibration_size=calibration_size,
         calibration_seed=calibration_seed,
         calibration_method=calibration_method,
+        base=base,
     )
 
 

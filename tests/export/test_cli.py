@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -116,3 +117,73 @@ def test_cli_module_imports_no_heavy_packages():
     repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo).stdout
     assert out.strip() == "[]"
+
+
+def _retrained_sim(tiny, root):
+    """A second similarity checkpoint on the tiny vocabulary: tiny.sim with its encoder weights moved."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny.sim, root)
+    weights = load_file(str(root / "model.safetensors"))
+    save_file({k: v + 0.05 if v.is_floating_point() else v for k, v in weights.items()}, str(root / "model.safetensors"))
+    return root
+
+
+def test_base_replaces_one_task_and_keeps_the_others_as_they_were(tiny, tmp_path, runner):
+    """--base: the similarity model of a bundle replaced in place; the NER graphs, settings and metrics of
+    the bundle are kept byte for byte, the manifest verifies, both tasks run."""
+    import shutil
+
+    from models.bundle import sha256
+    from tests.export.conftest import session
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny.bundle, bundle)
+    sim = _retrained_sim(tiny, tmp_path / "sim2")
+    result = runner.invoke(app, ["export", "-m", str(sim), "-o", str(bundle), "--base", str(bundle), "--overwrite",
+                                 "-p", "fp32", "--data", "more=CC0-1.0", "--notes", "new sim"])
+    assert result.exit_code == 0, output(result)
+    m, old = load_manifest(bundle), tiny.manifest
+    assert list(m.tasks) == ["ner", "similarity"] and m.name == "tiny" and m.normalize == old.normalize
+    assert m.tasks["ner"] == old.tasks["ner"]
+    for g in old.tasks["ner"].graphs.values():
+        assert sha256(bundle / g.file) == sha256(tiny.bundle / g.file)
+    assert list(m.tasks["similarity"].graphs) == ["fp32"]
+    assert sha256(bundle / "sim.fp32.onnx") != sha256(tiny.bundle / "sim.fp32.onnx")
+    assert sorted(p.name for p in bundle.iterdir()) == sorted({"bundle.json", "MODEL_CARD.md", *m.referenced_files()})
+    assert old.provenance.base_checkpoint == f"ner: {tiny.ner}; similarity: {tiny.sim}"
+    assert m.provenance.base_checkpoint == f"ner: {tiny.ner}; similarity: {sim}"  # the kept task's source stays
+    assert [d.name for d in m.provenance.training_data] == ["tiny-random", "more"]
+    assert m.provenance.notes.startswith("test fixture; new sim; similarity replaced by ropenlp export --base")
+    tok = tiny.tokenizer
+    ids = np.array([tok.encode("我爱北京").ids], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    (scores,) = session(bundle / "ner.int8.onnx").run(None, feeds)
+    (reference,) = session(tiny.bundle / "ner.int8.onnx").run(None, feeds)
+    np.testing.assert_array_equal(scores, reference)
+    (vec,) = session(bundle / "sim.fp32.onnx").run(None, feeds)
+    (before,) = session(tiny.bundle / "sim.fp32.onnx").run(None, feeds)
+    assert vec.shape == before.shape and not np.allclose(vec, before)
+
+
+def test_base_refuses_another_tokenizer_normalisation_or_a_non_bundle(tiny, tmp_path, runner):
+    import json as json_
+
+    from models.tasks import TASK_FILE
+
+    other = _retrained_sim(tiny, tmp_path / "vocab")
+    with open(other / "vocab.txt", "a", encoding="utf-8") as f:
+        f.write("新词\n")
+    base = ["--base", str(tiny.bundle), "-p", "fp32"]
+    result = runner.invoke(app, ["export", "-m", str(other), "-o", str(tmp_path / "a"), *base])
+    assert result.exit_code == 1 and "its tokenizer differs" in output(result) and "different vocabularies" in output(result)
+    normalised = _retrained_sim(tiny, tmp_path / "norm")
+    cfg = json_.loads((normalised / TASK_FILE).read_text(encoding="utf-8"))
+    (normalised / TASK_FILE).write_text(json_.dumps(cfg | {"normalize": "t2s"}), encoding="utf-8")
+    result = runner.invoke(app, ["export", "-m", str(normalised), "-o", str(tmp_path / "b"), *base])
+    assert result.exit_code == 1 and "one bundle normalises one way" in output(result)
+    result = runner.invoke(app, ["export", "-m", str(tiny.sim), "-o", str(tmp_path / "c"), "--base", str(tmp_path)])
+    assert result.exit_code == 1 and "not a bundle that loads" in output(result)
+    assert not any((tmp_path / d).exists() for d in "abc")

@@ -25,6 +25,23 @@ ENCODER_MATMULS = 2 * 6  # 2 layers x (q, k, v, out, ffn up, ffn down)
 BOUND = 1e-4  # the issue's contract: a text's numbers alone and in any batch
 
 
+def _has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return True
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+# The int8 NER scores' distance from fp32. ONNX Runtime's u8 x s8 kernels without VNNI (AVX2) add pairs of
+# products in int16 with saturation: measured there (AMD EPYC, AVX2 only, 2026-12-07) max 0.0321 / 0.0325 and
+# mean 0.0068 on the tiny model, against < 0.03 / 0.005 on AVX-512 VNNI (Zen 4); the similarity vectors max 1.5e-3,
+# mean 7.8e-4 there against 2.3e-4 / 7.5e-5. Batch invariance (BOUND) holds on both.
+NER_INT8_MAX, NER_INT8_MEAN = (0.03, 0.005) if _has_vnni() else (0.04, 0.008)
+SIM_INT8_MAX, SIM_INT8_MEAN = (1e-3, 3e-4) if _has_vnni() else (3e-3, 1.5e-3)
+
+
 @pytest.fixture(scope="module")
 def static(tiny, tmp_path_factory):
     """Static int8 NER and similarity graphs of the tiny bundle (MinMax) and their reports."""
@@ -123,7 +140,7 @@ def test_static_int8_entities_identical_alone_and_in_a_batch(tiny, static):
 def test_static_int8_is_close_to_fp32(tiny, static):
     graphs, _ = static
     # measured: NER scores (spread over a few units) max 0.0076 mean 0.0017; similarity max 2.3e-4 mean 7.5e-5
-    for task, prefix, tol_max, tol_mean in (("ner", "ner", 0.03, 0.005), ("similarity", "sim", 1e-3, 3e-4)):
+    for task, prefix, tol_max, tol_mean in (("ner", "ner", NER_INT8_MAX, NER_INT8_MEAN), ("similarity", "sim", SIM_INT8_MAX, SIM_INT8_MEAN)):
         for x in rows(tiny, task)[:8]:
             feeds = {"input_ids": x[None], "attention_mask": np.ones((1, len(x)), np.int64)}
             want = session(tiny.bundle / f"{prefix}.fp32.onnx").run(None, feeds)[0]
@@ -201,4 +218,4 @@ def test_the_raw_export_needs_no_runtime_types_and_quantizes_the_same(tiny, tmp_
     feeds = {"input_ids": x[None], "attention_mask": np.ones((1, len(x)), np.int64)}
     want = session(tiny.bundle / "ner.fp32.onnx").run(None, feeds)[0]
     keep = np.broadcast_to(np.triu(np.ones((len(x), len(x)), bool)), want.shape)
-    assert np.abs(s.run(None, feeds)[0] - want)[keep].max() < 0.03
+    assert np.abs(s.run(None, feeds)[0] - want)[keep].max() < NER_INT8_MAX
