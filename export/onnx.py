@@ -188,13 +188,11 @@ class _Base:
             raise ExportError(f"--base {path}: not a bundle that loads: {e}") from None
         with open(path / manifest.tokenizer, encoding="utf-8") as f:
             theirs = json.load(f)
-        if theirs != tokenizer_json:
-            mine, other = tokenizer_json.get("model", {}).get("vocab", {}), theirs.get("model", {}).get("vocab", {})
-            raise ExportError(
-                f"--base {path}: its tokenizer differs from the checkpoints' ({len(other)} vs {len(mine)} tokens"
-                f"{'' if mine == other else ', different vocabularies'}): one bundle has one tokenizer")
-        recorded = {task: read_task(p)["normalize"] for task, p in checkpoints.items() if "normalize" in read_task(p)}
-        wrong = {t: n for t, n in recorded.items() if Normalize.parse(n) != manifest.normalize}
+        try:
+            _same_tokenizer(theirs, tokenizer_json, "the bundle", "the checkpoints")
+        except ExportError as e:
+            raise ExportError(f"--base {path}: its tokenizer differs from the checkpoints': {e}") from None
+        wrong = {t: n.describe() for t, n in _recorded_normalize(checkpoints).items() if n != manifest.normalize}
         if wrong:
             raise ExportError(f"--base {path}: it normalises as {manifest.normalize.describe()!r}, the checkpoints "
                               f"were trained with {wrong}: one bundle normalises one way")
@@ -338,20 +336,21 @@ def _shared_tokenizer(checkpoints: Mapping[str, Path]) -> tuple[Tokenizer, dict]
             loaded[task] = tok, json.loads(tok.save(Path(tmp) / "tokenizer.json").read_text(encoding="utf-8"))
     (first, (tok, data)), *rest = loaded.items()
     for task, (_, other) in rest:
-        if other.get("model", {}).get("vocab") != data.get("model", {}).get("vocab"):
-            a, b = data.get("model", {}).get("vocab", {}), other.get("model", {}).get("vocab", {})
-            diff = sorted(set(a.items()) ^ set(b.items()), key=lambda kv: kv[1])[:5]
-            raise ExportError(
-                f"the {first} checkpoint ({checkpoints[first]}) and the {task} checkpoint ({checkpoints[task]}) "
-                f"have different vocabularies ({len(a)} vs {len(b)} tokens; first differences: {diff}): "
-                "one bundle has one tokenizer, so both models must share it"
-            )
-        if other != data:
-            raise ExportError(
-                f"the {first} and {task} checkpoints share a vocabulary but their tokenizers differ in "
-                "normalisation or pre-tokenization (e.g. lowercase): one bundle has one tokenizer"
-            )
+        _same_tokenizer(data, other, f"the {first} checkpoint ({checkpoints[first]})",
+                       f"the {task} checkpoint ({checkpoints[task]})")
     return tok, data
+
+
+def _same_tokenizer(a: dict, b: dict, what_a: str, what_b: str) -> None:
+    """ExportError unless the tokenizer JSONs ``a`` and ``b`` are the same (one bundle has one tokenizer)."""
+    va, vb = a.get("model", {}).get("vocab", {}), b.get("model", {}).get("vocab", {})
+    if va != vb:
+        diff = sorted(set(va.items()) ^ set(vb.items()), key=lambda kv: kv[1])[:5]
+        raise ExportError(f"{what_a} and {what_b} have different vocabularies ({len(va)} vs {len(vb)} tokens; first "
+                          f"differences: {diff}): one bundle has one tokenizer, so both models must share it")
+    if a != b:
+        raise ExportError(f"{what_a} and {what_b} share a vocabulary but their tokenizers differ in normalisation or "
+                          "pre-tokenization (e.g. lowercase): one bundle has one tokenizer")
 
 
 def _check_out(out: Path, *, overwrite: bool) -> None:
@@ -519,12 +518,17 @@ def _normalizing(tokenizer: Tokenizer, checkpoint: Path) -> Tokenizer:
 def _normalize(checkpoints: Mapping[str, Path]) -> Normalize:
     """The normalisation the checkpoints were trained with (``ropenlp.json``'s ``normalize``); those that
     record one must agree (one bundle has one tokenizer)."""
-    recorded = {task: read_task(path)["normalize"] for task, path in checkpoints.items()
-                if "normalize" in read_task(path)}  # fmt: skip
+    recorded = _recorded_normalize(checkpoints)
     if len(set(recorded.values())) > 1:
-        raise ExportError(f"the checkpoints were trained with different normalisations {recorded}: one bundle "
-                          "normalises one way")
-    return Normalize.parse(next(iter(recorded.values()), "none"))
+        raise ExportError(f"the checkpoints were trained with different normalisations "
+                          f"{ {t: n.describe() for t, n in recorded.items()} }: one bundle normalises one way")
+    return next(iter(recorded.values()), Normalize())
+
+
+def _recorded_normalize(checkpoints: Mapping[str, Path]) -> dict[str, Normalize]:
+    """The normalisation each checkpoint recorded in its ``ropenlp.json`` (those that record none left out)."""
+    metas = {task: read_task(path) for task, path in checkpoints.items()}
+    return {task: Normalize.parse(m["normalize"]) for task, m in metas.items() if "normalize" in m}
 
 
 def _lowercase(tokenizer_json: dict) -> bool:

@@ -95,19 +95,22 @@ ibn5() {  # CoSENT ranks the pairs of a batch by label; the in-batch softmax als
         --sim.contrastive_weight 1.0
 }
 
+budget() {  # BUDGET: the overrides of a one-thread run of $1 steps, evaluated and checkpointed halfway and at the end
+    BUDGET=(--training.threads 1 --training.max_steps "$1" --training.eval_every $(($1 / 2))
+            --training.checkpoint_every $(($1 / 2)))
+}
+
 short5() {  # the shipping mixture with and without the in-batch softmax, STEPS_SHORT steps each, side by side
-    local n=$STEPS_SHORT a b
-    local at=(--training.threads 1 --training.max_steps "$n" --training.eval_every $((n / 2))
-              --training.checkpoint_every $((n / 2)))
+    local a b at
+    budget "$STEPS_SHORT"; at=("${BUDGET[@]}")
     train sim_s5_mix recipes/sim_v3.toml --model.init "$ENCODER" "${at[@]}" & a=$!
     train sim_s5_ibn recipes/sim_v3.toml --model.init "$ENCODER" "${at[@]}" --sim.contrastive_weight 1.0 & b=$!
     wait "$a"; wait "$b"
 }
 
 short5b() {  # the in-batch softmax: a second seed (the same start, init_seed 42) and three times the weight
-    local n=$STEPS_SHORT a b
-    local at=(--training.threads 1 --training.max_steps "$n" --training.eval_every $((n / 2))
-              --training.checkpoint_every $((n / 2)))
+    local a b at
+    budget "$STEPS_SHORT"; at=("${BUDGET[@]}")
     train sim_s5_ibn_seed1 recipes/sim_v3.toml --model.init "$ENCODER" "${at[@]}" --sim.contrastive_weight 1.0 \
         --training.seed 1 --training.init_seed 42 & a=$!
     train sim_s5_ibn3 recipes/sim_v3.toml --model.init "$ENCODER" "${at[@]}" --sim.contrastive_weight 3.0 & b=$!
