@@ -19,10 +19,11 @@
 #      by side, and the three averaged into one model, threshold calibrated on dev (ropenlp train average)
 #                                                        -> runs/ner_cluener_s3_inter_fgm_seed{1,2}, runs/ner_cluener_s3_soup
 #   6. nested medical NER (CMeEE, 9 types, GlobalPointer + EMA + FGM)                   -> runs/ner_cmeee_s4_fgm
-#   7. similarity v3: every training pair set in one mixture (recipes/sim_v3.toml, 0.63 of an epoch) -> runs/sim_v3_s5
+#   7. similarity v3: every training pair set in one mixture (recipes/sim_v3.toml, 0.63 of an epoch), with the
+#      in-batch softmax over each CoSENT batch's positive pairs (sim.contrastive_weight 1)  -> runs/sim_v3_s5_ibn
 #   8. whitening measured on the five dev sets (research/sim_v3.sh whitening: none vs fitted on the task's own
 #      or general sentences, k from the JL estimate to the full dimension); the best mean is kept
-#                                                                                    -> runs/sim_v3_s5_whitened
+#                                                                                -> runs/sim_v3_s5_ibn_whitened
 #   9. export: the CPU bundles shipped in the repository (int8, static): service/bundles/default (NER + similarity)
 #      and service/bundles/medical (CMeEE NER); GPU bundles (fp16 + fp32) in runs/bundle_gpu, runs/bundle_medical_gpu
 #  10. evaluation of every bundle and precision on the dev sets, training metrics -> metrics/*.json (committed)
@@ -86,8 +87,8 @@ side_by_side runs/ner_cluener_s3_inter_fgm \
          $RUN train ner recipes/ner_cluener.toml ${NER[*]} --model.init runs/ner_intermediate_s3/best \
              --output.dir runs/ner_cluener_s3_inter_fgm" \
     runs/ner_cmeee_s4_fgm "$RUN train ner recipes/ner_cmeee.toml ${NER[*]} --model.init $S4 --output.dir runs/ner_cmeee_s4_fgm" \
-    runs/sim_v3_s5 "$RUN train sim recipes/sim_v3.toml --data.root '$DATA' --output.dir runs/sim_v3_s5 --resume \
-        --model.init $S5 --training.threads 1 --training.epochs 0.63"
+    runs/sim_v3_s5_ibn "$RUN train sim recipes/sim_v3.toml --data.root '$DATA' --output.dir runs/sim_v3_s5_ibn --resume \
+        --model.init $S5 --training.threads 1 --training.epochs 0.63 --sim.contrastive_weight 1.0"
 CLUENER_SEED=(--model.init runs/ner_intermediate_s3/best --training.init_seed 42)
 side_by_side \
     runs/ner_cluener_s3_inter_fgm_seed1 "$RUN train ner recipes/ner_cluener.toml ${NER[*]} ${CLUENER_SEED[*]} \
@@ -98,8 +99,8 @@ side_by_side \
     runs/ner_cluener_s3_inter_fgm_seed1/best runs/ner_cluener_s3_inter_fgm_seed2/best -o runs/ner_cluener_s3_soup \
     --dev "$DATA/cluener/dev.json" --threshold-grid=-2,-1.5,-1,-0.5,-0.25,0,0.25,0.5,1 --overwrite
 
-# 8: whitening by measurement on the five dev sets (stored in runs/sim_v3_s5_whitened, or no whitening at all)
-[ -d runs/sim_v3_s5_whitened ] || { research/sim_v3.sh collect "$DATA"; RUN_WHITENING=sim_v3_s5 research/sim_v3.sh whitening "$DATA"; }
+# 8: whitening by measurement on the five dev sets (stored in runs/sim_v3_s5_ibn_whitened, or no whitening at all)
+[ -d runs/sim_v3_s5_ibn_whitened ] || { research/sim_v3.sh collect "$DATA"; RUN_WHITENING=sim_v3_s5_ibn research/sim_v3.sh whitening "$DATA"; }
 
 # 9-10: export and evaluation
 general=(--data "CLUENER2020 train split (NER)=$TERMS_CLUENER" --data "sentence-pair and NLI training sets (similarity)=$TERMS_PAIRS"
@@ -111,9 +112,9 @@ medical=(--data "CMeEE train split (nested medical NER)=$TERMS_CMEEE"
 # similarity: drawn from the pair sets with numeric labels (the whitening step's output has no run config)
 simcal=(); for f in stsb_zh/train.tsv bq/train.tsv atec/train.tsv pairs/afqmc/train.tsv pairs/oppo_xiaobu/train.tsv \
                     pairs/simclue_sample/train.tsv; do simcal+=(--calibration-data "similarity=$DATA/$f"); done
-$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s5_whitened -o service/bundles/default -p int8 \
+$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s5_ibn_whitened -o service/bundles/default -p int8 \
     --calibration-data "ner=$DATA/cluener/train.json" "${simcal[@]}" --name ropenlp-default-small --overwrite "${general[@]}"
-$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s5_whitened -o runs/bundle_gpu -p fp16 -p fp32 \
+$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s5_ibn_whitened -o runs/bundle_gpu -p fp16 -p fp32 \
     --name ropenlp-default-small-gpu --overwrite "${general[@]}"
 # (CMeEE keeps MinMax ranges: 66.06 against percentile's 66.00 on its stage-3 model, docs/models.md "Static int8")
 $RUN export -m runs/ner_cmeee_s4_fgm/best -o service/bundles/medical -p int8 --name ropenlp-medical-small --overwrite \
@@ -133,7 +134,7 @@ done
 
 # the training runs' own metrics and resolved configs, beside the evaluations
 for r in pretrain_v3_s1 pretrain_v3_s2 pretrain_v3_s3 pretrain_v3_s4 pretrain_v3_s5 ner_intermediate_s3 \
-         ner_cluener_s3_inter_fgm ner_cluener_s3_inter_fgm_seed1 ner_cluener_s3_inter_fgm_seed2 ner_cmeee_s4_fgm sim_v3_s5; do
+         ner_cluener_s3_inter_fgm ner_cluener_s3_inter_fgm_seed1 ner_cluener_s3_inter_fgm_seed2 ner_cmeee_s4_fgm sim_v3_s5_ibn; do
     cp "runs/$r/metrics.json" "metrics/train_$r.json"
     cp "runs/$r/config.resolved.toml" "metrics/train_$r.config.toml"
 done
