@@ -17,6 +17,9 @@
 #                                               # 4,738 steps) instead of 0.63; two threads
 #   research/sim_v3.sh ibn5 [DATA_ROOT]         # the stage-5 row (0.63 epoch, two threads) + the in-batch softmax
 #                                               # over every CoSENT batch's positive pairs (sim.contrastive_weight 1)
+#                                               # (the shipped row: 140 min in fp32 on an AVX2-only CPU, with
+#                                               # SIM_V3_ARGS="--training.precision fp32"; the row without the
+#                                               # softmax took 46 min with bf16 on AVX-512)
 #   research/sim_v3.sh short5 [DATA_ROOT]       # ibn5 against the stage-5 row at an equal short budget (STEPS_SHORT
 #                                               # each, one thread each, side by side), from ENCODER
 #   research/sim_v3.sh short5b [DATA_ROOT]      # after short5: its ibn row again with seed 1 (the seed noise) and
@@ -214,7 +217,7 @@ case "$WHAT" in
     swap4) swap4 ;;
     all) objectives; stage 3; stage 4; stage 5; swap4; pooling; collect; RUN_WHITENING=sim_v3 whitening
          RUN_WHITENING=sim_v3_s3 whitening; RUN_WHITENING=sim_v3_s4 whitening
-         whitening ;;  # sim_v3, sim_v3_s3, sim_v3_s4, then the best run (sim_v3_s5)
+         whitening ;;  # sim_v3, sim_v3_s3, sim_v3_s4, then the best collected run (sim_v3_s5; sim_v3_s5_ibn once ibn5 has run)
     *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, ibn5, short5, short5b, swap4, whitening, collect or all" >&2
        exit 2 ;;
 esac
