@@ -129,7 +129,9 @@ def export_bundle(
     calibration = dict(calibration or {})
     _check_calibration(wanted, calibration, calibration_method)
     tokenizer, tokenizer_json = _shared_tokenizer(paths)
-    kept = _Base.load(Path(base), paths, tokenizer_json) if base is not None else None
+    recorded = _recorded_normalize(paths)
+    normalize = _normalize(recorded)
+    kept = _Base.load(Path(base), recorded, list(paths), tokenizer_json) if base is not None else None
     datasets = [_dataset(d) for d in training_data]
     texts = [t for t in (sample_texts if sample_texts is not None else SAMPLE_TEXTS) if t.strip()]
     if not texts:
@@ -148,19 +150,18 @@ def export_bundle(
                                     calibration=calibration.get(task), size=calibration_size,
                                     seed=calibration_seed, method=calibration_method)
                  for task, path in paths.items()}  # fmt: skip
-        provenance = Provenance(
-            base_checkpoint=base_checkpoint or _describe_checkpoints(paths),
-            training_data=datasets,
-            ropenlp_version=ropenlp.__version__,
-            notes=notes,
-        )
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             name=name or out.name,
             lowercase=_lowercase(tokenizer_json),
-            normalize=_normalize(paths),
+            normalize=normalize,
             tasks=tasks,
-            provenance=provenance,
+            provenance=Provenance(
+                base_checkpoint=base_checkpoint or _describe_checkpoints(paths),
+                training_data=datasets,
+                ropenlp_version=ropenlp.__version__,
+                notes=notes,
+            ),
         )
         if kept is not None:
             manifest = kept.merge(manifest, staging, name=name, base_checkpoint=base_checkpoint)
@@ -179,7 +180,8 @@ class _Base:
         self.path, self.manifest, self.keep = path, manifest, keep
 
     @classmethod
-    def load(cls, path: Path, checkpoints: Mapping[str, Path], tokenizer_json: dict) -> _Base:
+    def load(cls, path: Path, recorded: Mapping[str, Normalize], tasks: list[str], tokenizer_json: dict) -> _Base:
+        """``recorded``: the normalisation each new checkpoint recorded; ``tasks``: the tasks they replace."""
         from models.bundle import BundleError, load_manifest
 
         try:
@@ -192,11 +194,11 @@ class _Base:
             _same_tokenizer(theirs, tokenizer_json, "the bundle", "the checkpoints")
         except ExportError as e:
             raise ExportError(f"--base {path}: its tokenizer differs from the checkpoints': {e}") from None
-        wrong = {t: n.describe() for t, n in _recorded_normalize(checkpoints).items() if n != manifest.normalize}
+        wrong = {t: n.describe() for t, n in recorded.items() if n != manifest.normalize}
         if wrong:
             raise ExportError(f"--base {path}: it normalises as {manifest.normalize.describe()!r}, the checkpoints "
                               f"were trained with {wrong}: one bundle normalises one way")
-        keep = [task for task in manifest.tasks if task not in checkpoints]
+        keep = [task for task in manifest.tasks if task not in tasks]
         if not keep:
             log.warning("--base %s: every task of it is replaced; only its name and provenance carry over", path)
         return cls(path, manifest, keep)
@@ -511,14 +513,13 @@ def _normalizing(tokenizer: Tokenizer, checkpoint: Path) -> Tokenizer:
     static int8 is calibrated on must be the rows it will see)."""
     from models.normalize import Normalizer
 
-    norm = _normalize({"": checkpoint})
+    norm = _normalize(_recorded_normalize({"": checkpoint}))
     return tokenizer.normalizing(Normalizer(norm) if norm.enabled else None)
 
 
-def _normalize(checkpoints: Mapping[str, Path]) -> Normalize:
-    """The normalisation the checkpoints were trained with (``ropenlp.json``'s ``normalize``); those that
-    record one must agree (one bundle has one tokenizer)."""
-    recorded = _recorded_normalize(checkpoints)
+def _normalize(recorded: Mapping[str, Normalize]) -> Normalize:
+    """The normalisation the checkpoints were trained with (``recorded``: :func:`_recorded_normalize`); those
+    that record one must agree (one bundle has one tokenizer)."""
     if len(set(recorded.values())) > 1:
         raise ExportError(f"the checkpoints were trained with different normalisations "
                           f"{ {t: n.describe() for t, n in recorded.items()} }: one bundle normalises one way")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +59,6 @@ def test_static_int8_without_calibration_data_fails_naming_the_option(tiny, tmp_
 def test_calibration_falls_back_to_the_training_data_the_run_recorded(tiny, tmp_path, runner):
     """A checkpoint in a training run's folder (runs/X/best) calibrates on the files of its config.resolved.toml,
     read with the NER readers (CLUENER JSON lines here)."""
-    import shutil
-
     run = tmp_path / "runs" / "ner_tiny"
     shutil.copytree(tiny.ner, run / "best")
     data = tmp_path / "data"
@@ -121,8 +120,6 @@ def test_cli_module_imports_no_heavy_packages():
 
 def _retrained_sim(tiny, root):
     """A second similarity checkpoint on the tiny vocabulary: tiny.sim with its encoder weights moved."""
-    import shutil
-
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(tiny.sim, root)
@@ -134,8 +131,6 @@ def _retrained_sim(tiny, root):
 def test_base_replaces_one_task_and_keeps_the_others_as_they_were(tiny, tmp_path, runner):
     """--base: the similarity model of a bundle replaced in place; the NER graphs, settings and metrics of
     the bundle are kept byte for byte, the manifest verifies, both tasks run."""
-    import shutil
-
     from models.bundle import sha256
     from tests.export.conftest import session
 
@@ -169,8 +164,6 @@ def test_base_replaces_one_task_and_keeps_the_others_as_they_were(tiny, tmp_path
 
 
 def test_base_refuses_another_tokenizer_normalisation_or_a_non_bundle(tiny, tmp_path, runner):
-    import json as json_
-
     from models.tasks import TASK_FILE
 
     other = _retrained_sim(tiny, tmp_path / "vocab")
@@ -180,8 +173,8 @@ def test_base_refuses_another_tokenizer_normalisation_or_a_non_bundle(tiny, tmp_
     result = runner.invoke(app, ["export", "-m", str(other), "-o", str(tmp_path / "a"), *base])
     assert result.exit_code == 1 and "its tokenizer differs" in output(result) and "different vocabularies" in output(result)
     normalised = _retrained_sim(tiny, tmp_path / "norm")
-    cfg = json_.loads((normalised / TASK_FILE).read_text(encoding="utf-8"))
-    (normalised / TASK_FILE).write_text(json_.dumps(cfg | {"normalize": "t2s"}), encoding="utf-8")
+    cfg = json.loads((normalised / TASK_FILE).read_text(encoding="utf-8"))
+    (normalised / TASK_FILE).write_text(json.dumps(cfg | {"normalize": "t2s"}), encoding="utf-8")
     result = runner.invoke(app, ["export", "-m", str(normalised), "-o", str(tmp_path / "b"), *base])
     assert result.exit_code == 1 and "one bundle normalises one way" in output(result)
     result = runner.invoke(app, ["export", "-m", str(tiny.sim), "-o", str(tmp_path / "c"), "--base", str(tmp_path)])
