@@ -20,6 +20,8 @@
 #                                               # (the shipped row: 140 min in fp32 on an AVX2-only CPU, with
 #                                               # SIM_V3_ARGS="--training.precision fp32"; the row without the
 #                                               # softmax took 46 min with bf16 on AVX-512)
+#   research/sim_v3.sh ibnsoup5 [DATA_ROOT]     # ibn5 again with seed 1 (the same start, init_seed 42; two threads,
+#                                               # after ibn5), then the weight average of the two (ropenlp train average)
 #   research/sim_v3.sh short5 [DATA_ROOT]       # ibn5 against the stage-5 row at an equal short budget (STEPS_SHORT
 #                                               # each, one thread each, side by side), from ENCODER
 #   research/sim_v3.sh short5b [DATA_ROOT]      # after short5: its ibn row again with seed 1 (the seed noise) and
@@ -46,7 +48,7 @@ OUT=metrics/research
 DEV=(stsb_zh/dev.tsv lcqmc/dev.tsv bq/dev.tsv atec/dev.tsv pawsx/dev.tsv)
 RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean
       sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs sim_v3_s3 sim_v3_s4 sim_v3_s4_swap
-      sim_v3_s5 sim_v3_s5_seed1 sim_v3_s5_soup sim_v3_s5_e1 sim_v3_s5_ibn sim_s5_mix sim_s5_ibn sim_s5_ibn_seed1 sim_s5_ibn3)
+      sim_v3_s5 sim_v3_s5_seed1 sim_v3_s5_soup sim_v3_s5_e1 sim_v3_s5_ibn sim_v3_s5_ibn_seed1 sim_v3_s5_ibn_soup sim_s5_mix sim_s5_ibn sim_s5_ibn_seed1 sim_s5_ibn3)
 STEPS_SHORT="${STEPS_SHORT:-600}"
 
 train() {  # train OUT_NAME RECIPE [overrides...]: once, resumable, log in runs/OUT_NAME/train.out
@@ -96,6 +98,15 @@ ibn5() {  # CoSENT ranks the pairs of a batch by label; the in-batch softmax als
     local enc=${ENCODER_S5:-runs/encoder_v3_s5}
     train sim_v3_s5_ibn recipes/sim_v3.toml --model.init "$enc" --training.threads 2 --training.epochs 0.63 \
         --sim.contrastive_weight 1.0
+}
+
+ibnsoup5() {  # a second seed of ibn5 (data order and dropout; the same start) and the soup of the two
+    local enc=${ENCODER_S5:-runs/encoder_v3_s5}
+    ibn5
+    train sim_v3_s5_ibn_seed1 recipes/sim_v3.toml --model.init "$enc" --training.threads 2 --training.epochs 0.63 \
+        --sim.contrastive_weight 1.0 --training.seed 1 --training.init_seed 42
+    [ -f "runs/sim_v3_s5_ibn_soup/best/ropenlp.json" ] || "$RUN" train average "runs/sim_v3_s5_ibn/best" \
+        "runs/sim_v3_s5_ibn_seed1/best" -o "runs/sim_v3_s5_ibn_soup/best" --overwrite
 }
 
 budget() {  # BUDGET: the overrides of a one-thread run of $1 steps, evaluated and checkpointed halfway and at the end
@@ -212,12 +223,13 @@ case "$WHAT" in
     soup5) soup 5 ;;
     epoch5) epoch5 ;;
     ibn5) ibn5 ;;
+    ibnsoup5) ibnsoup5 ;;
     short5) short5 ;;
     short5b) short5b ;;
     swap4) swap4 ;;
     all) objectives; stage 3; stage 4; stage 5; swap4; pooling; collect; RUN_WHITENING=sim_v3 whitening
          RUN_WHITENING=sim_v3_s3 whitening; RUN_WHITENING=sim_v3_s4 whitening
          whitening ;;  # sim_v3, sim_v3_s3, sim_v3_s4, then the best collected run (sim_v3_s5; sim_v3_s5_ibn once ibn5 has run)
-    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, ibn5, short5, short5b, swap4, whitening, collect or all" >&2
+    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, ibn5, ibnsoup5, short5, short5b, swap4, whitening, collect or all" >&2
        exit 2 ;;
 esac

@@ -46,6 +46,9 @@ SIM_V3_RUNS = {"sim_v3": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_cosen
                "sim_v3_s5_e1": "the same over a whole epoch (4,738 steps), encoder stage 5",
                # research/sim_v3.sh ibn5
                "sim_v3_s5_ibn": "the same + in-batch softmax over CoSENT positives (sim.contrastive_weight 1), stage 5",
+               # research/sim_v3.sh ibnsoup5
+               "sim_v3_s5_ibn_seed1": "the same, seed 1, stage 5",
+               "sim_v3_s5_ibn_soup": "weight average of the two seeds (ropenlp train average), stage 5",
                # research/sim_v3.sh short5: the two at an equal short budget (600 steps), encoder stage 5
                "sim_s5_mix": "pairs CoSENT + NLI SimCSE, one mixture (600 steps), encoder stage 5",
                "sim_s5_ibn": "the same + in-batch softmax over CoSENT positives (600 steps), encoder stage 5",

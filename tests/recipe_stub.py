@@ -95,7 +95,10 @@ def main(argv: list[str]) -> None:
             need(d, "--dev")
         (out,) = options(args, "-o", "--out")
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "ropenlp.json").write_text(json.dumps({"task": "ner"}), encoding="utf-8")
+        tasks = {json.loads((Path(c) / "ropenlp.json").read_text(encoding="utf-8"))["task"] for c in checkpoints}
+        if len(tasks) != 1:
+            fail(f"the checkpoints are of different tasks: {sorted(tasks)}")
+        (Path(out) / "ropenlp.json").write_text(json.dumps({"task": tasks.pop()}), encoding="utf-8")
         (Path(out) / "metrics.json").write_text(json.dumps({"averaged_from": checkpoints}), encoding="utf-8")
     elif command == ["train", "whitening"]:
         need(options(args, "--model")[0], "--model")

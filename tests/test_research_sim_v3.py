@@ -55,6 +55,10 @@ def test_research_script_lists_a_row_per_run_and_the_training_files(tmp_path):
         elif m := re.fullmatch(r"sim_v3_s(\d)_(seed1|soup)", run):  # `soup N`: a second seed, then the average
             made = 'train "sim_v3_s$1_seed1" recipes/' if m[2] == "seed1" else '-o "runs/sim_v3_s$1_soup/best"'
             assert made in script and f"soup{m[1]}) soup {m[1]} ;;" in script, run
+        elif run.endswith("_soup"):  # the average of a run and its second seed (`ibnsoup5`)
+            source = run.removesuffix("_soup")
+            assert f'average "runs/{source}/best" "runs/{source}_seed1/best" -o "runs/{run}/best"' in script.replace(
+                "\\\n        ", ""), run
         else:
             assert f"train {run} recipes/" in script
     # the whitening's "own" fit set: the training files of the run's resolved config
