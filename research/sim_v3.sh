@@ -93,20 +93,20 @@ epoch5() {  # the stage-5 row with the recipe's whole epoch: the sampled dev mea
     train sim_v3_s5_e1 recipes/sim_v3.toml --model.init "$enc" --training.threads 2
 }
 
-ibn5() {  # CoSENT ranks the pairs of a batch by label; the in-batch softmax also asks each positive pair's sentence
-    # to be nearer its partner than the other pairs' sentences (the SimCSE / RoFormer-Sim retrieval view), weight 1
-    local enc=${ENCODER_S5:-runs/encoder_v3_s5}
-    train sim_v3_s5_ibn recipes/sim_v3.toml --model.init "$enc" --training.threads 2 --training.epochs 0.63 \
-        --sim.contrastive_weight 1.0
+ibn() {  # ibn NAME [overrides...]: the stage-5 row (0.63 epoch, two threads) + the in-batch softmax, weight 1:
+    # CoSENT ranks the pairs of a batch by label; the softmax also asks each positive pair's sentence to be nearer
+    # its partner than the other pairs' sentences (the SimCSE / RoFormer-Sim retrieval view)
+    local enc=${ENCODER_S5:-runs/encoder_v3_s5} name=$1; shift
+    train "$name" recipes/sim_v3.toml --model.init "$enc" --training.threads 2 --training.epochs 0.63 \
+        --sim.contrastive_weight 1.0 "$@"
 }
 
+ibn5() { ibn sim_v3_s5_ibn; }
+
 ibnsoup5() {  # a second seed of ibn5 (data order and dropout; the same start) and the soup of the two
-    local enc=${ENCODER_S5:-runs/encoder_v3_s5}
     ibn5
-    train sim_v3_s5_ibn_seed1 recipes/sim_v3.toml --model.init "$enc" --training.threads 2 --training.epochs 0.63 \
-        --sim.contrastive_weight 1.0 --training.seed 1 --training.init_seed 42
-    [ -f "runs/sim_v3_s5_ibn_soup/best/ropenlp.json" ] || "$RUN" train average "runs/sim_v3_s5_ibn/best" \
-        "runs/sim_v3_s5_ibn_seed1/best" -o "runs/sim_v3_s5_ibn_soup/best" --overwrite
+    ibn sim_v3_s5_ibn_seed1 --training.seed 1 --training.init_seed 42
+    average sim_v3_s5_ibn
 }
 
 budget() {  # BUDGET: the overrides of a one-thread run of $1 steps, evaluated and checkpointed halfway and at the end
@@ -137,9 +137,13 @@ soup() {  # soup N: stage N's run (seed 42) and seed 1 from the same start (init
     train "sim_v3_s$1_seed1" recipes/sim_v3.toml --model.init "$enc" --training.threads 1 --training.epochs 0.63 \
         --training.seed 1 --training.init_seed 42 & b=$!
     wait "$a"; wait "$b"
+    average "sim_v3_s$1"
+}
+
+average() {  # average RUN: the weights of RUN and RUN_seed1 averaged into RUN_soup/best (ropenlp train average);
     # no whitening and no threshold: nothing to calibrate on dev (collect scores it like the runs)
-    [ -f "runs/sim_v3_s$1_soup/best/ropenlp.json" ] || "$RUN" train average "runs/sim_v3_s$1/best" \
-        "runs/sim_v3_s$1_seed1/best" -o "runs/sim_v3_s$1_soup/best" --overwrite
+    [ -f "runs/$1_soup/best/ropenlp.json" ] || "$RUN" train average "runs/$1/best" "runs/$1_seed1/best" \
+        -o "runs/$1_soup/best" --overwrite
 }
 
 swap4() {  # half of every CoSENT set's positive pairs also give (a, b with two nouns swapped) as a negative;

@@ -53,14 +53,16 @@ def test_research_script_lists_a_row_per_run_and_the_training_files(tmp_path):
             n = m[1]
             assert 'train "sim_v3_s$1" recipes/' in script and f"stage{n}) stage {n} ;;" in script, run
         elif m := re.fullmatch(r"sim_v3_s(\d)_(seed1|soup)", run):  # `soup N`: a second seed, then the average
-            made = 'train "sim_v3_s$1_seed1" recipes/' if m[2] == "seed1" else '-o "runs/sim_v3_s$1_soup/best"'
+            made = 'train "sim_v3_s$1_seed1" recipes/' if m[2] == "seed1" else 'average "sim_v3_s$1"'
             assert made in script and f"soup{m[1]}) soup {m[1]} ;;" in script, run
         elif run.endswith("_soup"):  # the average of a run and its second seed (`ibnsoup5`)
-            source = run.removesuffix("_soup")
-            assert f'average "runs/{source}/best" "runs/{source}_seed1/best" -o "runs/{run}/best"' in script.replace(
-                "\\\n        ", ""), run
+            assert f"average {run.removesuffix('_soup')}\n" in script, run
+        elif run.startswith("sim_v3_s5_ibn"):  # ibn NAME [overrides]: the ibn5 row and its second seed
+            assert f"ibn {run}" in script, run
         else:
             assert f"train {run} recipes/" in script
+    # the soups: RUN and RUN_seed1 averaged into RUN_soup/best
+    assert '"$RUN" train average "runs/$1/best" "runs/$1_seed1/best" \\\n        -o "runs/$1_soup/best"' in script
     # the whitening's "own" fit set: the training files of the run's resolved config
     from training.config import write_resolved
 
