@@ -22,6 +22,8 @@
 #                                               # softmax took 46 min with bf16 on AVX-512)
 #   research/sim_v3.sh ibnsoup5 [DATA_ROOT]     # ibn5 again with seed 1 (the same start, init_seed 42; two threads,
 #                                               # after ibn5), then the weight average of the two (ropenlp train average)
+#   research/sim_v3.sh rest5 [DATA_ROOT]        # after ibn5: its run continued over the rest of its epoch (the
+#                                               # pairs after step 2,985, training.data_from; 1,753 steps, lr 4e-5)
 #   research/sim_v3.sh short5 [DATA_ROOT]       # ibn5 against the stage-5 row at an equal short budget (STEPS_SHORT
 #                                               # each, one thread each, side by side), from ENCODER
 #   research/sim_v3.sh short5b [DATA_ROOT]      # after short5: its ibn row again with seed 1 (the seed noise) and
@@ -48,7 +50,7 @@ OUT=metrics/research
 DEV=(stsb_zh/dev.tsv lcqmc/dev.tsv bq/dev.tsv atec/dev.tsv pawsx/dev.tsv)
 RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean
       sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs sim_v3_s3 sim_v3_s4 sim_v3_s4_swap
-      sim_v3_s5 sim_v3_s5_seed1 sim_v3_s5_soup sim_v3_s5_e1 sim_v3_s5_ibn sim_v3_s5_ibn_seed1 sim_v3_s5_ibn_soup sim_s5_mix sim_s5_ibn sim_s5_ibn_seed1 sim_s5_ibn3)
+      sim_v3_s5 sim_v3_s5_seed1 sim_v3_s5_soup sim_v3_s5_e1 sim_v3_s5_ibn sim_v3_s5_ibn_seed1 sim_v3_s5_ibn_soup sim_v3_s5_ibn_rest sim_s5_mix sim_s5_ibn sim_s5_ibn_seed1 sim_s5_ibn3)
 STEPS_SHORT="${STEPS_SHORT:-600}"
 
 train() {  # train OUT_NAME RECIPE [overrides...]: once, resumable, log in runs/OUT_NAME/train.out
@@ -102,6 +104,15 @@ ibn() {  # ibn NAME [overrides...]: the stage-5 row (0.63 epoch, two threads) + 
 }
 
 ibn5() { ibn sim_v3_s5_ibn; }
+
+rest5() {  # ibn5 continued over the rest of its epoch (a second stage): the pairs after its step 2,985 (the same
+    # seed's data order, training.data_from), 1,753 steps, peak lr 4e-5 (the lr a whole-epoch schedule would have
+    # there), from its best checkpoint (its last step)
+    ibn5
+    train sim_v3_s5_ibn_rest recipes/sim_v3.toml --model.init runs/sim_v3_s5_ibn/best --training.threads 2 \
+        --sim.contrastive_weight 1.0 --training.max_steps 1753 --training.lr 4e-5 \
+        --training.data_from runs/sim_v3_s5_ibn/checkpoints/step-00002985
+}
 
 ibnsoup5() {  # a second seed of ibn5 (data order and dropout; the same start) and the soup of the two
     ibn5
@@ -228,12 +239,13 @@ case "$WHAT" in
     epoch5) epoch5 ;;
     ibn5) ibn5 ;;
     ibnsoup5) ibnsoup5 ;;
+    rest5) rest5 ;;
     short5) short5 ;;
     short5b) short5b ;;
     swap4) swap4 ;;
     all) objectives; stage 3; stage 4; stage 5; swap4; pooling; collect; RUN_WHITENING=sim_v3 whitening
          RUN_WHITENING=sim_v3_s3 whitening; RUN_WHITENING=sim_v3_s4 whitening
          whitening ;;  # sim_v3, sim_v3_s3, sim_v3_s4, then the best collected run (sim_v3_s5; sim_v3_s5_ibn once ibn5 has run)
-    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, ibn5, ibnsoup5, short5, short5b, swap4, whitening, collect or all" >&2
+    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, ibn5, ibnsoup5, rest5, short5, short5b, swap4, whitening, collect or all" >&2
        exit 2 ;;
 esac

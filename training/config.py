@@ -351,6 +351,10 @@ class TrainingConfig:
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
     log_every: int = 50  # steps between log lines when no progress bar is shown
     progress: Literal["auto", "on", "off"] = "auto"  # auto: a bar only when stderr is a terminal
+    # a checkpoint folder (OUT/checkpoints/step-N) of an earlier run with the same data, seed and batch size: a
+    # fresh run starts the data where that one stopped (a later stage of the same pass: no pair seen twice) with
+    # its own weights (model.init), optimizer and schedule; "" = the data from its beginning
+    data_from: str = ""
 
     def __post_init__(self):
         for name in ("lr", "batch_size"):

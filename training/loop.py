@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from training.batches import Batches
-from training.checkpoints import CHECKPOINTS_DIR, Checkpoints, resume_point
+from training.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE, Checkpoints, resume_point
 from training.config import (RESOLVED_FILE, ConfigError, TrainingConfig, config_diff, from_dict, to_dict,
                              write_resolved)
 from training.data import write_json
@@ -438,6 +438,32 @@ def _json_safe(record: dict) -> dict:
     return {k: safe(v) for k, v in record.items()}
 
 
+def continue_data(batches: Batches, cfg: TrainingConfig, checkpoint: str | Path) -> None:
+    """Put ``batches`` where the run of ``checkpoint`` (``OUT/checkpoints/step-N``) stopped: its batches are
+    drawn from (seed, epoch) and its mixture from (seed, step), so they continue only under the same seed and
+    batch size, checked against that run's ``config.resolved.toml`` (the sets themselves by the data state)."""
+    path = Path(checkpoint)
+    if not (path / TRAINER_STATE).is_file():
+        raise ConfigError(f"training.data_from = {str(path)!r} is not a checkpoint folder (no {TRAINER_STATE}; "
+                          f"expected OUT/{CHECKPOINTS_DIR}/step-N)")
+    resolved = path.parent.parent / RESOLVED_FILE
+    if not resolved.is_file():
+        raise ConfigError(f"training.data_from: {resolved} not found: the run's seed and batch size cannot be checked")
+    import tomllib
+
+    theirs = tomllib.loads(resolved.read_text(encoding="utf-8")).get("training", {})
+    differ = [f"training.{k} ({theirs.get(k)!r} there, {getattr(cfg, k)!r} here)"
+              for k in ("seed", "batch_size", "batch_tokens") if theirs.get(k, getattr(cfg, k)) != getattr(cfg, k)]
+    if differ:
+        raise ConfigError(f"training.data_from = {str(path)!r}: its run drew its batches with another "
+                          f"{', '.join(differ)}: the data would not continue, it would start in another order")
+    try:
+        batches.load_state_dict(Checkpoints.load(path)["data"])
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"training.data_from = {str(path)!r}: {e}") from None
+    log.info("the data continues where %s stopped (epoch %.3f)", path, batches.epoch)
+
+
 @dataclass(frozen=True)
 class FitResult:
     step: int
@@ -476,6 +502,9 @@ def fit(model: nn.Module, batches: Batches, cfg: TrainingConfig, *, out_dir: str
         start, last_eval, stopped = state["step"], state["last_eval"], state["stopped"]
         log.info("resumed from %s (step %d, epoch %.2f)%s", resume_from, start, batches.epoch,
                  ": the run had stopped early, nothing to do" if stopped else "")
+
+    elif cfg.data_from:
+        continue_data(batches, cfg, cfg.data_from)
 
     steplog.truncate_after(start)  # steps logged after the checkpoint (or by a failed fresh start) go
 

@@ -169,6 +169,34 @@ def test_resume_compares_configs_key_by_key_with_defaults_for_new_keys(tmp_path)
         write_run_config(tmp_path, _RunConfig(), resuming=True)
 
 
+def test_data_from_continues_the_data_of_an_earlier_runs_checkpoint_under_its_seed_only(tmp_path):
+    from training.loop import fit
+
+    def run(out, steps, seed=0, **kw):
+        seen = []
+        batches = _regression_batches(seed)
+        collate = batches.collate
+        batches.collate = lambda idx, g: seen.append(list(idx)) or collate(idx, g)
+        cfg = TrainingConfig(lr=0.05, max_steps=steps, seed=seed, eval_every=0, checkpoint_every=0,
+                             progress="off", **kw)
+        write_run_config(out, _RunConfig(training=cfg), resuming=False)
+        fit(_Regression(), batches, cfg, out_dir=out, total_steps=steps, save_model=lambda d: None)
+        return seen
+
+    straight = run(tmp_path / "straight", 12)  # 12 batches of 8 over 64 examples: 1.5 epochs
+    first = run(tmp_path / "first", 5)
+    then = tmp_path / "first" / "checkpoints" / "step-00000005"
+    assert first == straight[:5]
+    assert run(tmp_path / "then", 7, data_from=str(then)) == straight[5:]  # into the second epoch, exactly
+    assert run(tmp_path / "fresh", 3) == straight[:3]  # without it: the data from its beginning
+    with pytest.raises(ConfigError, match=r"training\.seed \(0 there, 1 here\)"):
+        run(tmp_path / "other_seed", 2, seed=1, data_from=str(then))
+    with pytest.raises(ConfigError, match=r"batch_size"):
+        run(tmp_path / "other_batch", 2, data_from=str(then), batch_size=4)
+    with pytest.raises(ConfigError, match=r"not a checkpoint folder"):
+        run(tmp_path / "not_a_checkpoint", 2, data_from=str(tmp_path / "first"))
+
+
 def test_heap_growth_limits_apply_on_glibc():
     import platform
 
