@@ -32,7 +32,7 @@
 #                                               # (sim.swap_negatives 0.5), at its number of steps (2,985)
 #   research/sim_v3.sh whitening [DATA_ROOT]    # the whitening table of the best run; stores the choice (or none)
 #   research/sim_v3.sh collect [DATA_ROOT]      # full dev evaluations -> metrics/research/sim_v3_*.json
-#   research/sim_v3.sh all [DATA_ROOT]          # all but short, in order
+#   research/sim_v3.sh all [DATA_ROOT]          # all but short, short5, short5b and epoch5, in order
 #
 # ENCODER (default encoders/roformer-zh-v3) is the encoder every row starts from; RUN_WHITENING (default: the run
 # with the best mean dev Spearman in metrics/research/) the run whose whitening is measured. Runs resume (--resume)
@@ -243,9 +243,9 @@ case "$WHAT" in
     short5) short5 ;;
     short5b) short5b ;;
     swap4) swap4 ;;
-    all) objectives; stage 3; stage 4; stage 5; swap4; pooling; collect; RUN_WHITENING=sim_v3 whitening
-         RUN_WHITENING=sim_v3_s3 whitening; RUN_WHITENING=sim_v3_s4 whitening
-         whitening ;;  # sim_v3, sim_v3_s3, sim_v3_s4, then the best collected run (sim_v3_s5; sim_v3_s5_ibn once ibn5 has run)
+    all) objectives; stage 3; stage 4; stage 5; soup 5; swap4; pooling; ibnsoup5; rest5; collect
+         for r in sim_v3 sim_v3_s3 sim_v3_s4 sim_v3_s5 sim_v3_s5_ibn; do RUN_WHITENING=$r whitening; done
+         whitening ;;  # then the best collected run (sim_v3_s5_ibn_rest)
     *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, ibn5, ibnsoup5, rest5, short5, short5b, swap4, whitening, collect or all" >&2
        exit 2 ;;
 esac

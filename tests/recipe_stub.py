@@ -5,9 +5,10 @@ evaluations) in seconds. Each call is appended to ``$STUB_LOG`` (JSON lines: arg
 is checked the way the real command would check it before any work:
 
 * ``train mlm|ner|sim CONFIG [overrides]``: the config is read with the trainer's own loader, overrides
-  included (a misplaced CONFIG or an unknown key fails as it would), and ``model.init`` must exist. The run
-  directory then gets what a finished run leaves: ``config.resolved.toml``, ``metrics.json``, ``model/`` and
-  ``best/`` (with a ``ropenlp.json``), and ``vocab.txt``.
+  included (a misplaced CONFIG or an unknown key fails as it would), ``model.init`` must exist and
+  ``training.data_from`` must name a checkpoint of a finished run. The run directory then gets what a finished
+  run leaves: ``config.resolved.toml``, ``metrics.json``, ``model/`` and ``best/`` (with a ``ropenlp.json``),
+  and ``vocab.txt``.
 * ``train release --model DIR -o OUT --name NAME``: DIR must exist; OUT gets an ``encoder.json`` with NAME.
 * ``train average DIR DIR ... -o OUT [--dev FILE]``: at least two checkpoints, each a finished run's
   (with its ``ropenlp.json``), and the dev files must exist; OUT gets a ``ropenlp.json`` and ``metrics.json``.
@@ -63,6 +64,12 @@ def train_run(kind: str, args: list[str]) -> None:
         fail(str(e))
     if cfg.model.init:
         need(cfg.model.init, "model.init")
+    if cfg.training.data_from:  # OUT/checkpoints/step-N of a run finished before this call (the stub keeps no
+        # checkpoints: the run folder must hold a finished run, the name must be a checkpoint's)
+        start = Path(cfg.training.data_from)
+        if start.parent.name != "checkpoints" or not start.name.startswith("step-"):
+            fail(f"training.data_from = {start} is not a checkpoint folder (OUT/checkpoints/step-N)")
+        need(str(start.parent.parent / "model" / "ropenlp.json"), "training.data_from's finished run")
     out = Path(cfg.output.dir)
     for sub in ("model", "best"):
         (out / sub).mkdir(parents=True, exist_ok=True)
