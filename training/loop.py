@@ -438,7 +438,7 @@ def _json_safe(record: dict) -> dict:
     return {k: safe(v) for k, v in record.items()}
 
 
-def continue_data(batches: Batches, cfg: TrainingConfig, checkpoint: str | Path) -> None:
+def data_from_checkpoint(batches: Batches, cfg: TrainingConfig, checkpoint: str | Path) -> None:
     """Put ``batches`` where the run of ``checkpoint`` (``OUT/checkpoints/step-N``) stopped: its batches are
     drawn from (seed, epoch) and its mixture from (seed, step), so they continue only under the same seed and
     batch size, checked against that run's ``config.resolved.toml`` (the sets themselves by the data state)."""
@@ -504,7 +504,7 @@ def fit(model: nn.Module, batches: Batches, cfg: TrainingConfig, *, out_dir: str
                  ": the run had stopped early, nothing to do" if stopped else "")
 
     elif cfg.data_from:
-        continue_data(batches, cfg, cfg.data_from)
+        data_from_checkpoint(batches, cfg, cfg.data_from)
 
     steplog.truncate_after(start)  # steps logged after the checkpoint (or by a failed fresh start) go
 

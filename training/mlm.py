@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from models.mlm import IGNORE, RoFormerForMlm
 from models.roformer import RoFormerConfig, RoFormerEncoder
 from models.text import Tokenizer, pad_batch
-from training.config import OutputConfig, TrainingConfig, load_config, to_dict
+from training.config import ConfigError, OutputConfig, TrainingConfig, load_config, to_dict
 from training.data import ReadReport, TextRecord, TextSource, is_heldout, read_texts, write_json
 from training.electra import ElectraConfig, RoFormerForElectra, evaluate_electra
 from training.encoders import VocabConfig, check_length, encoder_overrides, tokenizer_for
@@ -485,6 +485,10 @@ def train_mlm(cfg: MlmConfig, *, resume: bool = False) -> FitResult:
     """Pre-train as configured; writes everything under ``cfg.output.dir`` (see :func:`training.loop.fit`)."""
     if not cfg.data.sources:
         raise ValueError("no [[data.sources]] configured")
+    if cfg.training.data_from and cfg.data.continue_position:
+        raise ConfigError("training.data_from and data.continue_position both say where the data starts: set "
+                          "data.continue_position = false to start from the checkpoint's position instead of the "
+                          "released encoder's")
     run = open_run(cfg.output.dir, cfg.training, resume=resume)
     out = run.out
 

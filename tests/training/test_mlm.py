@@ -193,3 +193,11 @@ progress = "off"
     assert 'lr = 0.001' in (out / "config.resolved.toml").read_text()
     bad = runner.invoke(app, ["train", "mlm", str(cfg), "--training.learning_rate", "1"])
     assert bad.exit_code == 2 and "unknown key 'training.learning_rate'" in bad.output
+
+
+def test_data_from_and_continue_position_conflict_is_refused_before_any_work(tmp_path):
+    cfg = tiny_mlm_config(tmp_path / "corpus", tmp_path / "run",
+                          **{"training.data_from": str(tmp_path / "other" / "checkpoints" / "step-00000003")})
+    with pytest.raises(ConfigError, match=r"data\.continue_position = false"):
+        train_mlm(cfg)
+    assert not (tmp_path / "run").exists()
