@@ -402,10 +402,12 @@ class Run:
 
 
 def open_run(out_dir: str | Path, cfg: TrainingConfig, *, resume: bool) -> Run:
-    """The checkpoint to resume from (:func:`resume_point`, before any slow preparation), torch set up
-    (:func:`setup_torch`), the folder made."""
+    """The checkpoint to resume from (:func:`resume_point`) and a fresh run's ``training.data_from``
+    (:func:`check_data_from`), both before any slow preparation; torch set up (:func:`setup_torch`), the folder made."""
     out = Path(out_dir)
     latest = resume_point(out, resume=resume)
+    if latest is None and cfg.data_from:
+        check_data_from(cfg)
     device = setup_torch(cfg)
     out.mkdir(parents=True, exist_ok=True)
     return Run(out, latest, device)
@@ -438,11 +440,12 @@ def _json_safe(record: dict) -> dict:
     return {k: safe(v) for k, v in record.items()}
 
 
-def data_from_checkpoint(batches: Batches, cfg: TrainingConfig, checkpoint: str | Path) -> None:
-    """Put ``batches`` where the run of ``checkpoint`` (``OUT/checkpoints/step-N``) stopped: its batches are
-    drawn from (seed, epoch) and its mixture from (seed, step), so they continue only under the same seed and
-    batch size, checked against that run's ``config.resolved.toml`` (the sets themselves by the data state)."""
-    path = Path(checkpoint)
+def check_data_from(cfg: TrainingConfig) -> None:
+    """``training.data_from`` names a checkpoint (``OUT/checkpoints/step-N``) whose run drew its batches as this
+    one will: they come from (seed, epoch) and a mixture's from (seed, step), so the data continues only under the
+    same seed and batch size, checked against that run's ``config.resolved.toml`` (the sets themselves by the
+    data state, when :func:`fit` loads it)."""
+    path = Path(cfg.data_from)
     if not (path / TRAINER_STATE).is_file():
         raise ConfigError(f"training.data_from = {str(path)!r} is not a checkpoint folder (no {TRAINER_STATE}; "
                           f"expected OUT/{CHECKPOINTS_DIR}/step-N)")
@@ -457,11 +460,6 @@ def data_from_checkpoint(batches: Batches, cfg: TrainingConfig, checkpoint: str 
     if differ:
         raise ConfigError(f"training.data_from = {str(path)!r}: its run drew its batches with another "
                           f"{', '.join(differ)}: the data would not continue, it would start in another order")
-    try:
-        batches.load_state_dict(Checkpoints.load(path)["data"])
-    except (KeyError, ValueError) as e:
-        raise ConfigError(f"training.data_from = {str(path)!r}: {e}") from None
-    log.info("the data continues where %s stopped (epoch %.3f)", path, batches.epoch)
 
 
 @dataclass(frozen=True)
@@ -503,8 +501,12 @@ def fit(model: nn.Module, batches: Batches, cfg: TrainingConfig, *, out_dir: str
         log.info("resumed from %s (step %d, epoch %.2f)%s", resume_from, start, batches.epoch,
                  ": the run had stopped early, nothing to do" if stopped else "")
 
-    elif cfg.data_from:
-        data_from_checkpoint(batches, cfg, cfg.data_from)
+    elif cfg.data_from:  # checked by open_run (check_data_from): the data where that run stopped
+        try:
+            batches.load_state_dict(Checkpoints.load(cfg.data_from)["data"])
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"training.data_from = {cfg.data_from!r}: {e}") from None
+        log.info("the data continues where %s stopped (epoch %.3f)", cfg.data_from, batches.epoch)
 
     steplog.truncate_after(start)  # steps logged after the checkpoint (or by a failed fresh start) go
 

@@ -170,7 +170,7 @@ def test_resume_compares_configs_key_by_key_with_defaults_for_new_keys(tmp_path)
 
 
 def test_data_from_continues_the_data_of_an_earlier_runs_checkpoint_under_its_seed_only(tmp_path):
-    from training.loop import fit
+    from training.loop import fit, open_run
 
     def run(out, steps, seed=0, **kw):
         seen = []
@@ -179,6 +179,7 @@ def test_data_from_continues_the_data_of_an_earlier_runs_checkpoint_under_its_se
         batches.collate = lambda idx, g: seen.append(list(idx)) or collate(idx, g)
         cfg = TrainingConfig(lr=0.05, max_steps=steps, seed=seed, eval_every=0, checkpoint_every=0,
                              progress="off", **kw)
+        open_run(out, cfg, resume=False)  # as the trainers do: data_from is checked before any preparation
         write_run_config(out, _RunConfig(training=cfg), resuming=False)
         fit(_Regression(), batches, cfg, out_dir=out, total_steps=steps, save_model=lambda d: None)
         return seen
@@ -191,6 +192,7 @@ def test_data_from_continues_the_data_of_an_earlier_runs_checkpoint_under_its_se
     assert run(tmp_path / "fresh", 3) == straight[:3]  # without it: the data from its beginning
     with pytest.raises(ConfigError, match=r"training\.seed \(0 there, 1 here\)"):
         run(tmp_path / "other_seed", 2, seed=1, data_from=str(then))
+    assert not (tmp_path / "other_seed").exists()  # refused before the run's folder or any data
     with pytest.raises(ConfigError, match=r"batch_size"):
         run(tmp_path / "other_batch", 2, data_from=str(then), batch_size=4)
     with pytest.raises(ConfigError, match=r"not a checkpoint folder"):
