@@ -221,11 +221,17 @@ class _Base:
                                                             and sources.get(t)) or None,
             "training_data": [*(d for d in old.provenance.training_data if d.name not in names),
                               *new.provenance.training_data],
-            "notes": "; ".join(filter(None, [old.provenance.notes, new.provenance.notes, (
-                f"{', '.join(new.tasks)} replaced by ropenlp export --base (kept: {', '.join(self.keep) or 'none'})")])),
+            "notes": _join_notes(old.provenance.notes, new.provenance.notes, (
+                f"{', '.join(new.tasks)} replaced by ropenlp export --base (kept: {', '.join(self.keep) or 'none'})")),
         })
         return new.model_copy(update={"name": name or old.name, "normalize": old.normalize,
                                       "tasks": {t: tasks[t] for t in order if t in tasks}, "provenance": prov})
+
+
+def _join_notes(*notes: str | None) -> str:
+    """The notes' ``; ``-separated parts in order, each once: a bundle re-exported with ``--base`` again and
+    again says "similarity replaced ..." once, not once per export."""
+    return "; ".join(dict.fromkeys(p for n in notes if n for p in n.split("; ") if p))
 
 
 def _sources(described: str | None, tasks: list[str]) -> dict[str, str]:

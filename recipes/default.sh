@@ -23,9 +23,11 @@
 #      in-batch softmax over each CoSENT batch's positive pairs (sim.contrastive_weight 1)  -> runs/sim_v3_s5_ibn
 #      then, after the NER runs, a second stage over the rest of its epoch: the pairs after its step 2,985
 #      (training.data_from), 1,753 steps at peak lr 4e-5, two threads                  -> runs/sim_v3_s5_ibn_rest
+#      and a third into a second epoch: the same order past the epoch's end, 1,753 steps at peak lr 3e-5
+#                                                                                      -> runs/sim_v3_s5_ibn_e2
 #   8. whitening measured on the five dev sets (research/sim_v3.sh whitening: none vs fitted on the task's own
 #      or general sentences, k from the JL estimate to the full dimension); the best mean is kept
-#                                                                           -> runs/sim_v3_s5_ibn_rest_whitened
+#                                                                           -> runs/sim_v3_s5_ibn_e2_whitened
 #   9. export: the CPU bundles shipped in the repository (int8, static): service/bundles/default (NER + similarity)
 #      and service/bundles/medical (CMeEE NER); GPU bundles (fp16 + fp32) in runs/bundle_gpu, runs/bundle_medical_gpu
 #  10. evaluation of every bundle and precision on the dev sets, training metrics -> metrics/*.json (committed)
@@ -105,10 +107,14 @@ side_by_side \
 run runs/sim_v3_s5_ibn_rest "$RUN" train sim recipes/sim_v3.toml --data.root "$DATA" --output.dir runs/sim_v3_s5_ibn_rest \
     --resume --model.init runs/sim_v3_s5_ibn/best --training.threads 2 --sim.contrastive_weight 1.0 \
     --training.max_steps 1753 --training.lr 4e-5 --training.data_from runs/sim_v3_s5_ibn/checkpoints/step-00002985
+# 7c: and into a second epoch (the same seeded order past the epoch's end: rest's last checkpoint is epoch 1.000)
+run runs/sim_v3_s5_ibn_e2 "$RUN" train sim recipes/sim_v3.toml --data.root "$DATA" --output.dir runs/sim_v3_s5_ibn_e2 \
+    --resume --model.init runs/sim_v3_s5_ibn_rest/best --training.threads 2 --sim.contrastive_weight 1.0 \
+    --training.max_steps 1753 --training.lr 3e-5 --training.data_from runs/sim_v3_s5_ibn_rest/checkpoints/step-00001753
 
-# 8: whitening by measurement on the five dev sets (stored in runs/sim_v3_s5_ibn_rest_whitened, or no whitening at all)
-[ -d runs/sim_v3_s5_ibn_rest_whitened ] || { research/sim_v3.sh collect "$DATA"
-    RUN_WHITENING=sim_v3_s5_ibn_rest research/sim_v3.sh whitening "$DATA"; }
+# 8: whitening by measurement on the five dev sets (stored in runs/sim_v3_s5_ibn_e2_whitened, or no whitening at all)
+[ -d runs/sim_v3_s5_ibn_e2_whitened ] || { research/sim_v3.sh collect "$DATA"
+    RUN_WHITENING=sim_v3_s5_ibn_e2 research/sim_v3.sh whitening "$DATA"; }
 
 # 9-10: export and evaluation
 general=(--data "CLUENER2020 train split (NER)=$TERMS_CLUENER" --data "sentence-pair and NLI training sets (similarity)=$TERMS_PAIRS"
@@ -120,9 +126,9 @@ medical=(--data "CMeEE train split (nested medical NER)=$TERMS_CMEEE"
 # similarity: drawn from the pair sets with numeric labels (the whitening step's output has no run config)
 simcal=(); for f in stsb_zh/train.tsv bq/train.tsv atec/train.tsv pairs/afqmc/train.tsv pairs/oppo_xiaobu/train.tsv \
                     pairs/simclue_sample/train.tsv; do simcal+=(--calibration-data "similarity=$DATA/$f"); done
-$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s5_ibn_rest_whitened -o service/bundles/default -p int8 \
+$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s5_ibn_e2_whitened -o service/bundles/default -p int8 \
     --calibration-data "ner=$DATA/cluener/train.json" "${simcal[@]}" --name ropenlp-default-small --overwrite "${general[@]}"
-$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s5_ibn_rest_whitened -o runs/bundle_gpu -p fp16 -p fp32 \
+$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s5_ibn_e2_whitened -o runs/bundle_gpu -p fp16 -p fp32 \
     --name ropenlp-default-small-gpu --overwrite "${general[@]}"
 # (CMeEE keeps MinMax ranges: 66.06 against percentile's 66.00 on its stage-3 model, docs/models.md "Static int8")
 $RUN export -m runs/ner_cmeee_s4_fgm/best -o service/bundles/medical -p int8 --name ropenlp-medical-small --overwrite \
@@ -143,7 +149,7 @@ done
 # the training runs' own metrics and resolved configs, beside the evaluations
 for r in pretrain_v3_s1 pretrain_v3_s2 pretrain_v3_s3 pretrain_v3_s4 pretrain_v3_s5 ner_intermediate_s3 \
          ner_cluener_s3_inter_fgm ner_cluener_s3_inter_fgm_seed1 ner_cluener_s3_inter_fgm_seed2 ner_cmeee_s4_fgm sim_v3_s5_ibn \
-         sim_v3_s5_ibn_rest; do
+         sim_v3_s5_ibn_rest sim_v3_s5_ibn_e2; do
     cp "runs/$r/metrics.json" "metrics/train_$r.json"
     cp "runs/$r/config.resolved.toml" "metrics/train_$r.config.toml"
 done

@@ -24,6 +24,8 @@
 #                                               # after ibn5), then the weight average of the two (ropenlp train average)
 #   research/sim_v3.sh rest5 [DATA_ROOT]        # after ibn5: its run continued over the rest of its epoch (the
 #                                               # pairs after step 2,985, training.data_from; 1,753 steps, lr 4e-5)
+#   research/sim_v3.sh e2_5 [DATA_ROOT]         # after rest5: its run into a second epoch (training.data_from its
+#                                               # last checkpoint; 1,753 steps, lr 3e-5)
 #   research/sim_v3.sh short5 [DATA_ROOT]       # ibn5 against the stage-5 row at an equal short budget (STEPS_SHORT
 #                                               # each, one thread each, side by side), from ENCODER
 #   research/sim_v3.sh short5b [DATA_ROOT]      # after short5: its ibn row again with seed 1 (the seed noise) and
@@ -50,7 +52,7 @@ OUT=metrics/research
 DEV=(stsb_zh/dev.tsv lcqmc/dev.tsv bq/dev.tsv atec/dev.tsv pawsx/dev.tsv)
 RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean
       sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs sim_v3_s3 sim_v3_s4 sim_v3_s4_swap
-      sim_v3_s5 sim_v3_s5_seed1 sim_v3_s5_soup sim_v3_s5_e1 sim_v3_s5_ibn sim_v3_s5_ibn_seed1 sim_v3_s5_ibn_soup sim_v3_s5_ibn_rest sim_s5_mix sim_s5_ibn sim_s5_ibn_seed1 sim_s5_ibn3)
+      sim_v3_s5 sim_v3_s5_seed1 sim_v3_s5_soup sim_v3_s5_e1 sim_v3_s5_ibn sim_v3_s5_ibn_seed1 sim_v3_s5_ibn_soup sim_v3_s5_ibn_rest sim_v3_s5_ibn_e2 sim_s5_mix sim_s5_ibn sim_s5_ibn_seed1 sim_s5_ibn3)
 STEPS_SHORT="${STEPS_SHORT:-600}"
 
 train() {  # train OUT_NAME RECIPE [overrides...]: once, resumable, log in runs/OUT_NAME/train.out
@@ -112,6 +114,14 @@ rest5() {  # ibn5 continued over the rest of its epoch (a second stage): the pai
     train sim_v3_s5_ibn_rest recipes/sim_v3.toml --model.init runs/sim_v3_s5_ibn/best --training.threads 2 \
         --sim.contrastive_weight 1.0 --training.max_steps 1753 --training.lr 4e-5 \
         --training.data_from runs/sim_v3_s5_ibn/checkpoints/step-00002985
+}
+
+e2_5() {  # rest5's model into a second epoch (a third stage): the same seed's data order goes on past the epoch's
+    # end (training.data_from rest5's last checkpoint, epoch 1.000), 1,753 steps (0.37 of epoch 2), peak lr 3e-5
+    rest5
+    train sim_v3_s5_ibn_e2 recipes/sim_v3.toml --model.init runs/sim_v3_s5_ibn_rest/best --training.threads 2 \
+        --sim.contrastive_weight 1.0 --training.max_steps 1753 --training.lr 3e-5 \
+        --training.data_from runs/sim_v3_s5_ibn_rest/checkpoints/step-00001753
 }
 
 ibnsoup5() {  # a second seed of ibn5 (data order and dropout; the same start) and the soup of the two
@@ -240,12 +250,13 @@ case "$WHAT" in
     ibn5) ibn5 ;;
     ibnsoup5) ibnsoup5 ;;
     rest5) rest5 ;;
+    e2_5) e2_5 ;;
     short5) short5 ;;
     short5b) short5b ;;
     swap4) swap4 ;;
-    all) objectives; stage 3; stage 4; stage 5; soup 5; swap4; pooling; ibnsoup5; rest5; collect
+    all) objectives; stage 3; stage 4; stage 5; soup 5; swap4; pooling; ibnsoup5; rest5; e2_5; collect
          for r in sim_v3 sim_v3_s3 sim_v3_s4 sim_v3_s5 sim_v3_s5_ibn; do RUN_WHITENING=$r whitening; done
          whitening ;;  # then the best collected run (sim_v3_s5_ibn_rest)
-    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, ibn5, ibnsoup5, rest5, short5, short5b, swap4, whitening, collect or all" >&2
+    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, ibn5, ibnsoup5, rest5, e2_5, short5, short5b, swap4, whitening, collect or all" >&2
        exit 2 ;;
 esac

@@ -52,6 +52,9 @@ SIM_V3_RUNS = {"sim_v3": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_cosen
                # research/sim_v3.sh rest5
                "sim_v3_s5_ibn_rest": "sim_v3_s5_ibn continued over the rest of its epoch (its data after step 2,985, "
                                      "1,753 steps, lr 4e-5), stage 5",
+               # research/sim_v3.sh e2_5
+               "sim_v3_s5_ibn_e2": "sim_v3_s5_ibn_rest into a second epoch (its data after epoch 1.000, 1,753 steps, "
+                                   "lr 3e-5), stage 5",
                # research/sim_v3.sh short5: the two at an equal short budget (600 steps), encoder stage 5
                "sim_s5_mix": "pairs CoSENT + NLI SimCSE, one mixture (600 steps), encoder stage 5",
                "sim_s5_ibn": "the same + in-batch softmax over CoSENT positives (600 steps), encoder stage 5",

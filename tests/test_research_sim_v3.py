@@ -57,8 +57,10 @@ def test_research_script_lists_a_row_per_run_and_the_training_files(tmp_path):
             assert made in script and f"soup{m[1]}) soup {m[1]} ;;" in script, run
         elif run.endswith("_soup"):  # the average of a run and its second seed (`ibnsoup5`)
             assert f"average {run.removesuffix('_soup')}\n" in script, run
-        elif run.endswith("_rest"):  # a run continued over the rest of its epoch (`rest5`): its weights, its data
-            base, cmd = run.removesuffix("_rest"), script.split(f"train {run} recipes/")[1].split("\n}")[0]
+        elif run.endswith(("_rest", "_e2")):  # a run continued over the rest of its epoch (`rest5`), or that one
+            # into a second epoch (`e2_5`): the earlier run's weights, and its data from its last checkpoint on
+            base = run.removesuffix("_rest") if run.endswith("_rest") else run.removesuffix("_e2") + "_rest"
+            cmd = script.split(f"train {run} recipes/")[1].split("\n}")[0]
             assert f"--model.init runs/{base}/best" in cmd and f"--training.data_from runs/{base}/checkpoints/step-" in cmd
         elif run.startswith("sim_v3_s5_ibn"):  # ibn NAME [overrides]: the ibn5 row and its second seed
             assert f"ibn {run}" in script, run

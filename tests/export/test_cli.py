@@ -161,6 +161,12 @@ def test_base_replaces_one_task_and_keeps_the_others_as_they_were(tiny, tmp_path
     (vec,) = session(bundle / "sim.fp32.onnx").run(None, feeds)
     (before,) = session(tiny.bundle / "sim.fp32.onnx").run(None, feeds)
     assert vec.shape == before.shape and not np.allclose(vec, before)
+    # replaced again, as a shipped bundle's similarity is stage after stage: every note is said once
+    again = runner.invoke(app, ["export", "-m", str(sim), "-o", str(bundle), "--base", str(bundle), "--overwrite",
+                                "-p", "fp32", "--data", "more=CC0-1.0", "--notes", "new sim"])
+    assert again.exit_code == 0, output(again)
+    assert load_manifest(bundle).provenance.notes == m.provenance.notes
+    assert m.provenance.notes.count("replaced by ropenlp export --base") == 1
 
 
 def test_base_refuses_another_tokenizer_normalisation_or_a_non_bundle(tiny, tmp_path, runner):
