@@ -103,14 +103,15 @@ side_by_side \
     runs/ner_cluener_s3_inter_fgm_seed1/best runs/ner_cluener_s3_inter_fgm_seed2/best -o runs/ner_cluener_s3_soup \
     --dev "$DATA/cluener/dev.json" --threshold-grid=-2,-1.5,-1,-0.5,-0.25,0,0.25,0.5,1 --overwrite
 
-# 7b: the similarity run continued over the rest of its epoch (its seeded data order after step 2,985)
-run runs/sim_v3_s5_ibn_rest "$RUN" train sim recipes/sim_v3.toml --data.root "$DATA" --output.dir runs/sim_v3_s5_ibn_rest \
-    --resume --model.init runs/sim_v3_s5_ibn/best --training.threads 2 --sim.contrastive_weight 1.0 \
-    --training.max_steps 1753 --training.lr 4e-5 --training.data_from runs/sim_v3_s5_ibn/checkpoints/step-00002985
-# 7c: and into a second epoch (the same seeded order past the epoch's end: rest's last checkpoint is epoch 1.000)
-run runs/sim_v3_s5_ibn_e2 "$RUN" train sim recipes/sim_v3.toml --data.root "$DATA" --output.dir runs/sim_v3_s5_ibn_e2 \
-    --resume --model.init runs/sim_v3_s5_ibn_rest/best --training.threads 2 --sim.contrastive_weight 1.0 \
-    --training.max_steps 1753 --training.lr 3e-5 --training.data_from runs/sim_v3_s5_ibn_rest/checkpoints/step-00001753
+# 7b-7c: the similarity run continued, stage after stage: continued NAME FROM STEP LR is a fresh run from FROM's best
+# weights whose data goes on where FROM's checkpoint step-STEP stopped (its seeded order, past an epoch's end too)
+continued() {
+    run "runs/$1" "$RUN" train sim recipes/sim_v3.toml --data.root "$DATA" --output.dir "runs/$1" --resume \
+        --model.init "runs/$2/best" --training.threads 2 --sim.contrastive_weight 1.0 --training.max_steps 1753 \
+        --training.lr "$4" --training.data_from "runs/$2/checkpoints/step-$3"
+}
+continued sim_v3_s5_ibn_rest sim_v3_s5_ibn 00002985 4e-5     # 7b: the rest of its epoch (after step 2,985)
+continued sim_v3_s5_ibn_e2 sim_v3_s5_ibn_rest 00001753 3e-5  # 7c: into a second epoch (rest ends at epoch 1.000)
 
 # 8: whitening by measurement on the five dev sets (stored in runs/sim_v3_s5_ibn_e2_whitened, or no whitening at all)
 [ -d runs/sim_v3_s5_ibn_e2_whitened ] || { research/sim_v3.sh collect "$DATA"

@@ -107,21 +107,23 @@ ibn() {  # ibn NAME [overrides...]: the stage-5 row (0.63 epoch, two threads) + 
 
 ibn5() { ibn sim_v3_s5_ibn; }
 
-rest5() {  # ibn5 continued over the rest of its epoch (a second stage): the pairs after its step 2,985 (the same
-    # seed's data order, training.data_from), 1,753 steps, peak lr 4e-5 (the lr a whole-epoch schedule would have
-    # there), from its best checkpoint (its last step)
-    ibn5
-    train sim_v3_s5_ibn_rest recipes/sim_v3.toml --model.init runs/sim_v3_s5_ibn/best --training.threads 2 \
-        --sim.contrastive_weight 1.0 --training.max_steps 1753 --training.lr 4e-5 \
-        --training.data_from runs/sim_v3_s5_ibn/checkpoints/step-00002985
+continued() {  # continued NAME FROM STEP LR: a fresh run from FROM's best weights whose data goes on where FROM's
+    # checkpoint step-STEP stopped (training.data_from: the same seed's order, into the next epoch past an epoch's
+    # end), 1,753 steps at peak lr LR, the ibn5 row's objective
+    train "$1" recipes/sim_v3.toml --model.init "runs/$2/best" --training.threads 2 --sim.contrastive_weight 1.0 \
+        --training.max_steps 1753 --training.lr "$4" --training.data_from "runs/$2/checkpoints/step-$3"
 }
 
-e2_5() {  # rest5's model into a second epoch (a third stage): the same seed's data order goes on past the epoch's
-    # end (training.data_from rest5's last checkpoint, epoch 1.000), 1,753 steps (0.37 of epoch 2), peak lr 3e-5
+rest5() {  # ibn5 continued over the rest of its epoch (a second stage): the pairs after its step 2,985 (its last),
+    # at 4e-5 (the lr a whole-epoch schedule would have there)
+    ibn5
+    continued sim_v3_s5_ibn_rest sim_v3_s5_ibn 00002985 4e-5
+}
+
+e2_5() {  # rest5's model into a second epoch (a third stage): rest5's last checkpoint is epoch 1.000; 0.37 of
+    # epoch 2 at 3e-5 (a second look at the same pairs)
     rest5
-    train sim_v3_s5_ibn_e2 recipes/sim_v3.toml --model.init runs/sim_v3_s5_ibn_rest/best --training.threads 2 \
-        --sim.contrastive_weight 1.0 --training.max_steps 1753 --training.lr 3e-5 \
-        --training.data_from runs/sim_v3_s5_ibn_rest/checkpoints/step-00001753
+    continued sim_v3_s5_ibn_e2 sim_v3_s5_ibn_rest 00001753 3e-5
 }
 
 ibnsoup5() {  # a second seed of ibn5 (data order and dropout; the same start) and the soup of the two
@@ -254,9 +256,9 @@ case "$WHAT" in
     short5) short5 ;;
     short5b) short5b ;;
     swap4) swap4 ;;
-    all) objectives; stage 3; stage 4; stage 5; soup 5; swap4; pooling; ibnsoup5; rest5; e2_5; collect
-         for r in sim_v3 sim_v3_s3 sim_v3_s4 sim_v3_s5 sim_v3_s5_ibn; do RUN_WHITENING=$r whitening; done
-         whitening ;;  # then the best collected run (sim_v3_s5_ibn_rest)
+    all) objectives; stage 3; stage 4; stage 5; soup 5; swap4; pooling; ibnsoup5; e2_5; collect
+         for r in sim_v3 sim_v3_s3 sim_v3_s4 sim_v3_s5 sim_v3_s5_ibn sim_v3_s5_ibn_rest; do RUN_WHITENING=$r whitening; done
+         whitening ;;  # then the best collected run (sim_v3_s5_ibn_e2)
     *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, ibn5, ibnsoup5, rest5, e2_5, short5, short5b, swap4, whitening, collect or all" >&2
        exit 2 ;;
 esac

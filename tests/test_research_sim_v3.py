@@ -60,8 +60,9 @@ def test_research_script_lists_a_row_per_run_and_the_training_files(tmp_path):
         elif run.endswith(("_rest", "_e2")):  # a run continued over the rest of its epoch (`rest5`), or that one
             # into a second epoch (`e2_5`): the earlier run's weights, and its data from its last checkpoint on
             base = run.removesuffix("_rest") if run.endswith("_rest") else run.removesuffix("_e2") + "_rest"
-            cmd = script.split(f"train {run} recipes/")[1].split("\n}")[0]
-            assert f"--model.init runs/{base}/best" in cmd and f"--training.data_from runs/{base}/checkpoints/step-" in cmd
+            assert f"continued {run} {base} " in script, run
+            cmd = script.split("\ncontinued() {")[1].split("\n}")[0]
+            assert '--model.init "runs/$2/best"' in cmd and '--training.data_from "runs/$2/checkpoints/step-$3"' in cmd
         elif run.startswith("sim_v3_s5_ibn"):  # ibn NAME [overrides]: the ibn5 row and its second seed
             assert f"ibn {run}" in script, run
         else:
