@@ -55,6 +55,12 @@ SIM_V3_RUNS = {"sim_v3": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_cosen
                # research/sim_v3.sh e2_5
                "sim_v3_s5_ibn_e2": "sim_v3_s5_ibn_rest into a second epoch (its data after epoch 1.000, 1,753 steps, "
                                    "lr 3e-5), stage 5",
+               # research/sim_v3.sh pathavg5
+               "sim_v3_s5_ibn_path": "weight average of sim_v3_s5_ibn_rest and sim_v3_s5_ibn_e2 (one path; "
+                                     "ropenlp train average), stage 5",
+               # research/sim_v3.sh e3_5
+               "sim_v3_s5_ibn_e3": "sim_v3_s5_ibn_e2 on through epoch 2 (its data after epoch 1.370, 1,753 steps, "
+                                   "lr 3e-5), stage 5",
                # research/sim_v3.sh short5: the two at an equal short budget (600 steps), encoder stage 5
                "sim_s5_mix": "pairs CoSENT + NLI SimCSE, one mixture (600 steps), encoder stage 5",
                "sim_s5_ibn": "the same + in-batch softmax over CoSENT positives (600 steps), encoder stage 5",

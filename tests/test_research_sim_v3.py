@@ -57,12 +57,15 @@ def test_research_script_lists_a_row_per_run_and_the_training_files(tmp_path):
             assert made in script and f"soup{m[1]}) soup {m[1]} ;;" in script, run
         elif run.endswith("_soup"):  # the average of a run and its second seed (`ibnsoup5`)
             assert f"average {run.removesuffix('_soup')}\n" in script, run
-        elif run.endswith(("_rest", "_e2")):  # a run continued over the rest of its epoch (`rest5`), or that one
-            # into a second epoch (`e2_5`): the earlier run's weights, and its data from its last checkpoint on
-            base = run.removesuffix("_rest") if run.endswith("_rest") else run.removesuffix("_e2") + "_rest"
+        elif m := re.fullmatch(r"(.+)_(rest|e2|e3)", run):  # a run continued over the rest of its epoch (`rest5`),
+            # that one into a second epoch (`e2_5`), and on (`e3_5`): the stage before's weights, and its data from
+            # its last checkpoint on
+            base = m[1] + {"rest": "", "e2": "_rest", "e3": "_e2"}[m[2]]
             assert f"continued {run} {base} " in script, run
             cmd = script.split("\ncontinued() {")[1].split("\n}")[0]
             assert '--model.init "runs/$2/best"' in cmd and '--training.data_from "runs/$2/checkpoints/step-$3"' in cmd
+        elif run.endswith("_path"):  # two stages of one run averaged (`pathavg5`)
+            assert f"runs/{run}/best --overwrite" in script and f"pathavg5) pathavg5 ;;" in script, run
         elif run.startswith("sim_v3_s5_ibn"):  # ibn NAME [overrides]: the ibn5 row and its second seed
             assert f"ibn {run}" in script, run
         else:
