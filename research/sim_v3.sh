@@ -139,14 +139,13 @@ e3_5() {  # e2_5's model on through epoch 2 (a fourth stage): e2_5's last checkp
 pathavg5() {  # the second and third stages' best weights averaged (one path, not two seeds): the path's
     # average against its end
     e2_5
-    [ -f runs/sim_v3_s5_ibn_path/best/ropenlp.json ] || "$RUN" train average runs/sim_v3_s5_ibn_rest/best \
-        runs/sim_v3_s5_ibn_e2/best -o runs/sim_v3_s5_ibn_path/best --overwrite
+    average sim_v3_s5_ibn_path sim_v3_s5_ibn_rest sim_v3_s5_ibn_e2
 }
 
 ibnsoup5() {  # a second seed of ibn5 (data order and dropout; the same start) and the soup of the two
     ibn5
     ibn sim_v3_s5_ibn_seed1 --training.seed 1 --training.init_seed 42
-    average sim_v3_s5_ibn
+    average sim_v3_s5_ibn_soup sim_v3_s5_ibn sim_v3_s5_ibn_seed1
 }
 
 budget() {  # BUDGET: the overrides of a one-thread run of $1 steps, evaluated and checkpointed halfway and at the end
@@ -177,13 +176,14 @@ soup() {  # soup N: stage N's run (seed 42) and seed 1 from the same start (init
     train "sim_v3_s$1_seed1" recipes/sim_v3.toml --model.init "$enc" --training.threads 1 --training.epochs 0.63 \
         --training.seed 1 --training.init_seed 42 & b=$!
     wait "$a"; wait "$b"
-    average "sim_v3_s$1"
+    average "sim_v3_s$1_soup" "sim_v3_s$1" "sim_v3_s$1_seed1"
 }
 
-average() {  # average RUN: the weights of RUN and RUN_seed1 averaged into RUN_soup/best (ropenlp train average);
-    # no whitening and no threshold: nothing to calibrate on dev (collect scores it like the runs)
-    [ -f "runs/$1_soup/best/ropenlp.json" ] || "$RUN" train average "runs/$1/best" "runs/$1_seed1/best" \
-        -o "runs/$1_soup/best" --overwrite
+average() {  # average OUT RUN...: the best weights of the RUNs averaged into runs/OUT/best (ropenlp train
+    # average); no whitening and no threshold: nothing to calibrate on dev (collect scores it like the runs)
+    local out=$1 r sources=(); shift
+    for r in "$@"; do sources+=("runs/$r/best"); done
+    [ -f "runs/$out/best/ropenlp.json" ] || "$RUN" train average "${sources[@]}" -o "runs/$out/best" --overwrite
 }
 
 swap4() {  # half of every CoSENT set's positive pairs also give (a, b with two nouns swapped) as a negative;

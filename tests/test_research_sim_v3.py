@@ -2,7 +2,9 @@
 
 import importlib.util
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,10 +55,12 @@ def test_research_script_lists_a_row_per_run_and_the_training_files(tmp_path):
             n = m[1]
             assert 'train "sim_v3_s$1" recipes/' in script and f"stage{n}) stage {n} ;;" in script, run
         elif m := re.fullmatch(r"sim_v3_s(\d)_(seed1|soup)", run):  # `soup N`: a second seed, then the average
-            made = 'train "sim_v3_s$1_seed1" recipes/' if m[2] == "seed1" else 'average "sim_v3_s$1"'
+            made = ('train "sim_v3_s$1_seed1" recipes/' if m[2] == "seed1"
+                    else 'average "sim_v3_s$1_soup" "sim_v3_s$1" "sim_v3_s$1_seed1"\n')
             assert made in script and f"soup{m[1]}) soup {m[1]} ;;" in script, run
         elif run.endswith("_soup"):  # the average of a run and its second seed (`ibnsoup5`)
-            assert f"average {run.removesuffix('_soup')}\n" in script, run
+            base = run.removesuffix("_soup")
+            assert f"average {run} {base} {base}_seed1\n" in script, run
         elif m := re.fullmatch(r"(.+)_(rest|e2|e3)", run):  # a run continued over the rest of its epoch (`rest5`),
             # that one into a second epoch (`e2_5`), and on (`e3_5`): the stage before's weights, and its data from
             # its last checkpoint on
@@ -64,14 +68,16 @@ def test_research_script_lists_a_row_per_run_and_the_training_files(tmp_path):
             assert f"continued {run} {base} " in script, run
             cmd = script.split("\ncontinued() {")[1].split("\n}")[0]
             assert '--model.init "runs/$2/best"' in cmd and '--training.data_from "runs/$2/checkpoints/step-$3"' in cmd
-        elif run.endswith("_path"):  # two stages of one run averaged (`pathavg5`)
-            assert f"runs/{run}/best --overwrite" in script and f"pathavg5) pathavg5 ;;" in script, run
+        elif run.endswith("_path"):  # two stages of one path averaged (`pathavg5`): the second and the third
+            base = run.removesuffix("_path")
+            assert f"average {run} {base}_rest {base}_e2\n" in script and "pathavg5) pathavg5 ;;" in script, run
         elif run.startswith("sim_v3_s5_ibn"):  # ibn NAME [overrides]: the ibn5 row and its second seed
             assert f"ibn {run}" in script, run
         else:
             assert f"train {run} recipes/" in script
-    # the soups: RUN and RUN_seed1 averaged into RUN_soup/best
-    assert '"$RUN" train average "runs/$1/best" "runs/$1_seed1/best" \\\n        -o "runs/$1_soup/best"' in script
+    # the averages: average OUT RUN... puts the mean of the RUNs' best weights in OUT/best
+    cmd = script.split("\naverage() {")[1].split("\n}")[0]
+    assert 'sources+=("runs/$r/best")' in cmd and '"$RUN" train average "${sources[@]}" -o "runs/$out/best"' in cmd
     # the whitening's "own" fit set: the training files of the run's resolved config
     from training.config import write_resolved
 
@@ -118,3 +124,26 @@ def test_summary_tables_of_all_five_dev_sets_and_the_mean(tmp_path):
     assert whitening.splitlines()[2:] == ["| **none** |  | 80.00 | 70.00 | 60.00 | 40.00 | 20.00 | **54.00** |",
                                           "| own/k=64 | 5000 | 81.00 | 60.00 | 61.00 | 41.00 | 10.00 | 50.60 |"]
     assert summary["sim_v3"]["dev"]["mean"] == 54.0 and summary["sim_v3_whitening"]["choice"] == "none"
+
+
+@pytest.mark.parametrize("step, out, sources", [
+    ("pathavg5", "sim_v3_s5_ibn_path", ["sim_v3_s5_ibn_rest", "sim_v3_s5_ibn_e2"]),
+    ("ibnsoup5", "sim_v3_s5_ibn_soup", ["sim_v3_s5_ibn", "sim_v3_s5_ibn_seed1"])])
+def test_an_average_step_averages_the_runs_it_names_once(tmp_path, step, out, sources):
+    """The script's own bash: its training runs finished (train skips them), the average is made once."""
+    (tmp_path / "research").mkdir()
+    script = tmp_path / "research" / "sim_v3.sh"
+    shutil.copy(ROOT / "research" / "sim_v3.sh", script)
+    for run in ("sim_v3_s5_ibn", "sim_v3_s5_ibn_seed1", "sim_v3_s5_ibn_rest", "sim_v3_s5_ibn_e2"):
+        (tmp_path / "runs" / run / "model").mkdir(parents=True)
+        (tmp_path / "runs" / run / "model" / "ropenlp.json").write_text("{}", encoding="utf-8")
+    calls, stub = tmp_path / "calls.txt", tmp_path / "ropenlp-stub"
+    # records its arguments; `train average` makes the output a checkpoint, as the real command does
+    stub.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n'
+                    'o=""; for a; do [ "$p" = -o ] && o=$a; p=$a; done\n'
+                    '[ -n "$o" ] && mkdir -p "$o" && echo "{}" > "$o/ropenlp.json"\nexit 0\n')
+    stub.chmod(0o755)
+    for _ in range(2):
+        subprocess.run(["bash", str(script), step], env={**os.environ, "RUN": str(stub)}, check=True, cwd=tmp_path)
+    assert calls.read_text(encoding="utf-8").splitlines() == [
+        "train average " + " ".join(f"runs/{r}/best" for r in sources) + f" -o runs/{out}/best --overwrite"]
