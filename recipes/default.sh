@@ -25,10 +25,11 @@
 #      (training.data_from), 1,753 steps at peak lr 4e-5, two threads                  -> runs/sim_v3_s5_ibn_rest
 #      a third into a second epoch: the same order past the epoch's end, 1,753 steps at peak lr 3e-5
 #                                                                                      -> runs/sim_v3_s5_ibn_e2
-#      and a fourth on through the second epoch, the same way (its data after epoch 1.370) -> runs/sim_v3_s5_ibn_e3
+#      a fourth on through the second epoch, the same way (its data after epoch 1.370) -> runs/sim_v3_s5_ibn_e3
+#      and a fifth past its end into the third (its data after epoch 1.740)           -> runs/sim_v3_s5_ibn_e4
 #   8. whitening measured on the five dev sets (research/sim_v3.sh whitening: none vs fitted on the task's own
 #      or general sentences, k from the JL estimate to the full dimension); the best mean is kept
-#                                                                           -> runs/sim_v3_s5_ibn_e3_whitened
+#                                                                           -> runs/sim_v3_s5_ibn_e4_whitened
 #   9. export: the CPU bundles shipped in the repository (int8, static): service/bundles/default (NER + similarity)
 #      and service/bundles/medical (CMeEE NER); GPU bundles (fp16 + fp32) in runs/bundle_gpu, runs/bundle_medical_gpu
 #  10. evaluation of every bundle and precision on the dev sets, training metrics -> metrics/*.json (committed)
@@ -104,7 +105,7 @@ side_by_side \
     runs/ner_cluener_s3_inter_fgm_seed1/best runs/ner_cluener_s3_inter_fgm_seed2/best -o runs/ner_cluener_s3_soup \
     --dev "$DATA/cluener/dev.json" --threshold-grid=-2,-1.5,-1,-0.5,-0.25,0,0.25,0.5,1 --overwrite
 
-# 7b-7d: the similarity run continued, stage after stage: continued NAME FROM STEP LR is a fresh run from FROM's best
+# 7b-7e: the similarity run continued, stage after stage: continued NAME FROM STEP LR is a fresh run from FROM's best
 # weights whose data goes on where FROM's checkpoint step-STEP stopped (its seeded order, past an epoch's end too)
 continued() {
     run "runs/$1" "$RUN" train sim recipes/sim_v3.toml --data.root "$DATA" --output.dir "runs/$1" --resume \
@@ -114,10 +115,11 @@ continued() {
 continued sim_v3_s5_ibn_rest sim_v3_s5_ibn 00002985 4e-5     # 7b: the rest of its epoch (after step 2,985)
 continued sim_v3_s5_ibn_e2 sim_v3_s5_ibn_rest 00001753 3e-5  # 7c: into a second epoch (rest ends at epoch 1.000)
 continued sim_v3_s5_ibn_e3 sim_v3_s5_ibn_e2 00001753 3e-5    # 7d: on through it (e2 ends at epoch 1.370)
+continued sim_v3_s5_ibn_e4 sim_v3_s5_ibn_e3 00001753 3e-5    # 7e: on into a third (e3 ends at epoch 1.740)
 
-# 8: whitening by measurement on the five dev sets (stored in runs/sim_v3_s5_ibn_e3_whitened, or no whitening at all)
-[ -d runs/sim_v3_s5_ibn_e3_whitened ] || { research/sim_v3.sh collect "$DATA"
-    RUN_WHITENING=sim_v3_s5_ibn_e3 research/sim_v3.sh whitening "$DATA"; }
+# 8: whitening by measurement on the five dev sets (stored in runs/sim_v3_s5_ibn_e4_whitened, or no whitening at all)
+[ -d runs/sim_v3_s5_ibn_e4_whitened ] || { research/sim_v3.sh collect "$DATA"
+    RUN_WHITENING=sim_v3_s5_ibn_e4 research/sim_v3.sh whitening "$DATA"; }
 
 # 9-10: export and evaluation
 general=(--data "CLUENER2020 train split (NER)=$TERMS_CLUENER" --data "sentence-pair and NLI training sets (similarity)=$TERMS_PAIRS"
@@ -129,9 +131,9 @@ medical=(--data "CMeEE train split (nested medical NER)=$TERMS_CMEEE"
 # similarity: drawn from the pair sets with numeric labels (the whitening step's output has no run config)
 simcal=(); for f in stsb_zh/train.tsv bq/train.tsv atec/train.tsv pairs/afqmc/train.tsv pairs/oppo_xiaobu/train.tsv \
                     pairs/simclue_sample/train.tsv; do simcal+=(--calibration-data "similarity=$DATA/$f"); done
-$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s5_ibn_e3_whitened -o service/bundles/default -p int8 \
+$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s5_ibn_e4_whitened -o service/bundles/default -p int8 \
     --calibration-data "ner=$DATA/cluener/train.json" "${simcal[@]}" --name ropenlp-default-small --overwrite "${general[@]}"
-$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s5_ibn_e3_whitened -o runs/bundle_gpu -p fp16 -p fp32 \
+$RUN export -m runs/ner_cluener_s3_soup -m runs/sim_v3_s5_ibn_e4_whitened -o runs/bundle_gpu -p fp16 -p fp32 \
     --name ropenlp-default-small-gpu --overwrite "${general[@]}"
 # (CMeEE keeps MinMax ranges: 66.06 against percentile's 66.00 on its stage-3 model, docs/models.md "Static int8")
 $RUN export -m runs/ner_cmeee_s4_fgm/best -o service/bundles/medical -p int8 --name ropenlp-medical-small --overwrite \
@@ -152,7 +154,7 @@ done
 # the training runs' own metrics and resolved configs, beside the evaluations
 for r in pretrain_v3_s1 pretrain_v3_s2 pretrain_v3_s3 pretrain_v3_s4 pretrain_v3_s5 ner_intermediate_s3 \
          ner_cluener_s3_inter_fgm ner_cluener_s3_inter_fgm_seed1 ner_cluener_s3_inter_fgm_seed2 ner_cmeee_s4_fgm sim_v3_s5_ibn \
-         sim_v3_s5_ibn_rest sim_v3_s5_ibn_e2 sim_v3_s5_ibn_e3; do
+         sim_v3_s5_ibn_rest sim_v3_s5_ibn_e2 sim_v3_s5_ibn_e3 sim_v3_s5_ibn_e4; do
     cp "runs/$r/metrics.json" "metrics/train_$r.json"
     cp "runs/$r/config.resolved.toml" "metrics/train_$r.config.toml"
 done

@@ -28,6 +28,8 @@
 #                                               # last checkpoint; 1,753 steps, lr 3e-5)
 #   research/sim_v3.sh e3_5 [DATA_ROOT]         # after e2_5: its run on through epoch 2 (training.data_from its last
 #                                               # checkpoint, epoch 1.370; 1,753 steps, lr 3e-5)
+#   research/sim_v3.sh e4_5 [DATA_ROOT]         # after e3_5: its run on past epoch 2's end (training.data_from its
+#                                               # last checkpoint, epoch 1.740; 1,753 steps, lr 3e-5)
 #   research/sim_v3.sh pathavg5 [DATA_ROOT]     # after e2_5: the weight average of rest5's and e2_5's best weights
 #                                               # (two points on one path; ropenlp train average)
 #   research/sim_v3.sh short5 [DATA_ROOT]       # ibn5 against the stage-5 row at an equal short budget (STEPS_SHORT
@@ -56,7 +58,7 @@ OUT=metrics/research
 DEV=(stsb_zh/dev.tsv lcqmc/dev.tsv bq/dev.tsv atec/dev.tsv pawsx/dev.tsv)
 RUNS=(sim_v3 sim_v3_cosent sim_v3_nli sim_v3_cosent_pairs sim_v3_pairs sim_v3_cls sim_v3_mean
       sim_s_mix sim_s_cosent sim_s_pairs sim_s_nli sim_s_nli_pairs sim_v3_s3 sim_v3_s4 sim_v3_s4_swap
-      sim_v3_s5 sim_v3_s5_seed1 sim_v3_s5_soup sim_v3_s5_e1 sim_v3_s5_ibn sim_v3_s5_ibn_seed1 sim_v3_s5_ibn_soup sim_v3_s5_ibn_rest sim_v3_s5_ibn_e2 sim_v3_s5_ibn_e3 sim_v3_s5_ibn_path sim_s5_mix sim_s5_ibn sim_s5_ibn_seed1 sim_s5_ibn3)
+      sim_v3_s5 sim_v3_s5_seed1 sim_v3_s5_soup sim_v3_s5_e1 sim_v3_s5_ibn sim_v3_s5_ibn_seed1 sim_v3_s5_ibn_soup sim_v3_s5_ibn_rest sim_v3_s5_ibn_e2 sim_v3_s5_ibn_e3 sim_v3_s5_ibn_e4 sim_v3_s5_ibn_path sim_s5_mix sim_s5_ibn sim_s5_ibn_seed1 sim_s5_ibn3)
 STEPS_SHORT="${STEPS_SHORT:-600}"
 
 train() {  # train OUT_NAME RECIPE [overrides...]: once, resumable, log in runs/OUT_NAME/train.out
@@ -134,6 +136,12 @@ e3_5() {  # e2_5's model on through epoch 2 (a fourth stage): e2_5's last checkp
     # 0.37 of epoch 2 at the same peak lr, 3e-5
     e2_5
     continued sim_v3_s5_ibn_e3 sim_v3_s5_ibn_e2 00001753 3e-5
+}
+
+e4_5() {  # e3_5's model on (a fifth stage): e3_5's last checkpoint is epoch 1.740; on past epoch 2's end into
+    # epoch 3's order, at the same peak lr, 3e-5
+    e3_5
+    continued sim_v3_s5_ibn_e4 sim_v3_s5_ibn_e3 00001753 3e-5
 }
 
 pathavg5() {  # the second and third stages' best weights averaged (one path, not two seeds): the path's
@@ -271,14 +279,16 @@ case "$WHAT" in
     rest5) rest5 ;;
     e2_5) e2_5 ;;
     e3_5) e3_5 ;;
+    e4_5) e4_5 ;;
     pathavg5) pathavg5 ;;
     short5) short5 ;;
     short5b) short5b ;;
     swap4) swap4 ;;
-    all) objectives; stage 3; stage 4; stage 5; soup 5; swap4; pooling; ibnsoup5; e3_5; pathavg5; collect
-         for r in sim_v3 sim_v3_s3 sim_v3_s4 sim_v3_s5 sim_v3_s5_ibn sim_v3_s5_ibn_rest sim_v3_s5_ibn_e2; do
+    all) objectives; stage 3; stage 4; stage 5; soup 5; swap4; pooling; ibnsoup5; e4_5; pathavg5; collect
+         for r in sim_v3 sim_v3_s3 sim_v3_s4 sim_v3_s5 sim_v3_s5_ibn sim_v3_s5_ibn_rest sim_v3_s5_ibn_e2 \
+                  sim_v3_s5_ibn_e3; do
              RUN_WHITENING=$r whitening; done
-         whitening ;;  # then the best collected run (sim_v3_s5_ibn_e3)
-    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, ibn5, ibnsoup5, rest5, e2_5, e3_5, pathavg5, short5, short5b, swap4, whitening, collect or all" >&2
+         whitening ;;  # then the best collected run (sim_v3_s5_ibn_e4)
+    *) echo "unknown step $WHAT: objectives, short, pooling, stage3, stage4, stage5, soup5, epoch5, ibn5, ibnsoup5, rest5, e2_5, e3_5, e4_5, pathavg5, short5, short5b, swap4, whitening, collect or all" >&2
        exit 2 ;;
 esac

@@ -61,6 +61,9 @@ SIM_V3_RUNS = {"sim_v3": "pairs CoSENT + NLI SimCSE, one mixture", "sim_v3_cosen
                # research/sim_v3.sh e3_5
                "sim_v3_s5_ibn_e3": "sim_v3_s5_ibn_e2 on through epoch 2 (its data after epoch 1.370, 1,753 steps, "
                                    "lr 3e-5), stage 5",
+               # research/sim_v3.sh e4_5
+               "sim_v3_s5_ibn_e4": "sim_v3_s5_ibn_e3 on past epoch 2's end (its data after epoch 1.740, 1,753 steps, "
+                                   "lr 3e-5), stage 5",
                # research/sim_v3.sh short5: the two at an equal short budget (600 steps), encoder stage 5
                "sim_s5_mix": "pairs CoSENT + NLI SimCSE, one mixture (600 steps), encoder stage 5",
                "sim_s5_ibn": "the same + in-batch softmax over CoSENT positives (600 steps), encoder stage 5",

@@ -25,7 +25,7 @@ def _tree(tmp_path: Path) -> Path:
     (repo / "data" / "cluener" / "dev.json").write_text("", encoding="utf-8")
     # the whitening step runs research/sim_v3.sh (its own tests: tests/test_research_sim_v3.py); here its
     # output is already there, so the script goes on to export and evaluate
-    (repo / "runs" / "sim_v3_s5_ibn_e3_whitened").mkdir(parents=True)
+    (repo / "runs" / "sim_v3_s5_ibn_e4_whitened").mkdir(parents=True)
     stub = repo / "ropenlp-stub"
     stub.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "tests" / "recipe_stub.py"}" "$@"\n')
     stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
@@ -66,19 +66,21 @@ def test_default_recipe_runs_every_step_in_order(tmp_path):
         ("ner", "recipes/ner_cmeee.toml", "runs/ner_cmeee_s4_fgm"),
         ("sim", "recipes/sim_v3.toml", "runs/sim_v3_s5_ibn")])
     # the similarity run adds the in-batch softmax over CoSENT positives (docs/research.md, `sim_v3_s5_ibn`)
-    sim, rest, e2, e3 = [c for c in calls if c[:2] == ["train", "sim"]]
+    sim, rest, e2, e3, e4 = [c for c in calls if c[:2] == ["train", "sim"]]
     assert sim[sim.index("--sim.contrastive_weight") + 1] == "1.0"
     # then continued over the rest of its epoch: its data after its last checkpoint, its best weights, the
     # same overrides but the schedule (docs/research.md, `sim_v3_s5_ibn_rest`)
     assert inits["runs/sim_v3_s5_ibn_rest"] == "runs/sim_v3_s5_ibn/best"
     assert rest[rest.index("--training.data_from") + 1] == "runs/sim_v3_s5_ibn/checkpoints/step-00002985"
     assert rest[rest.index("--sim.contrastive_weight") + 1] == "1.0" and rest[rest.index("--training.lr") + 1] == "4e-5"
-    # and that one into a second epoch, then on through it, the same way (docs/research.md, `sim_v3_s5_ibn_e2`,
-    # `sim_v3_s5_ibn_e3`)
-    assert trains[-3:] == [("sim", "recipes/sim_v3.toml", "runs/sim_v3_s5_ibn_rest"),
+    # and that one into a second epoch, on through it and into a third, the same way (docs/research.md,
+    # `sim_v3_s5_ibn_e2`, `sim_v3_s5_ibn_e3`, `sim_v3_s5_ibn_e4`)
+    assert trains[-4:] == [("sim", "recipes/sim_v3.toml", "runs/sim_v3_s5_ibn_rest"),
                            ("sim", "recipes/sim_v3.toml", "runs/sim_v3_s5_ibn_e2"),
-                           ("sim", "recipes/sim_v3.toml", "runs/sim_v3_s5_ibn_e3")]
-    for run, stage, base in (("sim_v3_s5_ibn_e2", e2, "sim_v3_s5_ibn_rest"), ("sim_v3_s5_ibn_e3", e3, "sim_v3_s5_ibn_e2")):
+                           ("sim", "recipes/sim_v3.toml", "runs/sim_v3_s5_ibn_e3"),
+                           ("sim", "recipes/sim_v3.toml", "runs/sim_v3_s5_ibn_e4")]
+    for run, stage, base in (("sim_v3_s5_ibn_e2", e2, "sim_v3_s5_ibn_rest"), ("sim_v3_s5_ibn_e3", e3, "sim_v3_s5_ibn_e2"),
+                             ("sim_v3_s5_ibn_e4", e4, "sim_v3_s5_ibn_e3")):
         assert inits[f"runs/{run}"] == f"runs/{base}/best"
         assert stage[stage.index("--training.data_from") + 1] == f"runs/{base}/checkpoints/step-00001753"
         assert stage[stage.index("--sim.contrastive_weight") + 1] == "1.0"
@@ -102,7 +104,7 @@ def test_default_recipe_runs_every_step_in_order(tmp_path):
     assert {c[c.index("-o") + 1] for c in exports} == {"service/bundles/default", "runs/bundle_gpu",
                                                        "service/bundles/medical", "runs/bundle_medical_gpu"}
     assert all("runs/ner_cluener_s3_soup" in c or "runs/ner_cmeee_s4_fgm/best" in c for c in exports)
-    assert all("runs/sim_v3_s5_ibn_e3_whitened" in c for c in exports if "runs/ner_cluener_s3_soup" in c)
+    assert all("runs/sim_v3_s5_ibn_e4_whitened" in c for c in exports if "runs/ner_cluener_s3_soup" in c)
     assert all(calls.index(c) > calls.index(average) for c in exports)
     evaluated = {c[c.index("--out") + 1] for c in calls if c[0] == "evaluate"}
     assert evaluated == {f"metrics/{d}_dev_{p}_v3.json" for d in ("cluener", "sim", "cmeee")

@@ -61,10 +61,10 @@ def test_research_script_lists_a_row_per_run_and_the_training_files(tmp_path):
         elif run.endswith("_soup"):  # the average of a run and its second seed (`ibnsoup5`)
             base = run.removesuffix("_soup")
             assert f"average {run} {base} {base}_seed1\n" in script, run
-        elif m := re.fullmatch(r"(.+)_(rest|e2|e3)", run):  # a run continued over the rest of its epoch (`rest5`),
-            # that one into a second epoch (`e2_5`), and on (`e3_5`): the stage before's weights, and its data from
-            # its last checkpoint on
-            base = m[1] + {"rest": "", "e2": "_rest", "e3": "_e2"}[m[2]]
+        elif m := re.fullmatch(r"(.+)_(rest|e2|e3|e4)", run):  # a run continued over the rest of its epoch
+            # (`rest5`), that one into a second epoch (`e2_5`), and on (`e3_5`, `e4_5`): the stage before's weights,
+            # and its data from its last checkpoint on
+            base = m[1] + {"rest": "", "e2": "_rest", "e3": "_e2", "e4": "_e3"}[m[2]]
             assert f"continued {run} {base} " in script, run
             cmd = script.split("\ncontinued() {")[1].split("\n}")[0]
             assert '--model.init "runs/$2/best"' in cmd and '--training.data_from "runs/$2/checkpoints/step-$3"' in cmd
